@@ -1,0 +1,74 @@
+"""`spec.evaluation`: lm-eval tasks, held-out perplexity sets, and when to evaluate."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from cpt.api.base import MAX_LIST, ApiModel, Rule, Uri, section
+
+# The reference study's seven tasks, zero-shot, with the metric reported per task.
+PAPER_TASKS: tuple[tuple[str, str], ...] = (
+    ("mmlu", "acc"),
+    ("arc_challenge", "acc_norm"),
+    ("arc_easy", "acc_norm"),
+    ("winogrande", "acc"),
+    ("hellaswag", "acc_norm"),
+    ("boolq", "acc"),
+    ("piqa", "acc_norm"),
+)
+
+
+class Task(ApiModel):
+    """One lm-evaluation-harness task."""
+
+    name: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.\-]+$", description="lm-eval task name.")
+    num_fewshot: int = Field(0, ge=0, le=64, description="Few-shot examples (pinned for comparability).")
+    metric: Literal["acc", "acc_norm", "exact_match", "f1", "mcc", "word_perplexity"] = Field(
+        "acc", description="Metric reported for this task."
+    )
+    limit: int | None = Field(None, ge=1, le=10**7, description="Evaluate at most this many examples.")
+
+
+def _paper_tasks() -> list[Task]:
+    return [Task(name=name, metric=metric) for name, metric in PAPER_TASKS]
+
+
+class TextSet(ApiModel):
+    """Raw held-out text for perplexity."""
+
+    uri: Uri = Field(description="jsonl/parquet/txt file(s) (local, s3://, gs://).")
+    text_field: str = Field("text", min_length=1, max_length=256, description="Field with the text (jsonl/parquet).")
+    max_documents: int = Field(1000, ge=1, le=10**7, description="Use at most this many documents.")
+
+
+class Perplexity(ApiModel):
+    """Held-out text sets: the domain gain and the forgetting signal."""
+
+    domain: TextSet | None = Field(None, description="Held-out domain text.")
+    general: TextSet | None = Field(None, description="Held-out general text (forgetting).")
+
+
+class EvaluationSpec(ApiModel):
+    """Benchmarks and perplexity, run on the base model and on every milestone."""
+
+    tasks: list[Task] = Field(
+        default_factory=_paper_tasks, max_length=MAX_LIST, description="lm-eval tasks (default: the paper's 7)."
+    )
+    perplexity: Perplexity = section(Perplexity, "Held-out perplexity sets.")
+    baseline: bool = Field(True, description="Evaluate the base model before training (the 0-token row).")
+    at_milestones: bool = Field(True, description="Evaluate every milestone checkpoint.")
+    local_task_dir: Uri | None = Field(
+        None, description="Directory of lm-eval task YAMLs reading local files (offline clusters)."
+    )
+    batch_size: str = Field("auto", pattern=r"^(auto|[1-9][0-9]*)$", description='"auto" or an integer.')
+
+    rules = (
+        Rule(
+            cel="self.tasks.all(t, self.tasks.exists_one(u, u.name == t.name))",
+            message="task names must be unique",
+            field="tasks",
+            check=lambda e: len({t.name for t in e.tasks}) == len(e.tasks),
+        ),
+    )

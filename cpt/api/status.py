@@ -1,0 +1,123 @@
+"""`status`: phase, metav1-style conditions, and what each stage reports."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Literal
+
+from pydantic import Field
+
+from cpt.api.base import MAX_LIST, ApiModel
+
+
+class Phase(StrEnum):
+    """Display-only summary of the conditions."""
+
+    PENDING = "Pending"
+    PREPROCESSING = "Preprocessing"
+    TRAINING = "Training"
+    EVALUATING = "Evaluating"
+    REPORTING = "Reporting"
+    SUSPENDED = "Suspended"
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
+
+
+class ConditionType(StrEnum):
+    """Condition types: the run as a whole, then one per stage."""
+
+    COMPLETE = "Complete"
+    FAILED = "Failed"
+    SUSPENDED = "Suspended"
+    RECONCILING = "Reconciling"
+    STALLED = "Stalled"
+    DATA_READY = "DataReady"
+    TRAINED = "Trained"
+    EVALUATED = "Evaluated"
+    REPORTED = "Reported"
+
+
+class Condition(ApiModel):
+    """A metav1.Condition."""
+
+    type: str = Field(max_length=316, pattern=r"^([a-z0-9.-]+/)?[A-Za-z][A-Za-z0-9_]*$", description="Type.")
+    status: Literal["True", "False", "Unknown"] = Field(description="True, False or Unknown.")
+    observed_generation: int | None = Field(None, ge=0, description="Generation this condition was set for.")
+    last_transition_time: str = Field(description="RFC 3339 time of the last status change.")
+    reason: str = Field(max_length=1024, pattern=r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$", description="Reason.")
+    message: str = Field("", max_length=32768, description="Human-readable details.")
+
+
+class PreprocessStatus(ApiModel):
+    """Counts from the preprocessing stage (summed over workers)."""
+
+    shards: int = Field(0, ge=0, description="Shards written.")
+    tokens: int = Field(0, ge=0, description="Tokens written (domain sources).")
+    replay_tokens: int = Field(0, ge=0, description="Tokens written (replay set).")
+    docs_read: int = Field(0, ge=0, description="Documents read.")
+    docs_kept: int = Field(0, ge=0, description="Documents kept.")
+    docs_dropped: dict[str, int] = Field(default_factory=dict, description="Documents dropped, by reason.")
+    duplicates: int = Field(0, ge=0, description="Exact or near duplicates removed.")
+    contaminated: int = Field(0, ge=0, description="Documents removed by decontamination.")
+    bad_records: int = Field(0, ge=0, description="Malformed records skipped.")
+
+
+class TrainingStatus(ApiModel):
+    """Progress of the training stage."""
+
+    step: int = Field(0, ge=0, description="Optimizer steps done.")
+    tokens_seen: int = Field(0, ge=0, description="Training tokens consumed.")
+    loss: float | None = Field(None, description="Latest training loss.")
+    learning_rate: float | None = Field(None, description="Latest learning rate.")
+    tokens_per_second: float | None = Field(None, ge=0, description="Recent throughput (all processes).")
+    mfu: float | None = Field(None, ge=0, description="Model FLOPs utilisation estimate (0-1).")
+    eta: str | None = Field(None, description="Estimated time left, e.g. 1h20m.")
+    latest_checkpoint: str | None = Field(None, description="URI of the latest complete checkpoint.")
+    restarts: int = Field(0, ge=0, description="Restarts from a checkpoint so far.")
+
+
+class TaskScore(ApiModel):
+    """One benchmark result."""
+
+    task: str = Field(description="lm-eval task.")
+    metric: str = Field(description="Metric (acc, acc_norm, ...).")
+    score: float = Field(description="Score.")
+    stderr: float | None = Field(None, description="Standard error.")
+    delta: float | None = Field(None, description="Score minus the baseline's.")
+
+
+class MilestoneEvaluation(ApiModel):
+    """Scores of one checkpoint; tokens 0 is the baseline."""
+
+    tokens: int = Field(ge=0, description="Training tokens of the evaluated checkpoint (0 = base model).")
+    scores: list[TaskScore] = Field(default_factory=list, max_length=MAX_LIST, description="Per-task scores.")
+    average: float | None = Field(None, description="Mean score over the tasks.")
+    average_delta: float | None = Field(None, description="Average minus the baseline's.")
+    domain_perplexity: float | None = Field(None, description="Held-out domain perplexity.")
+    general_perplexity: float | None = Field(None, description="Held-out general perplexity.")
+    results_uri: str | None = Field(None, description="Full results JSON.")
+
+
+class EvaluationStatus(ApiModel):
+    """Evaluation results per milestone."""
+
+    milestones: list[MilestoneEvaluation] = Field(default_factory=list, description="Ascending by tokens.")
+    latest_average: float | None = Field(None, description="Average of the most recent evaluation.")
+
+
+class ContinuedPretrainStatus(ApiModel):
+    """Observed state, written by the operator only."""
+
+    observed_generation: int | None = Field(None, ge=0, description="Generation last acted upon.")
+    phase: Phase = Field(Phase.PENDING, description="Display-only summary of the conditions.")
+    conditions: list[Condition] = Field(
+        default_factory=list,
+        description="Complete, Failed, Suspended, Reconciling, Stalled, DataReady, Trained, Evaluated, Reported.",
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
+    )
+    start_time: str | None = Field(None, description="When the run started (RFC 3339).")
+    completion_time: str | None = Field(None, description="When the run finished (RFC 3339).")
+    preprocess: PreprocessStatus | None = Field(None, description="Preprocessing counts.")
+    training: TrainingStatus | None = Field(None, description="Training progress.")
+    evaluation: EvaluationStatus | None = Field(None, description="Evaluation results.")
+    report_uri: str | None = Field(None, description="URI of the rendered report.")

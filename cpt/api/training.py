@@ -1,0 +1,121 @@
+"""`spec.training`: topology, resources, DeepSpeed, optimizer, schedule, batch and checkpoints."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from cpt.api.base import MAX_LIST, ApiModel, Quantity, Rule, decimal, section
+
+
+class Resources(ApiModel):
+    """Resources of each node's pod (Kubernetes quantities)."""
+
+    requests: dict[str, Quantity] = Field(
+        default_factory=dict, description='Requests, e.g. {"cpu": "8", "memory": "64Gi", "nvidia.com/gpu": 1}.'
+    )
+    limits: dict[str, Quantity] = Field(default_factory=dict, description="Limits, same keys as requests.")
+
+
+class DeepSpeed(ApiModel):
+    """DeepSpeed engine settings (the paper: ZeRO-3, gradient checkpointing, CPU offload, bf16)."""
+
+    zero_stage: int = Field(3, ge=0, le=3, description="ZeRO stage 0-3.")
+    offload_optimizer: Literal["none", "cpu"] = Field("none", description="Offload optimizer state to CPU.")
+    offload_params: Literal["none", "cpu"] = Field("none", description="Offload parameters to CPU (ZeRO-3 only).")
+    gradient_checkpointing: bool = Field(True, description="Recompute activations in the backward pass.")
+    precision: Literal["bf16", "fp16", "fp32"] = Field(
+        "bf16", description="Mixed precision; bf16 falls back to fp32 where unsupported (CPU tests)."
+    )
+
+    rules = (
+        Rule(
+            cel="self.offloadParams == 'none' || self.zeroStage == 3",
+            message="offloadParams needs zeroStage 3",
+            field="offloadParams",
+            check=lambda d: d.offload_params == "none" or d.zero_stage == 3,
+        ),
+        Rule(
+            cel="self.offloadOptimizer == 'none' || self.zeroStage >= 1",
+            message="offloadOptimizer needs zeroStage 1 or higher",
+            field="offloadOptimizer",
+            check=lambda d: d.offload_optimizer == "none" or d.zero_stage >= 1,
+        ),
+    )
+
+
+class Optimizer(ApiModel):
+    """AdamW hyper-parameters (decimal strings; the paper's values by default)."""
+
+    name: Literal["adamw"] = Field("adamw", description="Optimizer.")
+    lr: decimal(gt=0, le=1) = Field("1e-4", description='Peak learning rate, e.g. "1e-4".')
+    weight_decay: decimal(ge=0, le=1) = Field("0.005", description="Decoupled weight decay.")
+    betas: list[decimal(ge=0, lt=1)] = Field(
+        default_factory=lambda: ["0.9", "0.95"], min_length=2, max_length=2, description="Adam beta1, beta2."
+    )
+    eps: decimal(gt=0, le=1) = Field("1e-8", description="Adam epsilon.")
+    grad_clip: decimal(ge=0) = Field("1.0", description="Gradient norm clipping (0 turns it off).")
+
+
+class Schedule(ApiModel):
+    """Learning-rate schedule."""
+
+    type: Literal["cosine", "wsd", "constant"] = Field(
+        "cosine",
+        description="cosine (warmup then cosine decay), wsd (warmup-stable-decay), constant (after warmup).",
+    )
+    warmup_fraction: decimal(ge=0, lt=1) = Field("0.1", description="Share of steps spent warming up.")
+    decay_fraction: decimal(ge=0, le=1) = Field("0.2", description="wsd: share of steps spent decaying at the end.")
+    min_lr_ratio: decimal(ge=0, le=1) = Field("0.0", description="Final learning rate as a share of the peak.")
+    rewarm: bool = Field(
+        True, description="Start from the warmup again when continuing from a decayed checkpoint (re-warming)."
+    )
+
+    rules = (
+        Rule(
+            cel="self.type != 'wsd' || double(self.warmupFraction) + double(self.decayFraction) <= 1.0",
+            message="warmupFraction + decayFraction must not exceed 1",
+            field="decayFraction",
+            check=lambda s: s.type != "wsd" or float(s.warmup_fraction) + float(s.decay_fraction) <= 1.0,
+        ),
+    )
+
+
+class Checkpointing(ApiModel):
+    """Checkpoints in the storage URI."""
+
+    interval_steps: int = Field(500, ge=1, le=10**9, description="Save every N optimizer steps.")
+    keep_last: int = Field(3, ge=1, le=1000, description="Keep this many periodic checkpoints (milestones are kept).")
+
+
+class TrainingSpec(ApiModel):
+    """How the model is trained."""
+
+    nodes: int = Field(1, ge=1, le=4096, description="Number of nodes (one pod each).")
+    procs_per_node: int = Field(1, ge=1, le=64, description="Processes (usually GPUs) per node.")
+    resources: Resources = section(Resources, "Resources per node.")
+    deepspeed: DeepSpeed = section(DeepSpeed, "DeepSpeed settings.")
+    optimizer: Optimizer = section(Optimizer, "Optimizer.")
+    schedule: Schedule = section(Schedule, "Learning-rate schedule.")
+    micro_batch_size: int = Field(80, ge=1, le=65536, description="Sequences per process per micro-step.")
+    grad_accumulation: int = Field(2, ge=1, le=65536, description="Micro-steps per optimizer step.")
+    checkpoint: Checkpointing = section(Checkpointing, "Checkpointing.")
+    seed: int = Field(42, ge=0, le=2**31 - 1, description="Random seed (data order, init).")
+    attention: Literal["auto", "sdpa", "flash_attention_2", "eager"] = Field(
+        "auto", description="Attention kernel; auto picks SDPA (flash on GPU) where available."
+    )
+    extra_env: dict[str, str] = Field(
+        default_factory=dict,
+        max_length=MAX_LIST,
+        description="Extra environment variables for the training pods (e.g. NCCL settings).",
+    )
+
+    @property
+    def world_size(self) -> int:
+        """Total number of training processes."""
+        return self.nodes * self.procs_per_node
+
+    def tokens_per_step(self, sequence_length: int) -> int:
+        """Tokens consumed by one optimizer step."""
+        return self.world_size * self.micro_batch_size * self.grad_accumulation * sequence_length
