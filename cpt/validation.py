@@ -11,6 +11,7 @@ from pydantic import ValidationError
 
 from cpt import KIND
 from cpt.api import ContinuedPretrain
+from cpt.kube_yaml import load_all
 
 
 @dataclass(frozen=True)
@@ -56,9 +57,9 @@ def validate_object(obj: Any, source: str) -> tuple[ContinuedPretrain | None, li
 
 
 def load_documents(path: Path) -> list[tuple[str, Any]]:
-    """Every YAML document of a file, labelled 'file' or 'file#N' for multi-document files."""
+    """Every YAML document of a file, read as kubectl reads it, labelled 'file' or 'file#N' if several."""
     try:
-        documents = [d for d in yaml.safe_load_all(path.read_text(encoding="utf-8")) if d is not None]
+        documents = [d for d in load_all(path.read_text(encoding="utf-8")) if d is not None]
     except OSError as error:
         raise ValueError(f"{path}: cannot read: {error.strerror or error}") from error
     except (yaml.YAMLError, UnicodeDecodeError) as error:

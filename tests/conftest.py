@@ -26,3 +26,27 @@ def repo() -> Path:
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     return shared_data_dir()
+
+
+@pytest.fixture(scope="session")
+def cluster(tmp_path_factory: pytest.TempPathFactory):
+    """The real control plane (etcd, kube-apiserver, controller-manager, scheduler, kwok), built on first
+    use by tests/cluster/build.sh. If it cannot be built or started, the tests that use it fail."""
+    from tests.cluster.cluster import Cluster, build_binaries
+
+    workdir = tmp_path_factory.mktemp("cluster")
+    with Cluster(workdir=workdir, bin_dir=build_binaries()) as running:
+        yield running
+    print(f"\ncluster logs kept in {workdir}")
+
+
+@pytest.fixture
+def namespace(cluster, request: pytest.FixtureRequest):
+    """A fresh namespace per test, deleted afterwards (without waiting)."""
+    import re
+    import uuid
+
+    name = re.sub(r"[^a-z0-9-]", "-", request.node.name.lower())[:40].strip("-") + "-" + uuid.uuid4().hex[:6]
+    cluster.kubectl("create", "namespace", name)
+    yield name
+    cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)

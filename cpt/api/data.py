@@ -49,17 +49,17 @@ class Replay(ApiModel):
 class NgramLimit(ApiModel):
     """Maximum fraction of characters covered by n-grams of size n."""
 
-    n: int = Field(ge=1, le=20, description="n-gram size in words.")
+    size: int = Field(ge=1, le=20, description="n-gram size in words.")
     max_char_fraction: Fraction = Field(description="Maximum fraction of characters.")
 
 
 def _top_ngrams() -> list[NgramLimit]:
-    return [NgramLimit(n=n, max_char_fraction=f) for n, f in ((2, "0.20"), (3, "0.18"), (4, "0.16"))]
+    return [NgramLimit(size=n, max_char_fraction=f) for n, f in ((2, "0.20"), (3, "0.18"), (4, "0.16"))]
 
 
 def _dup_ngrams() -> list[NgramLimit]:
     limits = ((5, "0.15"), (6, "0.14"), (7, "0.13"), (8, "0.12"), (9, "0.11"), (10, "0.10"))
-    return [NgramLimit(n=n, max_char_fraction=f) for n, f in limits]
+    return [NgramLimit(size=n, max_char_fraction=f) for n, f in limits]
 
 
 class RepetitionFilter(ApiModel):

@@ -52,6 +52,15 @@ def test_structural_restrictions() -> None:
             assert node["nullable"] is True, path
 
 
+# Words that YAML 1.1 (kubectl, sigs.k8s.io/yaml) reads as booleans when unquoted.
+YAML11_BOOLS = {w for b in ("y", "yes", "n", "no", "true", "false", "on", "off") for w in (b, b.title(), b.upper())}
+
+
+def test_no_field_name_is_a_yaml11_boolean() -> None:
+    names = {name for _, node in walk(schema()) for name in node.get("properties", {})}
+    assert not names & YAML11_BOOLS, "users writing such a key unquoted would send a boolean to the API server"
+
+
 def test_int_or_string_quantities() -> None:
     nodes = dict(walk(schema()))
     quantity = nodes[".spec.training.resources.requests{}"]

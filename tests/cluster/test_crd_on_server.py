@@ -1,0 +1,75 @@
+"""The generated CRD on a real API server: it is accepted (CEL compiles), it applies the same defaults as
+the pydantic models, and it rejects the same invalid resources as `cpt validate`, naming the same field."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from cpt.api import ContinuedPretrain
+from tests.cluster.cluster import Cluster
+from tests.cluster.helpers import condition, eventually
+from tests.cpt.test_spec import INVALID, with_change
+
+REPO = Path(__file__).resolve().parents[2]
+CRD = REPO / "manifests" / "crd" / "continuedpretrains.cpt.kubecpt.dev.yaml"
+EXAMPLES = sorted((REPO / "manifests" / "examples").glob("*.yaml"))
+
+
+@pytest.fixture(scope="module")
+def crd_installed(cluster: Cluster) -> Cluster:
+    cluster.kubectl("apply", "--server-side", "-f", str(CRD))
+    eventually(
+        lambda: condition(cluster.get_json("crd", "continuedpretrains.cpt.kubecpt.dev"), "Established") == "True",
+        what="CRD Established",
+    )
+    return cluster
+
+
+def create(cluster: Cluster, doc: dict[str, Any], namespace: str, check: bool = True):
+    doc = {**doc, "metadata": {**doc.get("metadata", {}), "namespace": namespace}}
+    return cluster.kubectl("create", "--validate=strict", "-f", "-", input=json.dumps(doc), check=check)
+
+
+@pytest.mark.parametrize("example", EXAMPLES, ids=[p.stem for p in EXAMPLES])
+def test_examples_are_accepted_with_the_same_defaults(crd_installed: Cluster, namespace: str, example: Path) -> None:
+    doc = yaml.safe_load(example.read_text())
+    create(crd_installed, doc, namespace)
+    stored = crd_installed.get_json("cpt", doc["metadata"]["name"], "-n", namespace)
+    assert stored["spec"] == ContinuedPretrain.model_validate(doc).to_api()["spec"]
+
+
+@pytest.mark.parametrize(
+    ("change", "value", "path", "words"),
+    [case for case in INVALID if case[0] != "kind"],
+    ids=[f"{c}-{i}" for i, (c, *_) in enumerate(INVALID) if c != "kind"],
+)
+def test_server_rejects_what_cpt_validate_rejects(
+    crd_installed: Cluster, namespace: str, change: str, value: Any, path: str, words: str
+) -> None:
+    result = create(crd_installed, with_change(change, value), namespace, check=False)
+    assert result.returncode != 0, f"the API server accepted an invalid resource ({change})"
+    assert path in result.stderr, result.stderr
+
+
+def test_printer_columns(crd_installed: Cluster, namespace: str) -> None:
+    create(crd_installed, with_change("metadata", {"name": "cols"}), namespace)
+    header = crd_installed.kubectl("get", "cpt", "-n", namespace).stdout.splitlines()[0].split()
+    assert header == ["NAME", "PHASE", "COMPLETE", "TOKENS", "STEP", "AVG", "SCORE", "AGE"]
+
+
+def test_model_and_data_are_immutable_once_started(crd_installed: Cluster, namespace: str) -> None:
+    create(crd_installed, with_change("metadata", {"name": "frozen"}), namespace)
+    edit = ["patch", "cpt", "frozen", "-n", namespace, "--type=merge", "-p"]
+    crd_installed.kubectl(*edit, '{"spec":{"data":{"tokenBudget":900000000}}}')  # still Pending: allowed
+    crd_installed.kubectl(*edit, '{"status":{"phase":"Training"}}', "--subresource=status")
+    result = crd_installed.kubectl(*edit, '{"spec":{"data":{"tokenBudget":800000000}}}', check=False)
+    assert result.returncode != 0 and "spec.data is immutable once the run has started" in result.stderr
+    result = crd_installed.kubectl(*edit, '{"spec":{"model":{"uri":"other/model"}}}', check=False)
+    assert result.returncode != 0 and "spec.model is immutable" in result.stderr
+    crd_installed.kubectl(*edit, '{"spec":{"suspend":true}}')  # other fields stay editable
+    assert crd_installed.get_json("cpt", "frozen", "-n", namespace)["spec"]["suspend"] is True
