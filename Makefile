@@ -6,7 +6,7 @@ setup:  ## create .venv with everything (operator + worker + test tools)
 
 test:  ## the whole test suite (builds the test control plane on first use, cached afterwards)
 	bash tests/cluster/build.sh
-	.venv/bin/python -m pytest
+	.venv/bin/python -P -m pytest
 
 crd:  ## regenerate the CRD from the pydantic models
 	.venv/bin/cpt crd -o manifests/crd/continuedpretrains.cpt.kubecpt.dev.yaml

@@ -5,10 +5,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
+# -P: do not put the current directory on sys.path. The repository root holds a folder named
+# operator/, which would otherwise shadow the standard library's operator module.
 if [ ! -x .venv/bin/python ]; then
-    "$PYTHON" -m venv .venv
+    "$PYTHON" -P -m venv .venv
 fi
-.venv/bin/python -m pip install --quiet --upgrade "pip>=24"
-.venv/bin/python -m pip install --quiet -c constraints.txt -e ".[dev]"
-.venv/bin/python -m pip check
+.venv/bin/python -P -m pip install --quiet --upgrade "pip>=24"
+.venv/bin/python -P -m pip install --quiet -c constraints.txt -e ".[dev,bench]"
+.venv/bin/python -P -m pip check
 echo "setup: .venv ready ($(.venv/bin/python --version), $(.venv/bin/cpt --help >/dev/null && echo 'cpt installed'))"
