@@ -116,12 +116,23 @@ class Decontamination(ApiModel):
 
     enabled: bool = Field(True, description="Decontaminate against the configured evaluation tasks.")
     ngram: int = Field(13, ge=4, le=64, description="n-gram size in words.")
+    eval_data: list[Uri] = Field(
+        default_factory=list,
+        max_length=MAX_LIST,
+        description="Local files or directories of evaluation data (jsonl); default: evaluation.localTaskDir. "
+        "Without either, decontamination is skipped and the manifest says so.",
+    )
 
 
 class Preprocessing(ApiModel):
     """Parallelism of the preprocessing stage."""
 
     workers: int = Field(4, ge=1, le=4096, description="Parallel workers (pods of an Indexed Job, or processes).")
+    limit_to_budget: bool = Field(
+        True,
+        description="Stop reading a set once it holds the tokens the budget needs plus 20% headroom (for dedup); "
+        "false reads every document.",
+    )
     tokenizer_batch_size: int = Field(1000, ge=1, le=1000000, description="Documents per tokenizer batch.")
 
 

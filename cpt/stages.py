@@ -1,0 +1,26 @@
+"""The container command of each pipeline stage, built in one place for the operator and the local runner.
+
+Commands are argument lists, never shell strings: the spec travels as a file, and nothing from the user
+is ever interpolated into a shell.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class Stage(StrEnum):
+    """Pipeline stages, in order."""
+
+    PREPROCESS = "preprocess"  # N parallel workers (an Indexed Job): read, filter, tokenize
+    DEDUP = "dedup"  # one process: global dedup, pack shards, manifest
+
+
+SPEC_PATH = "/etc/kubecpt/spec.json"
+
+
+def stage_argv(
+    stage: Stage, spec_path: str = SPEC_PATH, python: str = "python", extra: list[str] | None = None
+) -> list[str]:
+    """`python -P -m cpt_pipeline <stage> --spec <path> [extra...]`."""
+    return [python, "-P", "-m", "cpt_pipeline", str(stage), "--spec", spec_path, *(extra or [])]

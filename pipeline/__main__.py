@@ -1,0 +1,66 @@
+"""`python -m cpt_pipeline <stage> --spec FILE`: the entry point of every pipeline container."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from cpt.api import ContinuedPretrainSpec
+from cpt.stages import Stage
+from cpt.validation import validate_file
+
+INDEX_ENV = "JOB_COMPLETION_INDEX"  # set by Kubernetes in Indexed Job pods
+
+
+def load_spec(path: str) -> ContinuedPretrainSpec:
+    """The spec of a ContinuedPretrain file (YAML or JSON, a whole resource); exits with the problems."""
+    resources, problems = validate_file(Path(path))
+    if problems:
+        for problem in problems:
+            print(problem, file=sys.stderr)
+        raise SystemExit(2)
+    if len(resources) != 1:
+        raise SystemExit(f"{path}: expected one ContinuedPretrain, found {len(resources)}")
+    return resources[0].spec
+
+
+def _preprocess(args: argparse.Namespace, spec: ContinuedPretrainSpec) -> None:
+    from cpt_pipeline.preprocess.runner import prepare
+    from cpt_pipeline.storage import Storage
+
+    world = args.world_size or spec.data.preprocessing.workers
+    rank = args.rank if args.rank is not None else int(os.environ.get(INDEX_ENV, "0"))
+    stats = prepare(spec, Storage.from_spec(spec.storage), rank, world)
+    print(json.dumps({"stage": "preprocess", "rank": rank, "world_size": world, **stats.to_json()["counts"]}))
+
+
+def _dedup(args: argparse.Namespace, spec: ContinuedPretrainSpec) -> None:
+    from cpt_pipeline.preprocess.runner import reduce
+    from cpt_pipeline.storage import Storage
+
+    world = args.world_size or spec.data.preprocessing.workers
+    summary = reduce(spec, Storage.from_spec(spec.storage), world, shard_rows=args.shard_rows)
+    print(json.dumps({"stage": "dedup", **summary}))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m cpt_pipeline")
+    parser.add_argument("stage", choices=[str(s) for s in Stage])
+    parser.add_argument("--spec", required=True, help="ContinuedPretrain resource (YAML or JSON)")
+    parser.add_argument("--rank", type=int, help=f"worker rank (default: ${INDEX_ENV} or 0)")
+    parser.add_argument("--world-size", type=int, help="workers (default: spec.data.preprocessing.workers)")
+    parser.add_argument("--shard-rows", type=int, help="rows per shard (default: about 64 MB per shard)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    spec = load_spec(args.spec)
+    {Stage.PREPROCESS: _preprocess, Stage.DEDUP: _dedup}[Stage(args.stage)](args, spec)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Preprocessing: read, filter, decontaminate, tokenize (parallel workers), then dedup and pack (reduce)."""

@@ -1,0 +1,369 @@
+"""The preprocessing stage: `prepare` (one call per worker rank) and `reduce` (one call after all ranks).
+
+prepare(rank, world): plan the work units (the same plan on every rank), read this rank's units, filter,
+decontaminate and tokenize in batches. It writes a token stream (EOS after every document) plus
+per-document arrays (unit, position, source, exact hash, MinHash) to
+`work/preprocess/<set>/rank-NNNNN/`, and `done.json` last. A rank that finds its `done.json` is skipped.
+
+reduce(): check that every rank is done. Drop duplicates across all ranks in the global (unit, position)
+order, pack each source's documents into shards, and write the manifest last. A set whose manifest
+exists is skipped.
+
+Sets: `domain` (all spec.data.sources, deduplicated together) and `replay` (spec.data.replay.source).
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import math
+import os
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from cpt_pipeline.preprocess import stats as keys
+from cpt_pipeline.preprocess.decontam import Decontaminator, eval_files
+from cpt_pipeline.preprocess.dedup import MinHasher, exact_hash, first_occurrences
+from cpt_pipeline.preprocess.filters import FilterChain
+from cpt_pipeline.preprocess.readers import Document, SourceError, WorkUnit, plan_units, read_unit
+from cpt_pipeline.preprocess.shards import FORMAT, ShardPacker, rows_per_shard
+from cpt_pipeline.preprocess.stats import Stats
+from cpt_pipeline.preprocess.tokenize import TextTokenizer
+from cpt_pipeline.storage import Storage
+
+from cpt.api import ContinuedPretrainSpec
+from cpt.api.data import Source
+
+log = logging.getLogger(__name__)
+BATCH_DOCS = 512
+TOKENIZER_SAMPLE = 64
+HEADROOM = 1.2
+
+
+@dataclass(frozen=True)
+class DataSet:
+    """A group of sources prepared into one shard set."""
+
+    name: str
+    sources: list[Source]
+    tokens_needed: int
+
+
+def data_sets(spec: ContinuedPretrainSpec) -> list[DataSet]:
+    budget = spec.data.token_budget
+    replay = spec.data.replay
+    fraction = float(replay.fraction) if replay else 0.0
+    sets = [DataSet("domain", list(spec.data.sources), math.ceil(budget * (1 - fraction)))]
+    if replay is not None:
+        sets.append(DataSet("replay", [replay.source], math.ceil(budget * fraction)))
+    return sets
+
+
+def work_dir(storage: Storage, set_name: str, rank: int) -> Storage:
+    return storage.sub("work", "preprocess", set_name, f"rank-{rank:05d}")
+
+
+def _decontaminator(spec: ContinuedPretrainSpec) -> tuple[Decontaminator | None, str]:
+    cfg = spec.data.decontamination
+    if not cfg.enabled:
+        return None, "disabled"
+    locations = list(cfg.eval_data) or ([spec.evaluation.local_task_dir] if spec.evaluation.local_task_dir else [])
+    if not locations:
+        return None, "skipped: no evaluation data configured (decontamination.evalData or evaluation.localTaskDir)"
+    files = eval_files(locations)
+    index = Decontaminator.from_files(files, cfg.ngram)
+    return index, f"{len(index)} {cfg.ngram}-grams from {len(files)} files"
+
+
+def _tokenizer_sample(units: list[WorkUnit], sources: dict[str, Source]) -> list[str]:
+    """The first documents of the first unit: the same sample on every rank."""
+    sample: list[str] = []
+    for unit in units[:1]:
+        for doc in read_unit(unit, sources[unit.source], Stats()):
+            sample.append(doc.text)
+            if len(sample) >= TOKENIZER_SAMPLE:
+                break
+    return sample
+
+
+def _batches(docs: Iterator[Document], size: int) -> Iterator[list[Document]]:
+    batch: list[Document] = []
+    for doc in docs:
+        batch.append(doc)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+class _RankWriter:
+    """Accumulates one rank's token stream (in a local scratch file) and per-document arrays."""
+
+    def __init__(self, scratch: Path, dtype: str, minhash: bool) -> None:
+        self.path = scratch / "tokens.bin"
+        self.handle = self.path.open("wb")
+        self.dtype = np.dtype(dtype).newbyteorder("<")
+        self.tokens = 0
+        self.columns: dict[str, list[Any]] = {k: [] for k in ("ends", "units", "positions", "sources", "exact")}
+        self.signatures: list[np.ndarray] | None = [] if minhash else None
+
+    def add(self, doc: Document, source: int, ids: list[int], eos: int, signature: np.ndarray | None) -> None:
+        array = np.fromiter(ids, dtype=self.dtype, count=len(ids))
+        self.handle.write(array.tobytes())
+        self.handle.write(np.array([eos], dtype=self.dtype).tobytes())
+        self.tokens += len(ids) + 1
+        for key, value in (
+            ("ends", self.tokens),
+            ("units", doc.unit),
+            ("positions", doc.position),
+            ("sources", source),
+            ("exact", exact_hash(doc.text)),
+        ):
+            self.columns[key].append(value)
+        if self.signatures is not None and signature is not None:
+            self.signatures.append(signature)
+
+    def arrays(self) -> bytes:
+        self.handle.close()
+        data = {
+            "ends": np.array(self.columns["ends"], dtype=np.int64),
+            "units": np.array(self.columns["units"], dtype=np.int64),
+            "positions": np.array(self.columns["positions"], dtype=np.int64),
+            "sources": np.array(self.columns["sources"], dtype=np.int32),
+            "exact": np.array(self.columns["exact"], dtype=np.uint64),
+        }
+        if self.signatures is not None:
+            data["minhash"] = np.stack(self.signatures) if self.signatures else np.empty((0, 0), dtype=np.uint64)
+        buffer = io.BytesIO()
+        np.savez(buffer, **data)
+        return buffer.getvalue()
+
+
+def prepare(spec: ContinuedPretrainSpec, storage: Storage, rank: int, world_size: int) -> Stats:
+    """Read, filter, decontaminate and tokenize this rank's share of every set."""
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank {rank} is outside world size {world_size}")
+    total = Stats()
+    decontaminator, decontam_note = _decontaminator(spec)
+    chain = FilterChain.from_spec(spec.data.filters)
+    hasher = MinHasher(spec.data.dedup.minhash) if spec.data.dedup.minhash.enabled else None
+    tokenizer: TextTokenizer | None = None
+    for data_set in data_sets(spec):
+        out = work_dir(storage, data_set.name, rank)
+        if out.exists("done.json"):
+            log.info("preprocess %s rank %d: already done, skipped", data_set.name, rank)
+            total.merge(Stats.from_json(out.read_json("done.json")["stats"]))
+            continue
+        started = time.perf_counter()
+        by_name = {s.name: s for s in data_set.sources}
+        units = plan_units(data_set.sources, world_size)
+        if tokenizer is None:
+            tokenizer = TextTokenizer(spec.model.tokenizer_uri, sample=_tokenizer_sample(units, by_name))
+        busy_ranks = max(1, min(world_size, len(units)))  # ranks that have at least one unit to read
+        cap = (
+            math.ceil(data_set.tokens_needed * HEADROOM / busy_ranks)
+            if spec.data.preprocessing.limit_to_budget
+            else math.inf
+        )
+        stats = Stats()
+        source_index = {s.name: i for i, s in enumerate(data_set.sources)}
+        with tempfile.TemporaryDirectory(prefix="cpt-prep-") as scratch:
+            writer = _RankWriter(Path(scratch), tokenizer.info.dtype, hasher is not None)
+            for unit in units[rank::world_size]:
+                if writer.tokens >= cap:
+                    break
+                for batch in _batches(read_unit(unit, by_name[unit.source], stats), BATCH_DOCS):
+                    kept = _keep(batch, chain, decontaminator, stats)
+                    for doc, ids in zip(kept, tokenizer.encode_batch([d.text for d in kept]), strict=True):
+                        if writer.tokens >= cap:  # the budget is covered: stop at a document boundary
+                            break
+                        writer.add(
+                            doc,
+                            source_index[unit.source],
+                            ids,
+                            tokenizer.info.eos_id,
+                            hasher.signature(doc.text) if hasher else None,
+                        )
+                    if writer.tokens >= cap:
+                        break
+            arrays = writer.arrays()
+            stats.add(keys.TOKENS, writer.tokens)
+            stats.seconds = time.perf_counter() - started
+            out.write_bytes(writer.path.read_bytes(), "tokens.bin")
+            out.write_bytes(arrays, "docs.npz")
+        out.write_json(
+            {
+                "rank": rank,
+                "world_size": world_size,
+                "units": len(units),
+                "stats": stats.to_json(),
+                "tokenizer": tokenizer.info.to_json(),
+                "decontamination": decontam_note,
+                "token_cap": None if cap == math.inf else cap,
+            },
+            "done.json",
+        )
+        log.info(
+            "preprocess %s rank %d/%d: %s (%.1fs)", data_set.name, rank, world_size, stats.summary(), stats.seconds
+        )
+        total.merge(stats)
+    return total
+
+
+def _keep(
+    batch: list[Document], chain: FilterChain, decontaminator: Decontaminator | None, stats: Stats
+) -> list[Document]:
+    kept = []
+    for doc in batch:
+        stats.add(keys.DOCS_READ)
+        reason = chain.reason(doc.text)
+        if reason is not None:
+            stats.dropped(reason)
+        elif decontaminator is not None and decontaminator.contaminated(doc.text):
+            stats.add(keys.CONTAMINATED)
+        else:
+            kept.append(doc)
+    stats.add(keys.DOCS_TOKENIZED, len(kept))
+    return kept
+
+
+def _load_rank(storage: Storage, set_name: str, rank: int, world_size: int) -> dict[str, Any]:
+    out = work_dir(storage, set_name, rank)
+    if not out.exists("done.json"):
+        raise RuntimeError(
+            f"preprocess {set_name}: worker {rank} of {world_size} has not finished "
+            f"(no {out.path('done.json')}); rerun that worker"
+        )
+    done = out.read_json("done.json")
+    if done["world_size"] != world_size:
+        raise RuntimeError(
+            f"preprocess {set_name}: worker {rank} ran with world size {done['world_size']}, "
+            f"not {world_size}; delete {storage.path('work')} and rerun"
+        )
+    with np.load(io.BytesIO(out.read_bytes("docs.npz"))) as arrays:
+        columns = {k: arrays[k] for k in arrays.files}
+    return {"done": done, "columns": columns, "dir": out}
+
+
+def reduce(
+    spec: ContinuedPretrainSpec, storage: Storage, world_size: int, shard_rows: int | None = None
+) -> dict[str, Any]:
+    """Deduplicate globally, pack each set into shards and write its manifest; returns the status summary."""
+    manifests = {}
+    for data_set in data_sets(spec):
+        target = storage.sub("data", data_set.name)
+        if target.exists("manifest.json"):
+            log.info("preprocess %s: manifest exists, skipped", data_set.name)
+        else:
+            _reduce_set(spec, storage, data_set, world_size, shard_rows)
+        manifests[data_set.name] = target.read_json("manifest.json")
+    summary = status_summary(manifests)
+    storage.write_json(summary, "data", "preprocess-status.json")
+    return summary
+
+
+def _reduce_set(
+    spec: ContinuedPretrainSpec, storage: Storage, data_set: DataSet, world_size: int, shard_rows: int | None
+) -> None:
+    started = time.perf_counter()
+    ranks = [_load_rank(storage, data_set.name, r, world_size) for r in range(world_size)]
+    stats = Stats()
+    for rank in ranks:
+        stats.merge(Stats.from_json(rank["done"]["stats"]))
+    columns = {k: np.concatenate([r["columns"][k] for r in ranks]) for k in ("units", "positions", "sources", "exact")}
+    owner = np.concatenate([np.full(len(r["columns"]["ends"]), i, dtype=np.int64) for i, r in enumerate(ranks)])
+    local = np.concatenate([np.arange(len(r["columns"]["ends"]), dtype=np.int64) for r in ranks])
+    order = np.lexsort((columns["positions"], columns["units"]))
+    keep = first_occurrences(columns["exact"], order) if spec.data.dedup.exact else np.ones(len(order), bool)
+    stats.add(keys.DUPLICATES, int((~keep).sum()))
+    if spec.data.dedup.minhash.enabled and len(order):
+        signatures = np.concatenate([r["columns"]["minhash"] for r in ranks])
+        near = MinHasher(spec.data.dedup.minhash).near_duplicates(signatures, order, keep)
+        stats.add(keys.NEAR_DUPLICATES, int(near.sum()))
+        keep &= ~near
+    stats.add(keys.DOCS_KEPT, int(keep.sum()))
+    if not keep.any():
+        files = ", ".join(s.uri for s in data_set.sources)
+        raise SourceError(f"preprocess {data_set.name}: no document survived from {files} ({stats.summary()})")
+
+    tokenizer = ranks[0]["done"]["tokenizer"]
+    dtype = np.dtype("uint16" if tokenizer["vocab_size"] <= 65536 else "uint32").newbyteorder("<")
+    streams = [_token_stream(r["dir"], dtype) for r in ranks]
+    seq_len = spec.data.sequence_length
+    rows = shard_rows or rows_per_shard(seq_len, dtype.itemsize)
+    per_source: dict[str, Any] = {}
+    kept_tokens = 0
+    for index, source in enumerate(data_set.sources):
+        packer = ShardPacker(storage.sub("data", data_set.name, source.name), seq_len, dtype, rows)
+        selected = order[keep[order] & (columns["sources"][order] == index)]
+        for doc in selected:
+            ends = ranks[owner[doc]]["columns"]["ends"]
+            start = ends[local[doc] - 1] if local[doc] else 0
+            packer.add(streams[owner[doc]][start : ends[local[doc]]])
+        entry = packer.finish()
+        entry["weight"] = source.weight
+        kept_tokens += entry["tokens"] + entry["tail_tokens"]
+        per_source[source.name] = entry
+    stats.counts[keys.TOKENS] = kept_tokens
+    manifest = {
+        "format": FORMAT,
+        "set": data_set.name,
+        "dtype": dtype.name,
+        "seq_len": seq_len,
+        "tokenizer": tokenizer,
+        "eos_id": tokenizer["eos_id"],
+        "sources": per_source,
+        "rows": sum(s["rows"] for s in per_source.values()),
+        "tokens": sum(s["tokens"] for s in per_source.values()),
+        "tail_tokens": sum(s["tail_tokens"] for s in per_source.values()),
+        "tokens_needed": data_set.tokens_needed,
+        "workers": world_size,
+        "decontamination": ranks[0]["done"]["decontamination"],
+        "stats": stats.to_json(),
+        "reduce_seconds": round(time.perf_counter() - started, 3),
+    }
+    storage.write_json(manifest, "data", data_set.name, "manifest.json")
+    log.info(
+        "preprocess %s: %d rows of %d tokens in %d shards (+%d tail tokens); %s",
+        data_set.name,
+        manifest["rows"],
+        seq_len,
+        sum(len(s["shards"]) for s in per_source.values()),
+        manifest["tail_tokens"],
+        stats.summary(),
+    )
+
+
+def _token_stream(rank_dir: Storage, dtype: np.dtype) -> np.ndarray:
+    if rank_dir.is_local:
+        path = rank_dir.path("tokens.bin")
+        if os.path.getsize(path) == 0:
+            return np.empty(0, dtype=dtype)
+        return np.memmap(path, dtype=dtype, mode="r")
+    return np.frombuffer(rank_dir.read_bytes("tokens.bin"), dtype=dtype)
+
+
+def status_summary(manifests: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The PreprocessStatus fields (camelCase) the operator copies into the resource's status."""
+    domain = manifests.get("domain", {})
+    stats = Stats()
+    for manifest in manifests.values():
+        stats.merge(Stats.from_json(manifest["stats"]))
+    c = stats.counts
+    return {
+        "shards": sum(len(s["shards"]) for m in manifests.values() for s in m["sources"].values()),
+        "tokens": domain.get("tokens", 0) + domain.get("tail_tokens", 0),
+        "replayTokens": sum(manifests.get("replay", {}).get(k, 0) for k in ("tokens", "tail_tokens")),
+        "docsRead": c[keys.DOCS_READ],
+        "docsKept": c[keys.DOCS_KEPT],
+        "docsDropped": stats.dropped_by_reason(),
+        "duplicates": c[keys.DUPLICATES] + c[keys.NEAR_DUPLICATES],
+        "contaminated": c[keys.CONTAMINATED],
+        "badRecords": c[keys.BAD_RECORDS],
+    }

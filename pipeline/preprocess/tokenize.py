@@ -1,0 +1,185 @@
+"""Tokenization in batches with all cores, and the choice between a fast (Rust) tokenizer and SentencePiece.
+
+A tokenizer directory may hold `tokenizer.json` (fast), `tokenizer.model` (SentencePiece), or both.
+Converting a SentencePiece model to fast form can change ids: the Llama-2 conversion splits runs of
+spaces differently. So when a SentencePiece model is present, the fast tokenizer (shipped, or converted
+here) is compared with it on whitespace probes and a sample of the data. It is used only if every id
+matches; otherwise SentencePiece itself encodes (multi-threaded; about as fast on this data). The
+choice and the reason are recorded in the shard manifest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+PROBES = (
+    "hello  world",
+    "  two leading spaces",
+    "x   \n  y",
+    " leading",
+    "trailing  ",
+    "a\tb\t\tc",
+    "many     spaces    between",
+    "new\n\n\nlines\n",
+    "ünïcödé text 日本語 テキスト",
+    "numbers 12345 and 3.14159",
+    "<s> literal </s> tags",
+    "emoji 🙂 and symbols ∑∫√",
+    "",
+)
+EOS_CANDIDATES = ("</s>", "<|endoftext|>", "<eos>", "<|end_of_text|>")
+
+
+class TokenizerError(ValueError):
+    """The tokenizer cannot be used (missing files, no EOS token)."""
+
+
+@dataclass(frozen=True)
+class TokenizerInfo:
+    """What the manifest records about the tokenizer."""
+
+    uri: str
+    backend: str
+    vocab_size: int
+    eos_id: int
+    fingerprint: str
+    fast_checked: str
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @property
+    def dtype(self) -> str:
+        return "uint16" if self.vocab_size <= 65536 else "uint32"
+
+
+def _fingerprint(directory: Path) -> str:
+    digest = hashlib.sha256()
+    for name in ("tokenizer.json", "tokenizer.model"):
+        path = directory / name
+        if path.exists():
+            digest.update(name.encode() + path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def resolve_tokenizer_dir(uri: str, cache_dir: str | None = None) -> Path:
+    """A local directory holding the tokenizer files: local paths as they are, object stores downloaded,
+    hub ids through huggingface_hub (which honours HF_HUB_OFFLINE)."""
+    local = Path(uri.removeprefix("file://"))
+    if local.is_dir():
+        return local
+    if uri.startswith(("s3://", "gs://")):
+        import fsspec
+        from cpt_pipeline.storage import storage_options
+
+        target = (
+            Path(cache_dir or os.environ.get("CPT_CACHE", "/tmp/cpt-cache"))
+            / "tokenizers"
+            / (hashlib.sha256(uri.encode()).hexdigest()[:16])
+        )
+        fs, root = fsspec.core.url_to_fs(uri, **storage_options(uri))
+        for name in ("tokenizer.json", "tokenizer.model", "tokenizer_config.json", "special_tokens_map.json"):
+            if fs.exists(f"{root}/{name}") and not (target / name).exists():
+                target.mkdir(parents=True, exist_ok=True)
+                fs.get_file(f"{root}/{name}", str(target / name))
+        return target
+    if "/" in uri and not local.exists():
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(uri, allow_patterns=["tokenizer*", "special_tokens_map.json"]))
+    raise TokenizerError(f"tokenizer {uri!r}: no such directory")
+
+
+class TextTokenizer:
+    """Encodes batches of documents to id lists with the chosen backend."""
+
+    def __init__(self, uri: str, sample: list[str] | None = None, threads: int | None = None) -> None:
+        self.directory = resolve_tokenizer_dir(uri)
+        # Rust threads follow RAYON_NUM_THREADS; SentencePiece gets the same per-worker share.
+        self.threads = threads or int(os.environ.get("OMP_NUM_THREADS", 0)) or os.cpu_count() or 1
+        fast_path, sp_path = self.directory / "tokenizer.json", self.directory / "tokenizer.model"
+        if not fast_path.exists() and not sp_path.exists():
+            raise TokenizerError(f"tokenizer {uri!r}: neither tokenizer.json nor tokenizer.model in {self.directory}")
+        self._fast = self._load_fast(fast_path, sp_path)
+        self._sp = None
+        checked = "no SentencePiece model to compare with"
+        if sp_path.exists():
+            import sentencepiece
+
+            self._sp = sentencepiece.SentencePieceProcessor(model_file=str(sp_path))
+            checked = self._compare(list(PROBES) + list(sample or []))
+        backend = (
+            "fast"
+            if self._fast is not None and (self._sp is None or checked.startswith("ids match"))
+            else ("sentencepiece")
+        )
+        if backend == "sentencepiece":
+            self._fast = None
+        vocab = self._sp.get_piece_size() if self._sp is not None else self._fast.get_vocab_size()
+        self.info = TokenizerInfo(uri, backend, int(vocab), self._eos_id(), _fingerprint(self.directory), checked)
+
+    def _load_fast(self, fast_path: Path, sp_path: Path) -> Any:
+        import tokenizers
+
+        if fast_path.exists():
+            return tokenizers.Tokenizer.from_file(str(fast_path))
+        try:  # SentencePiece only: convert with transformers, then verify like a shipped one
+            from transformers import AutoTokenizer
+
+            return AutoTokenizer.from_pretrained(str(self.directory)).backend_tokenizer
+        except Exception as error:  # conversion unsupported for this model: SentencePiece will encode
+            log.warning("could not convert %s to a fast tokenizer (%s); using SentencePiece", sp_path, error)
+            return None
+
+    def _compare(self, texts: list[str]) -> str:
+        if self._fast is None:
+            return "no fast tokenizer: SentencePiece encodes"
+        fast = [e.ids for e in self._fast.encode_batch(texts, add_special_tokens=False)]
+        slow = self._sp.encode(texts)
+        differ = [t for t, a, b in zip(texts, fast, slow, strict=True) if a != b]
+        if not differ:
+            return f"ids match SentencePiece on {len(texts)} texts"
+        log.warning(
+            "fast tokenizer ids differ from SentencePiece on %d of %d texts (e.g. %r): using SentencePiece",
+            len(differ),
+            len(texts),
+            differ[0][:60],
+        )
+        return f"ids differ from SentencePiece on {len(differ)} of {len(texts)} texts (e.g. {differ[0][:40]!r})"
+
+    def _eos_id(self) -> int:
+        config_path = self.directory / "tokenizer_config.json"
+        names = list(EOS_CANDIDATES)
+        if config_path.exists():
+            eos = json.loads(config_path.read_text()).get("eos_token")
+            if eos:
+                names.insert(0, eos["content"] if isinstance(eos, dict) else eos)
+        for name in names:
+            token_id = self._token_id(name)
+            if token_id is not None:
+                return token_id
+        if self._sp is not None and self._sp.eos_id() >= 0:
+            return int(self._sp.eos_id())
+        raise TokenizerError(f"tokenizer in {self.directory}: no EOS token found (tried {names})")
+
+    def _token_id(self, token: str) -> int | None:
+        if self._fast is not None:
+            return self._fast.token_to_id(token)
+        if self._sp is not None:
+            piece = self._sp.piece_to_id(token)
+            return None if piece == self._sp.unk_id() and token != self._sp.id_to_piece(piece) else int(piece)
+        return None
+
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        """Token ids of each text (no special tokens added)."""
+        if self._fast is not None:
+            return [e.ids for e in self._fast.encode_batch(texts, add_special_tokens=False)]
+        return self._sp.encode(texts, num_threads=self.threads)

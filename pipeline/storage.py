@@ -1,0 +1,126 @@
+"""Object storage through fsspec: local paths, file://, s3:// (with endpoint override), gs://.
+
+Writes are atomic: on a local filesystem a file is written under a temporary name and renamed into
+place; on object stores a single PUT or multipart upload becomes visible only when complete. Readers
+only trust files that a manifest or a completion marker names, so a killed writer leaves nothing that
+looks finished.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import posixpath
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import fsspec
+from fsspec.implementations.local import LocalFileSystem
+
+from cpt.api.platform import StorageSpec
+
+
+def storage_options(uri: str, endpoint: str | None = None, region: str | None = None) -> dict[str, Any]:
+    """fsspec options for a URI: the S3 endpoint/region override; credentials come from the environment."""
+    if not uri.startswith("s3://"):
+        return {}
+    client_kwargs: dict[str, Any] = {}
+    endpoint = endpoint or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    if endpoint:
+        client_kwargs["endpoint_url"] = endpoint
+    if region:
+        client_kwargs["region_name"] = region
+    return {"client_kwargs": client_kwargs} if client_kwargs else {}
+
+
+@dataclass
+class Storage:
+    """A root URI and its filesystem. Paths given to the methods are relative to the root."""
+
+    root: str
+    fs: fsspec.AbstractFileSystem
+
+    @classmethod
+    def open_uri(cls, uri: str, endpoint: str | None = None, region: str | None = None) -> Storage:
+        fs, path = fsspec.core.url_to_fs(uri, **storage_options(uri, endpoint, region))
+        if isinstance(fs, LocalFileSystem):
+            path = os.path.abspath(path)
+        return cls(root=path.rstrip("/"), fs=fs)
+
+    @classmethod
+    def from_spec(cls, spec: StorageSpec) -> Storage:
+        return cls.open_uri(spec.uri, spec.endpoint, spec.region)
+
+    @property
+    def is_local(self) -> bool:
+        return isinstance(self.fs, LocalFileSystem)
+
+    def path(self, *parts: str) -> str:
+        return posixpath.join(self.root, *parts)
+
+    def url(self, *parts: str) -> str:
+        """A URL another process can open (keeps the protocol for object stores)."""
+        path = self.path(*parts)
+        if self.is_local:
+            return path
+        protocol = self.fs.protocol[0] if isinstance(self.fs.protocol, tuple | list) else self.fs.protocol
+        return f"{protocol}://{path}"
+
+    def sub(self, *parts: str) -> Storage:
+        return Storage(self.path(*parts), self.fs)
+
+    def exists(self, *parts: str) -> bool:
+        return self.fs.exists(self.path(*parts))
+
+    def read_bytes(self, *parts: str) -> bytes:
+        return self.fs.cat_file(self.path(*parts))
+
+    def read_json(self, *parts: str) -> Any:
+        return json.loads(self.read_bytes(*parts))
+
+    def write_bytes(self, data: bytes, *parts: str) -> None:
+        """Write a whole file atomically."""
+        target = self.path(*parts)
+        if self.is_local:
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            temp = f"{target}.tmp-{uuid.uuid4().hex[:8]}"
+            with open(temp, "wb") as handle:
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(temp, target)
+        else:
+            self.fs.pipe_file(target, data)
+
+    def write_json(self, obj: Any, *parts: str) -> None:
+        self.write_bytes(json.dumps(obj, indent=1, sort_keys=True).encode(), *parts)
+
+    def write_text(self, text: str, *parts: str) -> None:
+        self.write_bytes(text.encode(), *parts)
+
+    def list(self, *parts: str) -> list[str]:
+        """Names (not paths) directly under a directory; empty when it does not exist."""
+        base = self.path(*parts)
+        try:
+            entries = self.fs.ls(base, detail=False)
+        except FileNotFoundError:
+            return []
+        return sorted(posixpath.basename(e.rstrip("/")) for e in entries)
+
+    def remove(self, *parts: str) -> None:
+        path = self.path(*parts)
+        if self.fs.exists(path):
+            self.fs.rm(path, recursive=True)
+
+    def local_copy(self, *parts: str, cache_dir: str) -> str:
+        """A local path for the file (itself when local; else downloaded into cache_dir once)."""
+        if self.is_local:
+            return self.path(*parts)
+        target = os.path.join(cache_dir, *parts)
+        if not os.path.exists(target):
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            temp = f"{target}.tmp-{uuid.uuid4().hex[:8]}"
+            self.fs.get_file(self.path(*parts), temp)
+            os.replace(temp, target)
+        return target
