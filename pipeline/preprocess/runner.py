@@ -15,6 +15,7 @@ Sets: `domain` (all spec.data.sources, deduplicated together) and `replay` (spec
 from __future__ import annotations
 
 import io
+import json
 import logging
 import math
 import os
@@ -175,11 +176,12 @@ def prepare(spec: ContinuedPretrainSpec, storage: Storage, rank: int, world_size
         source_index = {s.name: i for i, s in enumerate(data_set.sources)}
         with tempfile.TemporaryDirectory(prefix="cpt-prep-") as scratch:
             writer = _RankWriter(Path(scratch), tokenizer.info.dtype, hasher is not None)
+            dropped: list[bytes] | None = [] if spec.data.filters.write_dropped else None
             for unit in units[rank::world_size]:
                 if writer.tokens >= cap:
                     break
                 for batch in _batches(read_unit(unit, by_name[unit.source], stats), BATCH_DOCS):
-                    kept = _keep(batch, chain, decontaminator, stats)
+                    kept = _keep(batch, chain, decontaminator, stats, dropped)
                     for doc, ids in zip(kept, tokenizer.encode_batch([d.text for d in kept]), strict=True):
                         if writer.tokens >= cap:  # the budget is covered: stop at a document boundary
                             break
@@ -197,6 +199,8 @@ def prepare(spec: ContinuedPretrainSpec, storage: Storage, rank: int, world_size
             stats.seconds = time.perf_counter() - started
             out.write_bytes(writer.path.read_bytes(), "tokens.bin")
             out.write_bytes(arrays, "docs.npz")
+            if dropped is not None:
+                out.write_bytes(b"".join(dropped), "dropped.jsonl")
         out.write_json(
             {
                 "rank": rank,
@@ -209,16 +213,30 @@ def prepare(spec: ContinuedPretrainSpec, storage: Storage, rank: int, world_size
             },
             "done.json",
         )
+        seconds = max(stats.seconds, 1e-9)
         log.info(
-            "preprocess %s rank %d/%d: %s (%.1fs)", data_set.name, rank, world_size, stats.summary(), stats.seconds
+            "preprocess %s rank %d/%d: %s; %.1fs, %.0f docs/s, %.0f tokens/s",
+            data_set.name,
+            rank,
+            world_size,
+            stats.summary(),
+            stats.seconds,
+            stats.counts[keys.DOCS_READ] / seconds,
+            writer.tokens / seconds,
         )
         total.merge(stats)
     return total
 
 
 def _keep(
-    batch: list[Document], chain: FilterChain, decontaminator: Decontaminator | None, stats: Stats
+    batch: list[Document],
+    chain: FilterChain,
+    decontaminator: Decontaminator | None,
+    stats: Stats,
+    dropped: list[bytes] | None,
 ) -> list[Document]:
+    """The documents that pass the filters and decontamination; the others are counted (and kept for
+    inspection in `dropped` when asked for)."""
     kept = []
     for doc in batch:
         stats.add(keys.DOCS_READ)
@@ -226,9 +244,13 @@ def _keep(
         if reason is not None:
             stats.dropped(reason)
         elif decontaminator is not None and decontaminator.contaminated(doc.text):
+            reason = keys.CONTAMINATED
             stats.add(keys.CONTAMINATED)
-        else:
+        if reason is None:
             kept.append(doc)
+        elif dropped is not None:
+            record = {"reason": reason, "location": doc.location, "text": doc.text}
+            dropped.append(json.dumps(record, ensure_ascii=False).encode() + b"\n")
     stats.add(keys.DOCS_TOKENIZED, len(kept))
     return kept
 

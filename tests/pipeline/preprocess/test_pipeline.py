@@ -214,3 +214,22 @@ def test_unfinished_worker_blocks_reduce_and_reruns_skip_finished_work(tmp_path:
     with pytest.raises(RuntimeError, match="world size 2, not 3"):
         reduce(spec, storage, 3)
     assert reduce(spec, storage, 2)["docsKept"] == 30
+
+
+def test_dropped_documents_can_be_written_for_inspection(tmp_path: Path, shared_data: Path) -> None:
+    lines = (shared_data / "benchmarks" / "arc_easy" / "validation.jsonl").open()
+    item = next(i for i in map(json.loads, lines) if len(i["question"].split()) >= 15)
+    leaked = document(9) + "\n" + item["question"] + " " + " ".join(item["choices"]["text"])
+    write_jsonl(tmp_path / "in" / "d.jsonl", [document(0), "one line", leaked, document(2)])
+    spec = make_spec(
+        tmp_path / "out",
+        [{"name": "d", "uri": str(tmp_path / "in")}],
+        filters={"writeDropped": True},
+        decontamination={"evalData": [str(shared_data / "benchmarks")]},
+    )
+    run(spec, world=1)
+    path = tmp_path / "out" / "work" / "preprocess" / "domain" / "rank-00000" / "dropped.jsonl"
+    records = [json.loads(line) for line in path.read_text().splitlines()]
+    assert [(r["reason"], r["text"]) for r in records] == [("min_lines", "one line"), ("contaminated", leaked)]
+    first_line = len(json.dumps({"id": 0, "text": document(0)})) + 1
+    assert records[0]["location"] == f"{tmp_path / 'in' / 'd.jsonl'}@{first_line}"
