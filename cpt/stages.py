@@ -14,6 +14,7 @@ class Stage(StrEnum):
 
     PREPROCESS = "preprocess"  # N parallel workers (an Indexed Job): read, filter, tokenize
     DEDUP = "dedup"  # one process: global dedup, pack shards, manifest
+    TRAIN = "train"  # one pod per node; launches torchrun with procsPerNode workers
 
 
 SPEC_PATH = "/etc/kubecpt/spec.json"

@@ -48,6 +48,18 @@ def _dedup(args: argparse.Namespace, spec: ContinuedPretrainSpec) -> None:
     print(json.dumps({"stage": "dedup", **summary}))
 
 
+def _train(args: argparse.Namespace, spec: ContinuedPretrainSpec) -> int:
+    """In a torchrun worker: train. Otherwise: launch torchrun for this node (the pod's main process)."""
+    if "LOCAL_RANK" in os.environ:
+        from cpt_pipeline.storage import Storage
+        from cpt_pipeline.train.loop import run_worker
+
+        return run_worker(spec, Storage.from_spec(spec.storage))
+    from cpt_pipeline.train.launch import launch
+
+    return launch(spec, ["-P", "-m", "cpt_pipeline", "train", "--spec", args.spec])
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m cpt_pipeline")
     parser.add_argument("stage", choices=[str(s) for s in Stage])
@@ -58,8 +70,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     spec = load_spec(args.spec)
-    {Stage.PREPROCESS: _preprocess, Stage.DEDUP: _dedup}[Stage(args.stage)](args, spec)
-    return 0
+    handlers = {Stage.PREPROCESS: _preprocess, Stage.DEDUP: _dedup, Stage.TRAIN: _train}
+    return handlers[Stage(args.stage)](args, spec) or 0
 
 
 if __name__ == "__main__":

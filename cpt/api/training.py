@@ -102,6 +102,14 @@ class TrainingSpec(ApiModel):
     grad_accumulation: int = Field(2, ge=1, le=65536, description="Micro-steps per optimizer step.")
     checkpoint: Checkpointing = section(Checkpointing, "Checkpointing.")
     seed: int = Field(42, ge=0, le=2**31 - 1, description="Random seed (data order, init).")
+    log_interval_steps: int = Field(
+        10, ge=1, le=10**6, description="Write progress (status) and metrics to storage every N steps."
+    )
+    non_finite_loss: Literal["stop", "skipBatch"] = Field(
+        "stop",
+        description="On a NaN/inf loss: stop with an error, or skip that micro-batch on every rank (its gradient "
+        "is zeroed; a run whose gradients are still non-finite stops).",
+    )
     attention: Literal["auto", "sdpa", "flash_attention_2", "eager"] = Field(
         "auto", description="Attention kernel; auto picks SDPA (flash on GPU) where available."
     )

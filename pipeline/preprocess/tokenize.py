@@ -18,6 +18,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from cpt_pipeline.fetch import local_dir
+
 log = logging.getLogger(__name__)
 
 PROBES = (
@@ -70,32 +72,15 @@ def _fingerprint(directory: Path) -> str:
     return digest.hexdigest()[:16]
 
 
-def resolve_tokenizer_dir(uri: str, cache_dir: str | None = None) -> Path:
-    """A local directory holding the tokenizer files: local paths as they are, object stores downloaded,
-    hub ids through huggingface_hub (which honours HF_HUB_OFFLINE)."""
-    local = Path(uri.removeprefix("file://"))
-    if local.is_dir():
-        return local
-    if uri.startswith(("s3://", "gs://")):
-        import fsspec
-        from cpt_pipeline.storage import storage_options
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json", "special_tokens_map.json")
 
-        target = (
-            Path(cache_dir or os.environ.get("CPT_CACHE", "/tmp/cpt-cache"))
-            / "tokenizers"
-            / (hashlib.sha256(uri.encode()).hexdigest()[:16])
-        )
-        fs, root = fsspec.core.url_to_fs(uri, **storage_options(uri))
-        for name in ("tokenizer.json", "tokenizer.model", "tokenizer_config.json", "special_tokens_map.json"):
-            if fs.exists(f"{root}/{name}") and not (target / name).exists():
-                target.mkdir(parents=True, exist_ok=True)
-                fs.get_file(f"{root}/{name}", str(target / name))
-        return target
-    if "/" in uri and not local.exists():
-        from huggingface_hub import snapshot_download
 
-        return Path(snapshot_download(uri, allow_patterns=["tokenizer*", "special_tokens_map.json"]))
-    raise TokenizerError(f"tokenizer {uri!r}: no such directory")
+def resolve_tokenizer_dir(uri: str) -> Path:
+    """A local directory holding the tokenizer files of uri."""
+    try:
+        return local_dir(uri, TOKENIZER_FILES)
+    except FileNotFoundError as error:
+        raise TokenizerError(f"tokenizer {uri!r}: {error}") from error
 
 
 class TextTokenizer:

@@ -1,0 +1,1 @@
+"""Training: torchrun + DeepSpeed (ZeRO 0-3) over packed shards, with exact resume and milestone exports."""

@@ -1,0 +1,59 @@
+"""The DeepSpeed configuration of a run, from spec.training."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from cpt.api.training import TrainingSpec
+
+log = logging.getLogger(__name__)
+
+
+def effective_precision(requested: str, device: str) -> str:
+    """bf16/fp16 on CUDA when supported; on CPU (tests, laptops) everything trains in fp32."""
+    if requested == "fp32":
+        return "fp32"
+    if device == "cuda":
+        import torch
+
+        if requested == "bf16" and not torch.cuda.is_bf16_supported():
+            log.warning("bf16 is not supported on this GPU: training in fp16")
+            return "fp16"
+        return requested
+    log.info("precision %s requested, but the device is %s: training in fp32", requested, device)
+    return "fp32"
+
+
+def deepspeed_config(training: TrainingSpec, world_size: int, precision: str) -> dict[str, Any]:
+    ds = training.deepspeed
+    zero: dict[str, Any] = {"stage": ds.zero_stage, "contiguous_gradients": True, "overlap_comm": ds.zero_stage > 0}
+    if ds.zero_stage == 3:
+        zero["stage3_gather_16bit_weights_on_model_save"] = True
+    if ds.offload_optimizer == "cpu":
+        zero["offload_optimizer"] = {"device": "cpu", "pin_memory": True}
+    if ds.offload_params == "cpu":
+        zero["offload_param"] = {"device": "cpu", "pin_memory": True}
+    opt = training.optimizer
+    config: dict[str, Any] = {
+        "train_micro_batch_size_per_gpu": training.micro_batch_size,
+        "gradient_accumulation_steps": training.grad_accumulation,
+        "train_batch_size": training.micro_batch_size * training.grad_accumulation * world_size,
+        "gradient_clipping": float(opt.grad_clip),
+        "zero_optimization": zero,
+        "bf16": {"enabled": precision == "bf16"},
+        "fp16": {"enabled": precision == "fp16", "initial_scale_power": 16},
+        "steps_per_print": 10**9,
+        "zero_allow_untested_optimizer": True,
+    }
+    if ds.offload_optimizer == "cpu":  # DeepSpeed builds its CPU Adam for offloaded optimizer states
+        config["optimizer"] = {
+            "type": "AdamW",
+            "params": {
+                "lr": float(opt.lr),
+                "betas": [float(b) for b in opt.betas],
+                "eps": float(opt.eps),
+                "weight_decay": float(opt.weight_decay),
+            },
+        }
+    return config

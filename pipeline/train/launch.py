@@ -1,0 +1,70 @@
+"""Launch torchrun on this node, with the same environment contract on Kubernetes and locally.
+
+Node rank: `JOB_COMPLETION_INDEX` (an Indexed Job pod) or `PET_NODE_RANK`, else 0. Nodes and processes per
+node: `PET_NNODES` / `PET_NPROC_PER_NODE` (Kubeflow Trainer names), else the spec. Rendezvous:
+`PET_MASTER_ADDR`/`MASTER_ADDR` and `PET_MASTER_PORT`/`MASTER_PORT`. On one node with none of these set,
+127.0.0.1 and a free port are used. The workers' exit codes are passed on: preemption (75), a non-finite
+loss (3) and bad input (4) stay distinguishable from a crash.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import sys
+import uuid
+
+from cpt.api import ContinuedPretrainSpec
+
+log = logging.getLogger(__name__)
+PREEMPTED = 75
+DISTINCT_CODES = (PREEMPTED, 4, 3)
+
+
+def _env_int(*names: str, default: int) -> int:
+    return next((int(os.environ[n]) for n in names if os.environ.get(n)), default)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def launch(spec: ContinuedPretrainSpec, worker_args: list[str]) -> int:
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
+
+    nodes = _env_int("PET_NNODES", default=spec.training.nodes)
+    procs = _env_int("PET_NPROC_PER_NODE", default=spec.training.procs_per_node)
+    node_rank = _env_int("JOB_COMPLETION_INDEX", "PET_NODE_RANK", default=0)
+    address = os.environ.get("PET_MASTER_ADDR") or os.environ.get("MASTER_ADDR") or "127.0.0.1"
+    port = _env_int("PET_MASTER_PORT", "MASTER_PORT", default=_free_port() if nodes == 1 else 29500)
+    if not 0 <= node_rank < nodes:
+        raise SystemExit(f"node rank {node_rank} is outside {nodes} node(s)")
+    config = LaunchConfig(
+        min_nodes=nodes,
+        max_nodes=nodes,
+        nproc_per_node=procs,
+        run_id=os.environ.get("PET_RUN_ID", uuid.uuid4().hex),
+        rdzv_backend="static",
+        rdzv_endpoint=f"{address}:{port}",
+        rdzv_configs={"rank": node_rank},
+        max_restarts=0,
+        monitor_interval=0.5,
+    )
+    log.info("torchrun: node %d of %d, %d process(es), rendezvous %s:%d", node_rank, nodes, procs, address, port)
+    try:
+        elastic_launch(config, entrypoint=sys.executable)(*worker_args)
+    except SignalException as error:
+        # The pod was asked to stop (preemption, eviction): the agent forwarded the signal, the workers saved a
+        # checkpoint if they could, and `latest` names only complete checkpoints, so a restart resumes safely.
+        log.warning("launcher received signal %s: exiting with the preemption code", error.sigval)
+        return PREEMPTED
+    except ChildFailedError as error:
+        codes = [failure.exitcode for failure in error.failures.values()]
+        log.error("training worker(s) failed with exit code(s) %s", codes)
+        return next((c for c in DISTINCT_CODES if c in codes), codes[0] if codes and codes[0] > 0 else 1)
+    return 0

@@ -1,0 +1,223 @@
+"""Training on CPU with real DeepSpeed ZeRO-3 (2 processes, gloo): learning, exact resume, exports, failures."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cpt_pipeline.local import run_preprocessing
+from cpt_pipeline.train.loop import (
+    EXIT_BAD_INPUT,
+    EXIT_NONFINITE,
+    EXIT_PREEMPTED,
+    FAULT_EXIT_AFTER_STEPS,
+    FAULT_NAN_AT_STEP,
+    LOG_SAMPLE_IDS,
+)
+
+from cpt.kube_yaml import dump
+from tests.conftest import shared_data_dir
+
+REPO = Path(__file__).resolve().parents[3]
+STEPS = 12  # tokens per step: 2 processes x 4 rows x 64 tokens = 512
+
+
+def resource(storage: str, **training: Any) -> dict[str, Any]:
+    shared = shared_data_dir()
+    spec_training = {
+        "procsPerNode": 2,
+        "microBatchSize": 4,
+        "gradAccumulation": 1,
+        "deepspeed": {"zeroStage": 3, "precision": "fp32", "gradientCheckpointing": False},
+        "optimizer": {"lr": "2e-3"},
+        "checkpoint": {"intervalSteps": 3, "keepLast": 2},
+        "logIntervalSteps": 2,
+        **training,
+    }
+    return {
+        "apiVersion": "cpt.kubecpt.dev/v1alpha1",
+        "kind": "ContinuedPretrain",
+        "metadata": {"name": "t"},
+        "spec": {
+            "model": {"uri": str(shared / "models" / "stories260K")},
+            "data": {
+                "sources": [{"name": "stem", "uri": str(shared / "corpora" / "openstax_stem.jsonl")}],
+                "replay": {
+                    "source": {"name": "stories", "uri": str(shared / "corpora" / "stories260k_samples.jsonl")},
+                    "fraction": "0.25",
+                },
+                "sequenceLength": 64,
+                "tokenBudget": 512 * STEPS,
+                "milestones": [512 * 6],
+                "decontamination": {"enabled": False},
+                "preprocessing": {"workers": 2},
+            },
+            "training": spec_training,
+            "storage": {"uri": storage},
+        },
+    }
+
+
+def write(doc: dict[str, Any], path: Path) -> Path:
+    path.write_text(dump(doc))
+    return path
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Shards prepared once (domain: OpenStax, replay: stories); each test copies them into its own storage."""
+    root = tmp_path_factory.mktemp("prepared")
+    spec = write(resource(str(root / "out")), root / "cpt.yaml")
+    run_preprocessing(spec, 2, cwd=REPO)
+    return root / "out" / "data"
+
+
+def run_dir(tmp_path: Path, prepared: Path, **training: Any) -> tuple[Path, Path]:
+    shutil.copytree(prepared, tmp_path / "out" / "data")
+    return write(resource(str(tmp_path / "out"), **training), tmp_path / "cpt.yaml"), tmp_path / "out"
+
+
+def train(spec: Path, env: dict[str, str] | None = None, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-P", "-m", "cpt_pipeline", "train", "--spec", str(spec)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=timeout,
+        env={**os.environ, "DS_ACCELERATOR": "cpu", **(env or {})},
+    )
+
+
+def metrics(out: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in (out / "train" / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_loss_decreases_and_milestones_are_exported(tmp_path: Path, prepared: Path) -> None:
+    spec, out = run_dir(tmp_path, prepared, checkpoint={"intervalSteps": 3, "keepLast": 1})
+    result = train(spec)
+    assert result.returncode == 0, result.stderr[-3000:]
+    history = metrics(out)
+    assert [r["step"] for r in history] == list(range(1, STEPS + 1))
+    first, last = history[:3], history[-3:]
+    assert sum(r["loss"] for r in last) / 3 < sum(r["loss"] for r in first) / 3 - 0.1  # it learns the domain
+    assert sorted(os.listdir(out / "exports")) == ["tokens-0000000003072", "tokens-0000000006144"]
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    export = out / "exports" / "tokens-0000000006144"
+    model = AutoModelForCausalLM.from_pretrained(export)
+    tokenizer = AutoTokenizer.from_pretrained(export)
+    assert model.config.vocab_size == 512 and tokenizer("Once upon a time").input_ids
+    checkpoints = sorted(os.listdir(out / "checkpoints"))
+    assert (out / "checkpoints" / "latest").read_text().strip() == "step-00000012-milestone"
+    periodic = [c for c in checkpoints if c.startswith("step-") and not c.endswith("milestone")]
+    assert periodic == ["step-00000009"]  # keepLast 1: step 3 was purged, milestones are kept
+    assert {"step-00000006-milestone", "step-00000012-milestone"} <= set(checkpoints)
+    progress = json.loads((out / "train" / "progress.json").read_text())
+    assert (progress["step"], progress["tokensSeen"], progress["totalSteps"]) == (STEPS, 512 * STEPS, STEPS)
+    assert progress["tokensPerSecond"] > 0 and progress["latestCheckpoint"].endswith("step-00000012-milestone")
+    assert any(name.startswith("events.out.tfevents") for name in os.listdir(out / "train" / "tensorboard"))
+
+
+def test_a_killed_run_resumes_exactly(tmp_path: Path, prepared: Path) -> None:
+    reference_spec, reference_out = run_dir(tmp_path / "reference", prepared)
+    assert train(reference_spec, {LOG_SAMPLE_IDS: "1"}).returncode == 0
+    spec, out = run_dir(tmp_path / "killed", prepared)
+    killed = train(spec, {LOG_SAMPLE_IDS: "1", FAULT_EXIT_AFTER_STEPS: "8"})
+    assert killed.returncode != 0
+    assert (out / "checkpoints" / "latest").read_text().strip() == "step-00000006-milestone"
+    resumed = train(spec, {LOG_SAMPLE_IDS: "1"})
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    expected, got = metrics(reference_out), metrics(out)
+    assert [r["step"] for r in got] == list(range(1, STEPS + 1))
+    for want, have in zip(expected, got, strict=True):
+        assert have["sampleIds"] == want["sampleIds"], have["step"]
+        assert abs(have["loss"] - want["loss"]) <= 1e-5, (have["step"], have["loss"], want["loss"])
+        assert have["lr"] == pytest.approx(want["lr"], rel=1e-9)
+    assert json.loads((out / "train" / "progress.json").read_text())["restarts"] == 1
+    assert len(set(got[0]["sampleIds"])) == 8  # 2 ranks x 4 rows: disjoint samples
+    assert sum(i.startswith("replay/") for r in got for i in r["sampleIds"]) == STEPS * 8 // 4  # 25% replay
+
+
+def test_checkpoints_and_exports_on_s3(tmp_path: Path, prepared: Path, s3, s3_server: str) -> None:
+    bucket = f"cpt-{uuid.uuid4().hex[:8]}"
+    s3.mkdir(bucket)
+    s3.put(str(prepared) + "/", f"{bucket}/run/data/", recursive=True)
+    doc = resource(f"s3://{bucket}/run")
+    doc["spec"]["storage"]["endpoint"] = s3_server
+    result = train(write(doc, tmp_path / "cpt.yaml"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert s3.cat_file(f"{bucket}/run/checkpoints/latest").decode().strip() == "step-00000012-milestone"
+    assert s3.ls(f"{bucket}/run/checkpoints/step-00000006-milestone")
+    local = tmp_path / "export"
+    s3.get(f"{bucket}/run/exports/tokens-0000000006144/", str(local) + "/", recursive=True)
+    from transformers import AutoModelForCausalLM
+
+    assert AutoModelForCausalLM.from_pretrained(local).config.num_hidden_layers == 5
+    assert json.loads(s3.cat_file(f"{bucket}/run/train/progress.json"))["step"] == STEPS
+
+
+def test_missing_shards_and_vocab_mismatch_stop_before_training(tmp_path: Path, prepared: Path) -> None:
+    spec, out = run_dir(tmp_path / "missing", prepared)
+    for shard in (out / "data" / "domain" / "stem").glob("shard-*.bin"):
+        shard.unlink()
+    result = train(spec)
+    assert result.returncode == EXIT_BAD_INPUT
+    assert "shards listed in the manifest are missing" in result.stdout + result.stderr
+    spec, out = run_dir(tmp_path / "vocab", prepared)
+    doc = resource(str(out))
+    doc["spec"]["model"] = {
+        "architecture": {"preset": "tiny", "vocabSize": 256},
+        "tokenizer": doc["spec"]["model"]["uri"],
+    }
+    result = train(write(doc, tmp_path / "vocab.yaml"))
+    assert result.returncode == EXIT_BAD_INPUT
+    assert "tokenizer/vocab mismatch: the shards use a 512-token vocabulary" in result.stdout + result.stderr
+    assert not (out / "checkpoints").exists()
+
+
+def test_non_finite_loss_stops_or_is_skipped(tmp_path: Path, prepared: Path) -> None:
+    spec, _ = run_dir(tmp_path / "stop", prepared)
+    result = train(spec, {FAULT_NAN_AT_STEP: "3"})
+    assert result.returncode == EXIT_NONFINITE
+    assert "non-finite loss at step 3" in result.stdout + result.stderr
+    spec, out = run_dir(tmp_path / "skip", prepared, nonFiniteLoss="skipBatch")
+    assert train(spec, {FAULT_NAN_AT_STEP: "3"}).returncode == 0
+    history = metrics(out)
+    assert len(history) == STEPS and history[2]["loss"] is None  # step 3: every micro-batch skipped
+    assert all(r["loss"] is not None for r in history[3:])  # and training went on
+
+
+def test_sigterm_saves_a_checkpoint_and_exits_with_the_preemption_code(tmp_path: Path, prepared: Path) -> None:
+    spec, out = run_dir(tmp_path, prepared, checkpoint={"intervalSteps": 1000, "keepLast": 1})
+    process = subprocess.Popen(
+        [sys.executable, "-P", "-m", "cpt_pipeline", "train", "--spec", str(spec)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        cwd=REPO,
+        env={**os.environ, "DS_ACCELERATOR": "cpu"},
+    )
+    assert process.stdout is not None
+    deadline = time.monotonic() + 300
+    for line in process.stdout:
+        if '"event": "train_step", "step": 2,' in line:
+            process.send_signal(signal.SIGTERM)
+            break
+        assert time.monotonic() < deadline
+    rest = process.stdout.read()
+    assert process.wait(120) == EXIT_PREEMPTED, rest[-3000:]
+    latest = (out / "checkpoints" / "latest").read_text().strip()
+    step = int(latest.split("-")[1])
+    assert 2 <= step < STEPS
+    spec_resumed = train(spec)
+    assert spec_resumed.returncode == 0
+    assert [r["step"] for r in metrics(out)] == list(range(1, STEPS + 1))
