@@ -41,9 +41,8 @@ def make_input(work: Path, copies: int, files: int) -> tuple[Path, int]:
 
 
 def run_kubecpt(input_path: Path, work: Path, workers: int) -> dict:
-    from cpt_pipeline.local import run_preprocessing
-
     from cpt.kube_yaml import dump
+    from cpt_pipeline.local import run_preprocessing
 
     resource = {
         "apiVersion": "cpt.kubecpt.dev/v1alpha1",

@@ -10,6 +10,7 @@ import shutil
 from pathlib import Path
 
 import fsspec
+
 from cpt_pipeline.storage import storage_options
 
 

@@ -7,9 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from cpt_pipeline.__main__ import INDEX_ENV
-
 from cpt.stages import Stage, stage_argv
+from cpt_pipeline.__main__ import INDEX_ENV
 
 PARALLEL_STAGES = {Stage.PREPROCESS}  # one process per worker rank; the others run once
 

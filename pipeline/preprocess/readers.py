@@ -20,10 +20,10 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import fsspec
-from cpt_pipeline.preprocess.stats import Stats
-from cpt_pipeline.storage import storage_options
 
 from cpt.api.data import Source
+from cpt_pipeline.preprocess.stats import Stats
+from cpt_pipeline.storage import storage_options
 
 MIN_CHUNK = 1 << 20
 MAX_CHUNK = 64 << 20

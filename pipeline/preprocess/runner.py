@@ -27,6 +27,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from cpt.api import ContinuedPretrainSpec
+from cpt.api.data import Source
 from cpt_pipeline.preprocess import stats as keys
 from cpt_pipeline.preprocess.decontam import Decontaminator, eval_files
 from cpt_pipeline.preprocess.dedup import MinHasher, exact_hash, first_occurrences
@@ -36,9 +39,6 @@ from cpt_pipeline.preprocess.shards import FORMAT, ShardPacker, rows_per_shard
 from cpt_pipeline.preprocess.stats import Stats
 from cpt_pipeline.preprocess.tokenize import TextTokenizer
 from cpt_pipeline.storage import Storage
-
-from cpt.api import ContinuedPretrainSpec
-from cpt.api.data import Source
 
 log = logging.getLogger(__name__)
 BATCH_DOCS = 512

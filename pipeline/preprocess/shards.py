@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 import xxhash
+
 from cpt_pipeline.storage import Storage
 
 FORMAT = "kubecpt-packed-v1"

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import torch.distributed as dist
+
 from cpt_pipeline.storage import Storage
 
 log = logging.getLogger(__name__)

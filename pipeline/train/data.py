@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+
 from cpt_pipeline.storage import Storage
 
 PATTERN_MAX = 4096

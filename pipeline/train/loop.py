@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from cpt.api import ContinuedPretrainSpec
 from cpt_pipeline.storage import Storage
 from cpt_pipeline.train.checkpoint import Checkpointer, export_hf
 from cpt_pipeline.train.data import DataError, MixedSamples, load_set
@@ -24,8 +25,6 @@ from cpt_pipeline.train.ds_config import deepspeed_config, effective_precision
 from cpt_pipeline.train.model import count_parameters, load_model
 from cpt_pipeline.train.progress import Progress, flops_per_token, peak_flops
 from cpt_pipeline.train.schedule import lr_multiplier
-
-from cpt.api import ContinuedPretrainSpec
 
 log = logging.getLogger(__name__)
 EXIT_PREEMPTED = 75

@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 
 import pytest
-from cpt_pipeline.preprocess.filters import Features, FilterChain, c4_rules, fineweb_quality, gopher_quality
 
 from cpt.api.data import Filters, RepetitionFilter
+from cpt_pipeline.preprocess.filters import Features, FilterChain, c4_rules, fineweb_quality, gopher_quality
 from tests.pipeline.preprocess.helpers import document
 
 

@@ -10,12 +10,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
+from cpt.kube_yaml import dump
 from cpt_pipeline.preprocess.runner import prepare, reduce
 from cpt_pipeline.preprocess.shards import FAULT_ENV, read_shard
 from cpt_pipeline.preprocess.tokenize import TextTokenizer
 from cpt_pipeline.storage import Storage
-
-from cpt.kube_yaml import dump
 from tests.pipeline.preprocess.helpers import document, make_spec, stories_tokenizer, write_jsonl
 
 REPO = Path(__file__).resolve().parents[3]

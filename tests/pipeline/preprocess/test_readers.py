@@ -7,11 +7,11 @@ import json
 from pathlib import Path
 
 import pytest
+
+from cpt.api.data import Source
 from cpt_pipeline.preprocess import readers
 from cpt_pipeline.preprocess.readers import SourceError, plan_units, read_unit
 from cpt_pipeline.preprocess.stats import Stats
-
-from cpt.api.data import Source
 from tests.pipeline.preprocess.helpers import document, write_jsonl
 
 

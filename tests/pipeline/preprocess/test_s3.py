@@ -7,7 +7,6 @@ from pathlib import Path
 
 from cpt_pipeline.preprocess.runner import prepare, reduce
 from cpt_pipeline.storage import Storage
-
 from tests.pipeline.preprocess.helpers import document, make_spec, write_jsonl
 
 

@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+from cpt.kube_yaml import dump
 from cpt_pipeline.local import run_preprocessing
 from cpt_pipeline.train.loop import (
     EXIT_BAD_INPUT,
@@ -23,8 +25,6 @@ from cpt_pipeline.train.loop import (
     FAULT_NAN_AT_STEP,
     LOG_SAMPLE_IDS,
 )
-
-from cpt.kube_yaml import dump
 from tests.conftest import shared_data_dir
 
 REPO = Path(__file__).resolve().parents[3]
