@@ -5,10 +5,15 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from importlib.metadata import entry_points
 from pathlib import Path
 
 from cpt.crd import render_crd
 from cpt.validation import validate_file
+
+# Packages that add subcommands register `add(subparsers)` under this entry-point group, so this module never
+# imports them (the operator image has no pipeline, and so no `cpt report`).
+PLUGIN_GROUP = "kubecpt.cli"
 
 
 def _validate(args: argparse.Namespace) -> int:
@@ -43,6 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
     crd = sub.add_parser("crd", help="print the CustomResourceDefinition")
     crd.add_argument("-o", "--output", help="write to this file instead of stdout")
     crd.set_defaults(func=_crd)
+    for plugin in entry_points(group=PLUGIN_GROUP):  # e.g. `cpt report`, when the pipeline is installed
+        plugin.load()(sub)
     return parser
 
 

@@ -15,6 +15,8 @@ class Stage(StrEnum):
     PREPROCESS = "preprocess"  # N parallel workers (an Indexed Job): read, filter, tokenize
     DEDUP = "dedup"  # one process: global dedup, pack shards, manifest
     TRAIN = "train"  # one pod per node; launches torchrun with procsPerNode workers
+    EVALUATE = "evaluate"  # one process: lm-eval + perplexity on the base model and every milestone export
+    REPORT = "report"  # one process: Table 1, loss curve, token-efficiency figure
 
 
 SPEC_PATH = "/etc/kubecpt/spec.json"

@@ -60,6 +60,21 @@ def _train(args: argparse.Namespace, spec: ContinuedPretrainSpec) -> int:
     return launch(spec, ["-P", "-m", "cpt_pipeline", "train", "--spec", args.spec])
 
 
+def _evaluate(args: argparse.Namespace, spec: ContinuedPretrainSpec) -> None:
+    from cpt_pipeline.evaluate.results import evaluate_run
+    from cpt_pipeline.storage import Storage
+
+    status = evaluate_run(spec, Storage.from_spec(spec.storage))
+    print(json.dumps({"stage": "evaluate", **status}))
+
+
+def _report(args: argparse.Namespace, spec: ContinuedPretrainSpec) -> None:
+    from cpt_pipeline.report.report import build_report
+    from cpt_pipeline.storage import Storage
+
+    print(json.dumps({"stage": "report", **build_report(Storage.from_spec(spec.storage))}))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m cpt_pipeline")
     parser.add_argument("stage", choices=[str(s) for s in Stage])
@@ -70,7 +85,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     spec = load_spec(args.spec)
-    handlers = {Stage.PREPROCESS: _preprocess, Stage.DEDUP: _dedup, Stage.TRAIN: _train}
+    handlers = {
+        Stage.PREPROCESS: _preprocess,
+        Stage.DEDUP: _dedup,
+        Stage.TRAIN: _train,
+        Stage.EVALUATE: _evaluate,
+        Stage.REPORT: _report,
+    }
     return handlers[Stage(args.stage)](args, spec) or 0
 
 

@@ -18,6 +18,11 @@ def cache_root() -> Path:
     return Path(os.environ.get("CPT_CACHE", os.path.join(os.environ.get("TMPDIR", "/tmp"), "kubecpt-cache")))
 
 
+def is_hub_id(uri: str) -> bool:
+    """org/name with no scheme and nothing at that local path (from_pretrained resolves and caches it)."""
+    return "://" not in uri and not uri.startswith(("/", ".")) and not Path(uri).exists()
+
+
 def local_dir(uri: str, patterns: tuple[str, ...] = ("*",)) -> Path:
     """A local directory with the files of uri that match patterns."""
     local = Path(uri.removeprefix("file://"))
@@ -40,7 +45,7 @@ def local_dir(uri: str, patterns: tuple[str, ...] = ("*",)) -> Path:
         shutil.rmtree(target, ignore_errors=True)
         staging.rename(target)
         return target
-    if "/" in uri and not local.exists() and not uri.startswith(("/", ".")):
+    if "/" in uri and is_hub_id(uri):
         from huggingface_hub import snapshot_download
 
         return Path(snapshot_download(uri, allow_patterns=list(patterns)))

@@ -72,12 +72,12 @@ def load_model(spec: ModelSpec, vocab_size: int, attention: str, seed: int) -> A
         if attn:
             config._attn_implementation = attn
         return AutoModelForCausalLM.from_config(config)
-    from cpt_pipeline.fetch import local_dir
+    from cpt_pipeline.fetch import is_hub_id, local_dir
 
     kwargs: dict[str, Any] = {"revision": spec.revision} if spec.revision else {}
     if attn:
         kwargs["attn_implementation"] = attn
-    path = spec.uri if _is_hub_id(spec.uri or "") else str(local_dir(spec.uri or ""))
+    path = spec.uri if is_hub_id(spec.uri or "") else str(local_dir(spec.uri or ""))
     return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, **kwargs)
 
 
@@ -91,10 +91,3 @@ def count_parameters(model: Any) -> int:
         seen.add(id(param))
         total += getattr(param, "ds_numel", None) or param.numel()
     return total
-
-
-def _is_hub_id(uri: str) -> bool:
-    """org/name with no scheme and nothing at that local path: from_pretrained resolves (and caches) it."""
-    from pathlib import Path
-
-    return "://" not in uri and not uri.startswith(("/", ".")) and not Path(uri).exists()

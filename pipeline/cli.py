@@ -1,0 +1,36 @@
+"""Subcommands the pipeline adds to the `cpt` CLI (registered under the `kubecpt.cli` entry-point group)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def _report(args: argparse.Namespace) -> int:
+    from cpt_pipeline.report.report import build_report
+    from cpt_pipeline.storage import Storage
+
+    target = args.target
+    if Path(target).is_file():
+        from cpt_pipeline.__main__ import load_spec
+
+        storage = Storage.from_spec(load_spec(target).storage)
+    else:
+        storage = Storage.open_uri(target, endpoint=args.endpoint)
+    try:
+        result = build_report(storage, name=args.title)
+    except FileNotFoundError as error:
+        print(f"cpt report: {error}", file=sys.stderr)
+        return 1
+    print(json.dumps(result))
+    return 0
+
+
+def add_report(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("report", help="render Table 1, the loss curve and the token-efficiency figure")
+    parser.add_argument("target", help="a ContinuedPretrain YAML (its spec.storage) or a run's storage URI")
+    parser.add_argument("--endpoint", help="S3 endpoint for a storage URI")
+    parser.add_argument("--title", default="Continued pre-training report")
+    parser.set_defaults(func=_report)

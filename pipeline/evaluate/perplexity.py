@@ -1,0 +1,107 @@
+"""Perplexity on held-out text: the domain gain and, on general text, the forgetting signal.
+
+Documents are tokenized with the model's tokenizer, each one on its own (BOS first when the tokenizer has
+one). Each document is cut into windows of the model's context length, without overlap. The result
+counts every predicted token once and reports per-token perplexity exp(NLL / tokens) and bits per UTF-8
+byte, NLL / (bytes x ln 2). The latter is comparable across tokenizers.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import fsspec
+
+from cpt.api.evaluation import TextSet
+from cpt_pipeline.storage import storage_options
+
+
+def read_texts(text_set: TextSet) -> list[str]:
+    """Up to maxDocuments texts from jsonl/parquet files, or from .txt files (one document per file)."""
+    fs, _, paths = fsspec.get_fs_token_paths(text_set.uri, storage_options=storage_options(text_set.uri))
+    files = sorted(p for path in paths for p in (fs.find(path) if fs.isdir(path) else [path]))
+    if not files:
+        raise FileNotFoundError(f"perplexity set {text_set.uri!r}: no files")
+    texts: list[str] = []
+    for path in files:
+        with fs.open(path, "rb") as handle:
+            data = handle.read()
+        if path.endswith(".parquet"):
+            import io
+
+            import pyarrow.parquet as pq
+
+            texts += [
+                t for t in pq.read_table(io.BytesIO(data), columns=[text_set.text_field]).column(0).to_pylist() if t
+            ]
+        elif path.endswith((".jsonl", ".json")):
+            for line in data.decode("utf-8").splitlines():
+                if line.strip():
+                    value = json.loads(line).get(text_set.text_field)
+                    if isinstance(value, str) and value.strip():
+                        texts.append(value)
+        else:
+            texts.append(data.decode("utf-8"))
+        if len(texts) >= text_set.max_documents:
+            break
+    return texts[: text_set.max_documents]
+
+
+def perplexity(
+    model: Any, tokenizer: Any, texts: list[str], device: str = "cpu", batch_size: int = 8
+) -> dict[str, Any]:
+    """{"perplexity", "bits_per_byte", "tokens", "bytes", "documents", "nll"} of texts under model."""
+    import torch
+
+    window = int(getattr(model.config, "max_position_embeddings", 2048) or 2048)
+    bos = tokenizer.bos_token_id
+    pieces: list[list[int]] = []
+    for text in texts:
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        if bos is not None:
+            ids = [bos, *ids]
+        pieces += [ids[i : i + window] for i in range(0, max(1, len(ids) - 1), window - 1)]
+    pieces = [p for p in pieces if len(p) > 1]
+    nll, tokens = 0.0, 0
+    model.eval()
+    with torch.no_grad():
+        for start in range(0, len(pieces), batch_size):
+            batch = pieces[start : start + batch_size]
+            width = max(map(len, batch))
+            ids = torch.zeros(len(batch), width, dtype=torch.long)
+            mask = torch.zeros(len(batch), width, dtype=torch.long)
+            for row, piece in enumerate(batch):
+                ids[row, : len(piece)] = torch.tensor(piece)
+                mask[row, : len(piece)] = 1
+            logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float()
+            logprobs = torch.log_softmax(logits[:, :-1], dim=-1)
+            target = ids[:, 1:].to(device)
+            picked = logprobs.gather(-1, target.unsqueeze(-1)).squeeze(-1)
+            valid = mask[:, 1:].to(device).bool()
+            nll -= float(picked[valid].sum())
+            tokens += int(valid.sum())
+    size = sum(len(t.encode("utf-8")) for t in texts)
+    return {
+        "perplexity": math.exp(nll / tokens) if tokens else float("nan"),
+        "bits_per_byte": nll / (size * math.log(2)) if size else float("nan"),
+        "tokens": tokens,
+        "bytes": size,
+        "documents": len(texts),
+        "nll": nll,
+    }
+
+
+def evaluate_sets(model_dir: str | Path, sets: dict[str, TextSet], device: str | None = None) -> dict[str, Any]:
+    """Perplexity of each named text set under the model in model_dir."""
+    if not sets:
+        return {}
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32).to(device)
+    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+    return {name: perplexity(model, tokenizer, read_texts(text_set), device) for name, text_set in sets.items()}

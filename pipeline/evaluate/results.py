@@ -1,0 +1,128 @@
+"""The evaluation stage: the base model and every milestone export, each written once to storage.
+
+Per model: `eval/<name>/results.json` (lm-eval's results, configs and versions) and
+`eval/<name>/summary.json` (chosen metric per task, average, perplexities). Then, for all models,
+`eval/status.json` in the shape of `status.evaluation`: scores with deltas against the 0-token baseline,
+per milestone, ascending. The operator copies that file into the resource's status.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from cpt.api import ContinuedPretrainSpec
+from cpt_pipeline.fetch import is_hub_id, local_dir
+from cpt_pipeline.storage import Storage
+
+log = logging.getLogger(__name__)
+BASELINE = "baseline"
+
+
+def targets(spec: ContinuedPretrainSpec, storage: Storage) -> list[tuple[str, int, str]]:
+    """(name, tokens, model URI) of every model to evaluate: the base model, then each complete export."""
+    found: list[tuple[str, int, str]] = []
+    if spec.evaluation.baseline:
+        if spec.model.uri is None:
+            log.info("no baseline: the model is built from an architecture (random init)")
+        else:
+            found.append((BASELINE, 0, spec.model.uri))
+    if spec.evaluation.at_milestones:
+        for name in storage.list("exports"):
+            if name.startswith("tokens-") and storage.exists("exports", name, "export.json"):
+                found.append((name, int(name.split("-", 1)[1]), storage.url("exports", name)))
+    return found
+
+
+def summarize(
+    name: str,
+    tokens: int,
+    model: str,
+    task_scores: list[dict[str, Any]],
+    perplexities: dict[str, Any],
+    results_uri: str,
+) -> dict[str, Any]:
+    average = sum(s["score"] for s in task_scores) / len(task_scores) if task_scores else None
+    return {
+        "name": name,
+        "tokens": tokens,
+        "model": model,
+        "scores": task_scores,
+        "average": average,
+        "perplexity": perplexities,
+        "resultsUri": results_uri,
+    }
+
+
+def evaluate_run(spec: ContinuedPretrainSpec, storage: Storage, device: str | None = None) -> dict[str, Any]:
+    """Evaluate every model not evaluated yet; returns (and writes) the status summary."""
+    from cpt_pipeline.evaluate.harness import run_tasks, scores
+    from cpt_pipeline.evaluate.perplexity import evaluate_sets
+
+    cfg = spec.evaluation
+    local_data = Path(local_dir(cfg.local_task_dir)) if cfg.local_task_dir else None
+    sets = {name: s for name, s in (("domain", cfg.perplexity.domain), ("general", cfg.perplexity.general)) if s}
+    for name, tokens, model in targets(spec, storage):
+        if storage.exists("eval", name, "summary.json"):
+            log.info("evaluation of %s exists, skipped", name)
+            continue
+        model_dir = model if is_hub_id(model) else str(local_dir(model))
+        task_scores: list[dict[str, Any]] = []
+        if cfg.tasks:
+            results = run_tasks(model_dir, list(cfg.tasks), local_data, cfg.batch_size, device)
+            storage.write_bytes(
+                json.dumps(
+                    {k: results[k] for k in ("results", "configs", "versions", "n-samples")}, indent=1, default=str
+                ).encode(),
+                "eval",
+                name,
+                "results.json",
+            )
+            task_scores = scores(results, list(cfg.tasks))
+        perplexities = evaluate_sets(model_dir, sets, device)
+        summary = summarize(name, tokens, model, task_scores, perplexities, storage.url("eval", name, "results.json"))
+        storage.write_json(summary, "eval", name, "summary.json")
+        log.info("evaluated %s (%d tokens): average %s", name, tokens, summary["average"])
+    status = status_summary(load_summaries(storage))
+    storage.write_json(status, "eval", "status.json")
+    return status
+
+
+def load_summaries(storage: Storage) -> list[dict[str, Any]]:
+    """Every summary in storage, ascending by tokens."""
+    found = [
+        storage.read_json("eval", n, "summary.json")
+        for n in storage.list("eval")
+        if storage.exists("eval", n, "summary.json")
+    ]
+    return sorted(found, key=lambda s: s["tokens"])
+
+
+def status_summary(summaries: list[dict[str, Any]]) -> dict[str, Any]:
+    """`status.evaluation`: milestones with per-task deltas against the 0-token baseline, and the latest average."""
+    base = next((s for s in summaries if s["tokens"] == 0), None)
+    base_scores = {s["task"]: s["score"] for s in base["scores"]} if base else {}
+    milestones = []
+    for summary in summaries:
+        task_scores = [
+            {**s, "delta": (s["score"] - base_scores[s["task"]]) if s["task"] in base_scores else None}
+            for s in summary["scores"]
+        ]
+        ppl = summary.get("perplexity", {})
+        milestones.append(
+            {
+                "tokens": summary["tokens"],
+                "scores": task_scores,
+                "average": summary["average"],
+                "averageDelta": (summary["average"] - base["average"])
+                if base and summary["average"] is not None and base["average"] is not None
+                else None,
+                "domainPerplexity": ppl.get("domain", {}).get("perplexity"),
+                "generalPerplexity": ppl.get("general", {}).get("perplexity"),
+                "resultsUri": summary.get("resultsUri"),
+            }
+        )
+    latest = next((m["average"] for m in reversed(milestones) if m["average"] is not None), None)
+    return {"milestones": milestones, "latestAverage": latest}
