@@ -289,3 +289,14 @@ def run_worker(spec: ContinuedPretrainSpec, storage: Storage) -> int:
         print(json.dumps({"event": "error", "kind": "non-finite-loss", "message": str(error)}), flush=True)
         log.error("%s", error)
         return EXIT_NONFINITE
+    finally:
+        _shutdown_distributed()
+
+
+def _shutdown_distributed() -> None:
+    """Tear the process group down before the interpreter exits: a communication thread still running at
+    exit aborts the process ("terminate called without an active exception")."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
