@@ -34,3 +34,25 @@ def add_report(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--endpoint", help="S3 endpoint for a storage URI")
     parser.add_argument("--title", default="Continued pre-training report")
     parser.set_defaults(func=_report)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from cpt.stages import Stage
+    from cpt_pipeline.local import run_pipeline
+
+    stages = [Stage(s) for s in args.stages.split(",")] if args.stages else None
+    try:
+        run_pipeline(Path(args.file), stages)
+    except (RuntimeError, ValueError) as error:
+        print(f"cpt run: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def add_run(subparsers: argparse._SubParsersAction) -> None:
+    from cpt.stages import Stage
+
+    parser = subparsers.add_parser("run", help="run every stage of a ContinuedPretrain locally (no cluster)")
+    parser.add_argument("file", help="ContinuedPretrain YAML")
+    parser.add_argument("--stages", help=f"comma-separated subset of: {','.join(s.value for s in Stage)}")
+    parser.set_defaults(func=_run)

@@ -11,6 +11,7 @@ from cpt.stages import Stage, stage_argv
 from cpt_pipeline.__main__ import INDEX_ENV
 
 PARALLEL_STAGES = {Stage.PREPROCESS}  # one process per worker rank; the others run once
+WORLD_STAGES = {Stage.PREPROCESS, Stage.DEDUP}  # take --world-size (the number of preprocessing workers)
 
 
 def run_stage(
@@ -55,3 +56,27 @@ def run_preprocessing(
     run_stage(Stage.PREPROCESS, spec_path, world_size=world_size, env=env, cwd=cwd)
     extra = ["--shard-rows", str(shard_rows)] if shard_rows else None
     run_stage(Stage.DEDUP, spec_path, world_size=world_size, extra=extra, env=env, cwd=cwd)
+
+
+def run_pipeline(
+    spec_path: Path, stages: list[Stage] | None = None, *, env: dict[str, str] | None = None, cwd: Path | None = None
+) -> None:
+    """Every stage of a run on this machine, in order (the operator runs the same commands as Jobs)."""
+    from cpt_pipeline.__main__ import load_spec
+
+    spec = load_spec(str(spec_path))
+    if spec.training.nodes != 1:
+        raise ValueError(f"{spec_path}: a local run uses one node, but spec.training.nodes is {spec.training.nodes}")
+    env = dict(env or {})
+    try:
+        import torch
+
+        if not torch.cuda.is_available():
+            env.setdefault("DS_ACCELERATOR", "cpu")
+    except ImportError:
+        pass
+    workers = spec.data.preprocessing.workers
+    for stage in stages or list(Stage):
+        world = workers if stage in (Stage.PREPROCESS, Stage.DEDUP) else 1
+        print(f"== {stage}", flush=True)
+        run_stage(stage, spec_path, world_size=world, env=env, cwd=cwd)

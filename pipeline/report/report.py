@@ -53,9 +53,21 @@ def _token_axis(axis: Any) -> None:
     axis.set_xlabel("training tokens")
 
 
+def _style(axis: Any, ylabel: str, title: str, **legend: Any) -> None:
+    _token_axis(axis)
+    axis.set_ylabel(ylabel)
+    axis.set_title(title)
+    axis.grid(alpha=0.3)
+    axis.legend(**legend)
+
+
 def _png(figure: Any) -> bytes:
+    """The figure as PNG bytes; the figure is closed."""
+    import matplotlib.pyplot as plt
+
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=130, bbox_inches="tight")
+    plt.close(figure)
     return buffer.getvalue()
 
 
@@ -71,14 +83,8 @@ def loss_figure(history: list[dict[str, Any]], milestones: list[int]) -> bytes:
     for milestone in milestones:
         axis.axvline(milestone, color="#999999", linestyle="--", linewidth=0.8)
         axis.annotate(token_label(milestone), (milestone, axis.get_ylim()[1]), fontsize=8, ha="right", va="top")
-    _token_axis(axis)
-    axis.set_ylabel("loss")
-    axis.set_title("Training loss")
-    axis.grid(alpha=0.3)
-    axis.legend()
-    data = _png(figure)
-    plt.close(figure)
-    return data
+    _style(axis, "loss", "Training loss")
+    return _png(figure)
 
 
 def efficiency_figure(summaries: list[dict[str, Any]]) -> bytes:
@@ -97,24 +103,22 @@ def efficiency_figure(summaries: list[dict[str, Any]]) -> bytes:
         scores_axis.plot(tokens, values, marker="o", linewidth=1, label=TASK_TITLES.get(task, task))
     averages = [s["average"] if s["average"] is not None else float("nan") for s in summaries]
     scores_axis.plot(tokens, averages, marker="s", color="black", linewidth=2.2, label="Avg")
-    _token_axis(scores_axis)
-    scores_axis.set_ylabel("score")
-    scores_axis.set_title("Benchmark scores vs tokens")
-    scores_axis.grid(alpha=0.3)
-    scores_axis.legend(fontsize=8, ncol=4, loc="upper center", bbox_to_anchor=(0.5, -0.14))
+    _style(
+        scores_axis,
+        "score",
+        "Benchmark scores vs tokens",
+        fontsize=8,
+        ncol=4,
+        loc="upper center",
+        bbox_to_anchor=(0.5, -0.14),
+    )
     if with_ppl:
         ppl_axis = axes[0][1]
         for name, color in (("domain", "#2ca02c"), ("general", "#d62728")):
             values = [s.get("perplexity", {}).get(name, {}).get("perplexity", float("nan")) for s in summaries]
             ppl_axis.plot(tokens, values, marker="o", color=color, label=f"{name} (held-out)")
-        _token_axis(ppl_axis)
-        ppl_axis.set_ylabel("perplexity (lower is better)")
-        ppl_axis.set_title("Domain gain and forgetting")
-        ppl_axis.grid(alpha=0.3)
-        ppl_axis.legend()
-    data = _png(figure)
-    plt.close(figure)
-    return data
+        _style(ppl_axis, "perplexity (lower is better)", "Domain gain and forgetting")
+    return _png(figure)
 
 
 def _markdown_table(header: list[str], rows: list[list[str]]) -> str:

@@ -31,6 +31,7 @@ def condition(obj: dict[str, Any], kind: str) -> str | None:
 
 def job(
     name: str,
+    namespace: str,
     *,
     annotations: dict[str, str] | None = None,
     backoff_limit: int = 0,
@@ -41,7 +42,7 @@ def job(
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
-        "metadata": {"name": name},
+        "metadata": {"name": name, "namespace": namespace},
         "spec": {
             "backoffLimit": backoff_limit,
             "template": {

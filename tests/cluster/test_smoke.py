@@ -9,6 +9,13 @@ from tests.cluster.cluster import GPU_PRODUCT, Cluster, versions
 from tests.cluster.helpers import condition, eventually, job
 
 
+def wait_for_condition(cluster: Cluster, namespace: str, job_name: str, kind: str) -> None:
+    eventually(
+        lambda: condition(cluster.get_json("job", job_name, "-n", namespace), kind) == "True",
+        what=f"Job {job_name} {kind}",
+    )
+
+
 def pods_of(cluster: Cluster, namespace: str, job_name: str) -> list[dict]:
     return cluster.get_json("pods", "-n", namespace, "-l", f"job-name={job_name}")["items"]
 
@@ -28,25 +35,15 @@ def test_kubectl_lists_the_fake_gpu_nodes(cluster: Cluster) -> None:
 
 
 def test_job_is_scheduled_on_a_gpu_node_and_completes(cluster: Cluster, namespace: str) -> None:
-    cluster.apply(
-        {
-            **job("ok", node_selector={"nvidia.com/gpu.product": GPU_PRODUCT}),
-            "metadata": {"name": "ok", "namespace": namespace},
-        }
-    )
-    done = eventually(
-        lambda: condition(cluster.get_json("job", "ok", "-n", namespace), "Complete") == "True", what="Job Complete"
-    )
-    assert done
+    cluster.apply(job("ok", namespace, node_selector={"nvidia.com/gpu.product": GPU_PRODUCT}))
+    wait_for_condition(cluster, namespace, "ok", "Complete")
     (pod,) = pods_of(cluster, namespace, "ok")
     assert pod["spec"]["nodeName"].startswith("gpu-node-")  # bound by the real scheduler
     assert pod["status"]["phase"] == "Succeeded"  # run to completion by kwok
 
 
 def test_deleting_a_job_garbage_collects_its_pod(cluster: Cluster, namespace: str) -> None:
-    cluster.apply(
-        {**job("gc", annotations={"test.kubecpt.dev/hold": ""}), "metadata": {"name": "gc", "namespace": namespace}}
-    )
+    cluster.apply(job("gc", namespace, annotations={"test.kubecpt.dev/hold": ""}))
     eventually(
         lambda: [p for p in pods_of(cluster, namespace, "gc") if p["status"].get("phase") == "Running"],
         what="held pod Running",
@@ -56,16 +53,8 @@ def test_deleting_a_job_garbage_collects_its_pod(cluster: Cluster, namespace: st
 
 
 def test_a_chosen_pod_fails_with_an_exit_code(cluster: Cluster, namespace: str) -> None:
-    cluster.apply(
-        {
-            **job("fails", annotations={"test.kubecpt.dev/exit-code": "3"}),
-            "metadata": {"name": "fails", "namespace": namespace},
-        }
-    )
-    failed = eventually(
-        lambda: condition(cluster.get_json("job", "fails", "-n", namespace), "Failed") == "True", what="Job Failed"
-    )
-    assert failed
+    cluster.apply(job("fails", namespace, annotations={"test.kubecpt.dev/exit-code": "3"}))
+    wait_for_condition(cluster, namespace, "fails", "Failed")
     job_obj = cluster.get_json("job", "fails", "-n", namespace)
     reasons = {c["reason"] for c in job_obj["status"]["conditions"] if c["type"] == "Failed"}
     assert reasons == {"BackoffLimitExceeded"}
@@ -74,12 +63,7 @@ def test_a_chosen_pod_fails_with_an_exit_code(cluster: Cluster, namespace: str) 
 
 
 def test_a_held_pod_can_be_evicted_later(cluster: Cluster, namespace: str) -> None:
-    cluster.apply(
-        {
-            **job("evicted", annotations={"test.kubecpt.dev/hold": ""}),
-            "metadata": {"name": "evicted", "namespace": namespace},
-        }
-    )
+    cluster.apply(job("evicted", namespace, annotations={"test.kubecpt.dev/hold": ""}))
     pod = eventually(
         lambda: next(
             (p for p in pods_of(cluster, namespace, "evicted") if p["status"].get("phase") == "Running"), None
@@ -99,8 +83,7 @@ def test_a_held_pod_can_be_evicted_later(cluster: Cluster, namespace: str) -> No
 
 
 def test_the_server_rejects_an_invalid_object(cluster: Cluster, namespace: str) -> None:
-    bad = job("Bad_Name")
-    bad["metadata"]["namespace"] = namespace
+    bad = job("Bad_Name", namespace)
     del bad["spec"]["template"]["spec"]["containers"][0]["image"]
     result = cluster.kubectl("apply", "-f", "-", input=json.dumps(bad), check=False)
     assert result.returncode != 0
