@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import posixpath
+import shutil
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -92,6 +93,17 @@ class Storage:
             os.replace(temp, target)
         else:
             self.fs.pipe_file(target, data)
+
+    def put_file(self, local_path: str, *parts: str) -> None:
+        """Copy a local file into storage atomically, streaming (never the whole file in memory)."""
+        target = self.path(*parts)
+        if self.is_local:
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            temp = f"{target}.tmp-{uuid.uuid4().hex[:8]}"
+            shutil.copyfile(local_path, temp)
+            os.replace(temp, target)
+        else:
+            self.fs.put_file(local_path, target)
 
     def write_json(self, obj: Any, *parts: str) -> None:
         self.write_bytes(json.dumps(obj, indent=1, sort_keys=True).encode(), *parts)

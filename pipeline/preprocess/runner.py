@@ -197,7 +197,7 @@ def prepare(spec: ContinuedPretrainSpec, storage: Storage, rank: int, world_size
             arrays = writer.arrays()
             stats.add(keys.TOKENS, writer.tokens)
             stats.seconds = time.perf_counter() - started
-            out.write_bytes(writer.path.read_bytes(), "tokens.bin")
+            out.put_file(str(writer.path), "tokens.bin")
             out.write_bytes(arrays, "docs.npz")
             if dropped is not None:
                 out.write_bytes(b"".join(dropped), "dropped.jsonl")
