@@ -116,7 +116,8 @@ def efficiency_figure(summaries: list[dict[str, Any]]) -> bytes:
         ppl_axis = axes[0][1]
         for name, color in (("domain", "#2ca02c"), ("general", "#d62728")):
             values = [s.get("perplexity", {}).get(name, {}).get("perplexity", float("nan")) for s in summaries]
-            ppl_axis.plot(tokens, values, marker="o", color=color, label=f"{name} (held-out)")
+            if any(v == v for v in values):  # a set that was configured (NaN != NaN)
+                ppl_axis.plot(tokens, values, marker="o", color=color, label=f"{name} (held-out)")
         _style(ppl_axis, "perplexity (lower is better)", "Domain gain and forgetting")
     return _png(figure)
 

@@ -1,0 +1,67 @@
+"""`cpt run`: every stage of a ContinuedPretrain on this machine, end to end (a small budget)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+from cpt.kube_yaml import dump
+from tests.conftest import shared_data_dir
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_cpt_run_takes_the_tiny_example_through_every_stage(tmp_path: Path) -> None:
+    doc = yaml.safe_load((REPO / "manifests" / "examples" / "tiny-cpu.yaml").read_text())
+    shared = shared_data_dir()
+    spec = doc["spec"]
+    spec["model"]["uri"] = str(shared / "models" / "stories260K")
+    spec["data"]["sources"][0]["uri"] = str(shared / "corpora" / "openstax_stem.jsonl")
+    spec["data"]["replay"]["source"]["uri"] = str(shared / "corpora" / "stories260k_samples.jsonl")
+    spec["data"].update(tokenBudget=4096 * 6, milestones=[4096 * 3])  # 6 steps of 2 x 8 x 256 tokens
+    spec["evaluation"]["localTaskDir"] = str(shared / "benchmarks")
+    spec["evaluation"]["tasks"] = [{"name": "arc_easy", "metric": "acc_norm", "limit": 10}]
+    spec["evaluation"]["perplexity"] = {
+        "domain": {"uri": str(shared / "corpora" / "openstax_stem.jsonl"), "maxDocuments": 2},
+        "general": {"uri": str(shared / "corpora" / "stories260k_samples.jsonl"), "maxDocuments": 5},
+    }
+    spec["storage"]["uri"] = str(tmp_path / "run")
+    path = tmp_path / "tiny.yaml"
+    path.write_text(dump(doc))
+    result = subprocess.run(
+        [str(Path(sys.executable).parent / "cpt"), "run", str(path)],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=900,
+        env={**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"},
+    )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    run = tmp_path / "run"
+    status = json.loads((run / "data" / "preprocess-status.json").read_text())
+    assert status["tokens"] > 0 and status["replayTokens"] > 0
+    assert sorted(os.listdir(run / "exports")) == ["tokens-0000000012288", "tokens-0000000024576"]
+    evaluation = json.loads((run / "eval" / "status.json").read_text())
+    assert [m["tokens"] for m in evaluation["milestones"]] == [0, 12288, 24576]
+    assert all(m["generalPerplexity"] and m["domainPerplexity"] for m in evaluation["milestones"])
+    assert (run / "report" / "index.html").stat().st_size > 50_000
+    assert [line.split(" | ")[0] for line in (run / "report" / "table.md").read_text().splitlines()[2:]] == [
+        "| 0 (Base)",
+        "| ≈ 12.3K",
+        "| ≈ 24.6K",
+    ]
+
+
+def test_cpt_run_refuses_a_multi_node_spec_locally(tmp_path: Path) -> None:
+    doc = yaml.safe_load((REPO / "manifests" / "examples" / "paper-mobilellm-fineweb-edu.yaml").read_text())
+    path = tmp_path / "paper.yaml"
+    path.write_text(dump(doc))
+    result = subprocess.run(
+        [str(Path(sys.executable).parent / "cpt"), "run", str(path)], capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 1 and "a local run uses one node, but spec.training.nodes is 3" in result.stderr
