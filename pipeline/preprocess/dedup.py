@@ -55,7 +55,7 @@ class MinHasher:
         for doc in order:
             if not keep[doc]:
                 continue
-            sketch = LeanMinHash(seed=1, hashvalues=signatures[doc])
+            sketch = LeanMinHash(seed=1, hashvalues=signatures[doc], scheme=self._seed.scheme)
             if lsh.query(sketch):
                 duplicate[doc] = True
             else:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -233,3 +234,38 @@ def test_dropped_documents_can_be_written_for_inspection(tmp_path: Path, shared_
     assert [(r["reason"], r["text"]) for r in records] == [("min_lines", "one line"), ("contaminated", leaked)]
     first_line = len(json.dumps({"id": 0, "text": document(0)})) + 1
     assert records[0]["location"] == f"{tmp_path / 'in' / 'd.jsonl'}@{first_line}"
+
+
+def test_minhash_removes_near_duplicates_across_workers(tmp_path: Path) -> None:
+    base = [document(i, lines=8) for i in range(12)]
+    near = base[4].replace("(4.2)", "(4.2, revised)")  # one small edit: a near duplicate, not an exact one
+    write_jsonl(tmp_path / "in" / "a.jsonl", base)
+    write_jsonl(tmp_path / "in" / "b.jsonl", [near, document(99, lines=8)])
+    exact_only = make_spec(tmp_path / "exact", [{"name": "d", "uri": str(tmp_path / "in")}])
+    assert run(exact_only, world=2)["duplicates"] == 0
+    spec = make_spec(
+        tmp_path / "near",
+        [{"name": "d", "uri": str(tmp_path / "in")}],
+        dedup={"minhash": {"enabled": True, "threshold": "0.7"}},
+    )
+    summary = run(spec, world=2)
+    assert summary["duplicates"] == 1 and summary["docsKept"] == 13
+    rows, tail, _ = shards_of(Storage.from_spec(spec.storage), "domain", "d")
+    tokenizer = TextTokenizer(stories_tokenizer())
+    kept = [t for t in [*base, near, document(99, lines=8)] if t != near]  # the later copy goes
+    expected = [t for ids in tokenizer.encode_batch(kept) for t in [*ids, tokenizer.info.eos_id]]
+    assert np.concatenate([rows.ravel(), tail]).tolist() == expected
+
+
+def test_a_sentencepiece_only_tokenizer_is_converted_and_checked(tmp_path: Path, shared_data: Path) -> None:
+    source = shared_data / "tokenizers" / "llama2-sentencepiece"
+    for name in ("tokenizer.model", "tokenizer_config.json"):
+        shutil.copy(source / name, tmp_path / name)
+    tokenizer = TextTokenizer(str(tmp_path))
+    # transformers converted the model to a fast tokenizer; its ids were compared with SentencePiece's
+    assert tokenizer.info.fast_checked.startswith(("ids match", "ids differ"))
+    import sentencepiece
+
+    reference = sentencepiece.SentencePieceProcessor(model_file=str(source / "tokenizer.model"))
+    text = "Forces  and\n\n  motion:   a  body at rest stays at rest."
+    assert tokenizer.encode_batch([text]) == [reference.encode(text)]  # whichever backend won, ids are exact
