@@ -74,6 +74,8 @@ class TrainingStatus(ApiModel):
     eta: str | None = Field(None, description="Estimated time left, e.g. 1h20m.")
     latest_checkpoint: str | None = Field(None, description="URI of the latest complete checkpoint.")
     restarts: int = Field(0, ge=0, description="Restarts from a checkpoint so far.")
+    total_steps: int | None = Field(None, ge=0, description="Optimizer steps of the whole run.")
+    last_update_time: str | None = Field(None, description="When the trainer last wrote progress (RFC 3339).")
 
 
 class TaskScore(ApiModel):

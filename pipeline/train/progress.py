@@ -110,7 +110,7 @@ class Progress:
             "latestCheckpoint": latest,
             "restarts": restarts,
             "totalSteps": self.total_steps,
-            "updated": time.time(),
+            "lastUpdateTime": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
         print(json.dumps({"event": "train_step", **status, **(extra or {})}), flush=True)
         if self._writer is not None:

@@ -14,6 +14,7 @@ import pytest
 
 from cpt.api import ContinuedPretrain
 from cpt.api.evaluation import PAPER_TASKS, Task, TextSet
+from cpt.api.status import EvaluationStatus
 from cpt_pipeline.evaluate.harness import TaskDataError, render_tasks, run_tasks, scores, shipped_tasks
 from cpt_pipeline.evaluate.perplexity import evaluate_sets, perplexity
 from cpt_pipeline.evaluate.results import evaluate_run
@@ -183,6 +184,7 @@ def test_evaluate_stage_writes_summaries_deltas_and_status(model_dir: str, share
     evaluate_run(spec, storage)  # already evaluated: skipped
     assert os.path.getmtime(tmp_path / "out" / "eval" / "baseline" / "summary.json") == stamp
     assert json.loads((tmp_path / "out" / "eval" / "status.json").read_text()) == status
+    EvaluationStatus.model_validate(status)  # the operator copies this file into status.evaluation as it is
 
 
 def test_perplexity_sets_read_jsonl_and_text_files(model_dir: str, shared_data: Path, tmp_path: Path) -> None:

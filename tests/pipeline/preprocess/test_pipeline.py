@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from cpt.api.status import PreprocessStatus
 from cpt.kube_yaml import dump
 from cpt_pipeline.preprocess.runner import prepare, reduce
 from cpt_pipeline.preprocess.shards import FAULT_ENV, read_shard
@@ -53,6 +54,7 @@ def test_global_exact_dedup_across_three_workers(tmp_path: Path) -> None:
     spec = make_spec(tmp_path / "out", [{"name": "edu", "uri": str(tmp_path / "in" / "*.jsonl")}])
     summary = run(spec, world=3)
     assert summary["docsRead"] == 22 and summary["duplicates"] == 4 and summary["docsKept"] == len(unique)
+    PreprocessStatus.model_validate(summary)  # the operator copies this file into status.preprocess as it is
     rows, tail, manifest = shards_of(Storage.from_spec(spec.storage), "domain", "edu")
     tokenizer = TextTokenizer(stories_tokenizer())
     expected = [t for ids in tokenizer.encode_batch(unique) for t in [*ids, tokenizer.info.eos_id]]

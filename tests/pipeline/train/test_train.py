@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from cpt.api.status import TrainingStatus
 from cpt.kube_yaml import dump
 from cpt_pipeline.local import run_preprocessing
 from cpt_pipeline.train.loop import (
@@ -122,6 +123,7 @@ def test_loss_decreases_and_milestones_are_exported(tmp_path: Path, prepared: Pa
     assert periodic == ["step-00000009"]  # keepLast 1: step 3 was purged, milestones are kept
     assert {"step-00000006-milestone", "step-00000012-milestone"} <= set(checkpoints)
     progress = json.loads((out / "train" / "progress.json").read_text())
+    TrainingStatus.model_validate(progress)  # the operator copies this file into status.training as it is
     assert (progress["step"], progress["tokensSeen"], progress["totalSteps"]) == (STEPS, 512 * STEPS, STEPS)
     assert progress["tokensPerSecond"] > 0 and progress["latestCheckpoint"].endswith("step-00000012-milestone")
     assert any(name.startswith("events.out.tfevents") for name in os.listdir(out / "train" / "tensorboard"))
