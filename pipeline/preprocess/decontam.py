@@ -17,25 +17,21 @@ from typing import Any
 import numpy as np
 import xxhash
 
+from cpt_pipeline.preprocess.ngrams import ngram_hashes
+
 _PUNCT = re.compile(r"[^\w\s]")
-_PRIME = np.uint64(1099511628211)
 
 
 def normalised_words(text: str) -> list[str]:
     return _PUNCT.sub(" ", text.lower()).split()
 
 
-def ngram_hashes(words: list[str], n: int) -> np.ndarray:
-    """Order-sensitive hashes of every word n-gram, stable across processes (no Python hash seed)."""
+def stable_ngram_hashes(words: list[str], n: int) -> np.ndarray:
+    """n-gram hashes that are the same in every process (xxhash words, no Python hash seed)."""
     if len(words) < n:
         return np.empty(0, dtype=np.uint64)
     ids = np.fromiter((xxhash.xxh64_intdigest(w.encode()) for w in words), dtype=np.uint64, count=len(words))
-    count = len(ids) - n + 1
-    out = ids[:count].copy()
-    for k in range(1, n):
-        out *= _PRIME
-        out ^= ids[k : k + count]
-    return out
+    return ngram_hashes(ids, n)
 
 
 def _strings(value: Any) -> Iterator[str]:
@@ -68,7 +64,7 @@ class Decontaminator:
 
     def __init__(self, texts: Iterable[str], n: int) -> None:
         self.n = n
-        arrays = [ngram_hashes(normalised_words(t), n) for t in texts]
+        arrays = [stable_ngram_hashes(normalised_words(t), n) for t in texts]
         self.index = np.unique(np.concatenate(arrays)) if arrays else np.empty(0, dtype=np.uint64)
 
     @classmethod
@@ -87,7 +83,7 @@ class Decontaminator:
     def contaminated(self, text: str) -> bool:
         if len(self.index) == 0:
             return False
-        grams = ngram_hashes(normalised_words(text), self.n)
+        grams = stable_ngram_hashes(normalised_words(text), self.n)
         if len(grams) == 0:
             return False
         positions = np.searchsorted(self.index, grams)

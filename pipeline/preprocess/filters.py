@@ -16,10 +16,10 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from cpt.api.data import Filters, RepetitionFilter
+from cpt_pipeline.preprocess.ngrams import ngram_hashes
 
 _PARAGRAPHS = re.compile(r"\n{2,}")
 _LINES = re.compile(r"\n+")
-_PRIME = np.uint64(1099511628211)
 STOP_WORDS = frozenset({"the", "be", "to", "of", "and", "that", "have", "with"})
 BULLETS = ("•", "●", "○", "■", "□", "▪", "▫", "※", "·", "-", "*", "–")  # noqa: RUF001
 TERMINAL = (".", "!", "?", '"', "'", "”", "’", ":", ";", ")")  # noqa: RUF001
@@ -61,14 +61,7 @@ class Features:
     def ngram_hashes(self, n: int) -> np.ndarray:
         """A hash per word n-gram (position i covers words i .. i+n-1)."""
         hashes, _ = self._word_arrays()
-        count = len(hashes) - n + 1
-        if count <= 0:
-            return np.empty(0, dtype=np.uint64)
-        out = hashes[:count].copy()
-        for k in range(1, n):
-            out *= _PRIME
-            out ^= hashes[k : k + count]
-        return out
+        return ngram_hashes(hashes, n)
 
     def ngram_chars(self, start: int, n: int) -> int:
         """Characters (without spaces) of the n-gram at word position start."""
