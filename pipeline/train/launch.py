@@ -16,10 +16,9 @@ import sys
 import uuid
 
 from cpt.api import ContinuedPretrainSpec
+from cpt_pipeline.train.exit_codes import DISTINCT, EXIT_PREEMPTED
 
 log = logging.getLogger(__name__)
-PREEMPTED = 75
-DISTINCT_CODES = (PREEMPTED, 4, 3)
 
 
 def _env_int(*names: str, default: int) -> int:
@@ -62,9 +61,9 @@ def launch(spec: ContinuedPretrainSpec, worker_args: list[str]) -> int:
         # The pod was asked to stop (preemption, eviction): the agent forwarded the signal, the workers saved a
         # checkpoint if they could, and `latest` names only complete checkpoints, so a restart resumes safely.
         log.warning("launcher received signal %s: exiting with the preemption code", error.sigval)
-        return PREEMPTED
+        return EXIT_PREEMPTED
     except ChildFailedError as error:
         codes = [failure.exitcode for failure in error.failures.values()]
         log.error("training worker(s) failed with exit code(s) %s", codes)
-        return next((c for c in DISTINCT_CODES if c in codes), codes[0] if codes and codes[0] > 0 else 1)
+        return next((c for c in DISTINCT if c in codes), codes[0] if codes and codes[0] > 0 else 1)
     return 0

@@ -1,7 +1,6 @@
 """The training worker (one process per GPU, started by torchrun): DeepSpeed engine, loop, checkpoints.
 
-Exit codes: 0 done, 75 preempted (SIGTERM: a checkpoint was saved; the Job's podFailurePolicy can ignore
-it), 3 non-finite loss, 4 data/tokenizer/model mismatch found before training started.
+Exit codes: 0 done, or one of `exit_codes.py` (preempted, non-finite loss, bad input).
 """
 
 from __future__ import annotations
@@ -22,14 +21,12 @@ from cpt_pipeline.storage import Storage
 from cpt_pipeline.train.checkpoint import Checkpointer, export_hf
 from cpt_pipeline.train.data import DataError, MixedSamples, load_set
 from cpt_pipeline.train.ds_config import deepspeed_config, effective_precision
+from cpt_pipeline.train.exit_codes import EXIT_BAD_INPUT, EXIT_NONFINITE, EXIT_PREEMPTED
 from cpt_pipeline.train.model import count_parameters, load_model
 from cpt_pipeline.train.progress import Progress, flops_per_token, peak_flops
 from cpt_pipeline.train.schedule import lr_multiplier
 
 log = logging.getLogger(__name__)
-EXIT_PREEMPTED = 75
-EXIT_NONFINITE = 3
-EXIT_BAD_INPUT = 4
 FAULT_EXIT_AFTER_STEPS = "CPT_FAULT_EXIT_AFTER_STEPS"  # tests: simulate a crash after step N
 FAULT_NAN_AT_STEP = "CPT_FAULT_NAN_AT_STEP"  # tests: make the loss of step N non-finite
 LOG_SAMPLE_IDS = "CPT_LOG_SAMPLE_IDS"  # tests: record the sample ids of every step in metrics

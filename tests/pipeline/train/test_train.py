@@ -18,14 +18,8 @@ import pytest
 from cpt.api.status import TrainingStatus
 from cpt.kube_yaml import dump
 from cpt_pipeline.local import run_preprocessing
-from cpt_pipeline.train.loop import (
-    EXIT_BAD_INPUT,
-    EXIT_NONFINITE,
-    EXIT_PREEMPTED,
-    FAULT_EXIT_AFTER_STEPS,
-    FAULT_NAN_AT_STEP,
-    LOG_SAMPLE_IDS,
-)
+from cpt_pipeline.train.exit_codes import EXIT_BAD_INPUT, EXIT_NONFINITE, EXIT_PREEMPTED
+from cpt_pipeline.train.loop import FAULT_EXIT_AFTER_STEPS, FAULT_NAN_AT_STEP, LOG_SAMPLE_IDS
 from tests.conftest import shared_data_dir
 
 REPO = Path(__file__).resolve().parents[3]
