@@ -126,10 +126,11 @@ class Storage:
             self.fs.rm(path, recursive=True)
 
     def local_copy(self, *parts: str, cache_dir: str) -> str:
-        """A local path for the file (itself when local; else downloaded into cache_dir once)."""
+        """A local path for the file (itself when local; else downloaded into cache_dir once, under its full
+        bucket path, so files of the same name in different directories stay apart)."""
         if self.is_local:
             return self.path(*parts)
-        target = os.path.join(cache_dir, *parts)
+        target = os.path.join(cache_dir, self.path(*parts).lstrip("/"))
         if not os.path.exists(target):
             os.makedirs(os.path.dirname(target), exist_ok=True)
             temp = f"{target}.tmp-{uuid.uuid4().hex[:8]}"

@@ -315,23 +315,25 @@ def _reduce_set(
         raise SourceError(f"preprocess {data_set.name}: no document survived from {files} ({stats.summary()})")
 
     tokenizer = ranks[0]["done"]["tokenizer"]
-    dtype = np.dtype("uint16" if tokenizer["vocab_size"] <= 65536 else "uint32").newbyteorder("<")
-    streams = [_token_stream(r["dir"], dtype) for r in ranks]
+    dtype = np.dtype(tokenizer["dtype"]).newbyteorder("<")
     seq_len = spec.data.sequence_length
     rows = shard_rows or rows_per_shard(seq_len, dtype.itemsize)
     per_source: dict[str, Any] = {}
     kept_tokens = 0
-    for index, source in enumerate(data_set.sources):
-        packer = ShardPacker(storage.sub("data", data_set.name, source.name), seq_len, dtype, rows)
-        selected = order[keep[order] & (columns["sources"][order] == index)]
-        for doc in selected:
-            ends = ranks[owner[doc]]["columns"]["ends"]
-            start = ends[local[doc] - 1] if local[doc] else 0
-            packer.add(streams[owner[doc]][start : ends[local[doc]]])
-        entry = packer.finish()
-        entry["weight"] = source.weight
-        kept_tokens += entry["tokens"] + entry["tail_tokens"]
-        per_source[source.name] = entry
+    with tempfile.TemporaryDirectory(prefix="cpt-reduce-") as cache:
+        streams = [_token_stream(r["dir"], dtype, cache) for r in ranks]
+        for index, source in enumerate(data_set.sources):
+            packer = ShardPacker(storage.sub("data", data_set.name, source.name), seq_len, dtype, rows)
+            selected = order[keep[order] & (columns["sources"][order] == index)]
+            for doc in selected:
+                ends = ranks[owner[doc]]["columns"]["ends"]
+                start = ends[local[doc] - 1] if local[doc] else 0
+                packer.add(streams[owner[doc]][start : ends[local[doc]]])
+            entry = packer.finish()
+            entry["weight"] = source.weight
+            kept_tokens += entry["tokens"] + entry["tail_tokens"]
+            per_source[source.name] = entry
+        del streams  # close the memmaps before their directory goes
     stats.counts[keys.TOKENS] = kept_tokens
     manifest = {
         "format": FORMAT,
@@ -362,13 +364,12 @@ def _reduce_set(
     )
 
 
-def _token_stream(rank_dir: Storage, dtype: np.dtype) -> np.ndarray:
-    if rank_dir.is_local:
-        path = rank_dir.path("tokens.bin")
-        if os.path.getsize(path) == 0:
-            return np.empty(0, dtype=dtype)
-        return np.memmap(path, dtype=dtype, mode="r")
-    return np.frombuffer(rank_dir.read_bytes("tokens.bin"), dtype=dtype)
+def _token_stream(rank_dir: Storage, dtype: np.dtype, cache_dir: str) -> np.ndarray:
+    """A rank's token stream as a memmap (object stores: downloaded to cache_dir first, streaming)."""
+    path = rank_dir.local_copy("tokens.bin", cache_dir=cache_dir)
+    if os.path.getsize(path) == 0:
+        return np.empty(0, dtype=dtype)
+    return np.memmap(path, dtype=dtype, mode="r")
 
 
 def status_summary(manifests: dict[str, dict[str, Any]]) -> dict[str, Any]:

@@ -56,7 +56,7 @@ class TokenizerInfo:
     fast_checked: str
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        return {**asdict(self), "dtype": self.dtype}
 
     @property
     def dtype(self) -> str:

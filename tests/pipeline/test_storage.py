@@ -1,0 +1,30 @@
+"""Storage: local caches of object-store files keep files of the same name apart."""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+
+from cpt_pipeline.storage import Storage
+
+
+def test_local_copies_of_same_named_files_do_not_collide(tmp_path: Path, s3, s3_server: str) -> None:
+    bucket = f"cpt-{uuid.uuid4().hex[:8]}"
+    s3.mkdir(bucket)
+    root = Storage.open_uri(f"s3://{bucket}/run", endpoint=s3_server)
+    root.write_bytes(b"domain rows", "data", "domain", "stem", "shard-00000.bin")
+    root.write_bytes(b"replay rows", "data", "replay", "stories", "shard-00000.bin")
+    cache = str(tmp_path / "cache")
+    domain = root.sub("data", "domain", "stem").local_copy("shard-00000.bin", cache_dir=cache)
+    replay = root.sub("data", "replay", "stories").local_copy("shard-00000.bin", cache_dir=cache)
+    assert domain != replay
+    assert Path(domain).read_bytes() == b"domain rows" and Path(replay).read_bytes() == b"replay rows"
+
+
+def test_put_file_streams_a_local_file_in_atomically(tmp_path: Path) -> None:
+    source = tmp_path / "big.bin"
+    source.write_bytes(b"x" * 100_000)
+    storage = Storage.open_uri(str(tmp_path / "out"))
+    storage.put_file(str(source), "a", "b.bin")
+    assert (tmp_path / "out" / "a" / "b.bin").read_bytes() == source.read_bytes()
+    assert [p.name for p in (tmp_path / "out" / "a").iterdir()] == ["b.bin"]  # no temporary left behind
