@@ -54,7 +54,7 @@ class Checkpointer:
             local = self._dir() / tag
             for path in sorted(local.rglob("*")):
                 if path.is_file():
-                    self.storage.fs.put_file(str(path), self.storage.path(tag, str(path.relative_to(local))))
+                    self.storage.put_file(str(path), tag, str(path.relative_to(local)))
             shutil.rmtree(local, ignore_errors=True)
         dist.barrier()
         if self.rank == 0:
@@ -105,7 +105,7 @@ def export_hf(engine: Any, zero_stage: int, tokenizer_dir: Path, storage: Storag
                 shutil.copy(item, local / item.name)
         files = sorted(p.name for p in local.iterdir())
         for file in files:
-            target.write_bytes((local / file).read_bytes(), file)
+            target.put_file(str(local / file), file)
         target.write_json({"files": files}, "export.json")  # written last: the export is complete
         shutil.rmtree(local.parent, ignore_errors=True)
     dist.barrier()
