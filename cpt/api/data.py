@@ -42,7 +42,9 @@ class Replay(ApiModel):
 
     source: Source = Field(description="The general-domain corpus (prepared like the main sources).")
     fraction: decimal(ge=0, lt=1) = Field(
-        "0.05", description='Share of training tokens drawn from the replay set, in [0, 1) (e.g. "0.05").'
+        "0.05",
+        description='Share of training tokens drawn from the replay set, in [0, 1) (e.g. "0.05"); "0" turns replay '
+        "off (the source is not read).",
     )
 
 
@@ -182,6 +184,11 @@ class DataSpec(ApiModel):
             check=lambda d: d.replay is None or all(s.name != d.replay.source.name for s in d.sources),
         ),
     )
+
+    @property
+    def active_replay(self) -> Replay | None:
+        """The replay set that is prepared and trained on: none when absent or when its fraction is 0."""
+        return self.replay if self.replay is not None and float(self.replay.fraction) > 0 else None
 
     @property
     def milestones_with_budget(self) -> list[int]:

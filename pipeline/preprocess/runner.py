@@ -9,7 +9,8 @@ reduce(): check that every rank is done. Drop duplicates across all ranks in the
 order, pack each source's documents into shards, and write the manifest last. A set whose manifest
 exists is skipped.
 
-Sets: `domain` (all spec.data.sources, deduplicated together) and `replay` (spec.data.replay.source).
+Sets: `domain` (all spec.data.sources, deduplicated together) and `replay` (spec.data.replay.source,
+unless its fraction is 0).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import math
 import os
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,7 +43,6 @@ from cpt_pipeline.preprocess.tokenize import TextTokenizer
 from cpt_pipeline.storage import Storage
 
 log = logging.getLogger(__name__)
-BATCH_DOCS = 512
 TOKENIZER_SAMPLE = 64
 HEADROOM = 1.2
 
@@ -57,12 +58,26 @@ class DataSet:
 
 def data_sets(spec: ContinuedPretrainSpec) -> list[DataSet]:
     budget = spec.data.token_budget
-    replay = spec.data.replay
+    replay = spec.data.active_replay
     fraction = float(replay.fraction) if replay else 0.0
     sets = [DataSet("domain", list(spec.data.sources), math.ceil(budget * (1 - fraction)))]
     if replay is not None:
         sets.append(DataSet("replay", [replay.source], math.ceil(budget * fraction)))
     return sets
+
+
+def source_caps(data_set: DataSet, units: list[WorkUnit], world_size: int, limit: bool) -> dict[str, float]:
+    """Tokens each rank reads from each source: the set's need shared by source weight, plus headroom, split
+    over the ranks that hold units of that source (infinite when limitToBudget is off)."""
+    if not limit:
+        return {s.name: math.inf for s in data_set.sources}
+    total_weight = sum(s.weight for s in data_set.sources)
+    caps = {}
+    for source in data_set.sources:
+        ranks = {position % world_size for position, unit in enumerate(units) if unit.source == source.name}
+        need = data_set.tokens_needed * source.weight / total_weight
+        caps[source.name] = math.ceil(need * HEADROOM / max(1, len(ranks)))
+    return caps
 
 
 def work_dir(storage: Storage, set_name: str, rank: int) -> Storage:
@@ -106,19 +121,24 @@ def _batches(docs: Iterator[Document], size: int) -> Iterator[list[Document]]:
 class _RankWriter:
     """Accumulates one rank's token stream (in a local scratch file) and per-document arrays."""
 
-    def __init__(self, scratch: Path, dtype: str, minhash: bool) -> None:
+    def __init__(self, scratch: Path, dtype: str, minhash_perm: int | None) -> None:
         self.path = scratch / "tokens.bin"
         self.handle = self.path.open("wb")
         self.dtype = np.dtype(dtype).newbyteorder("<")
         self.tokens = 0
+        self.source_tokens: Counter[str] = Counter()
         self.columns: dict[str, list[Any]] = {k: [] for k in ("ends", "units", "positions", "sources", "exact")}
-        self.signatures: list[np.ndarray] | None = [] if minhash else None
+        self.minhash_perm = minhash_perm
+        self.signatures: list[np.ndarray] | None = [] if minhash_perm else None
 
-    def add(self, doc: Document, source: int, ids: list[int], eos: int, signature: np.ndarray | None) -> None:
+    def add(
+        self, doc: Document, source: int, source_name: str, ids: list[int], eos: int, signature: np.ndarray | None
+    ) -> None:
         array = np.fromiter(ids, dtype=self.dtype, count=len(ids))
         self.handle.write(array.tobytes())
         self.handle.write(np.array([eos], dtype=self.dtype).tobytes())
         self.tokens += len(ids) + 1
+        self.source_tokens[source_name] += len(ids) + 1
         for key, value in (
             ("ends", self.tokens),
             ("units", doc.unit),
@@ -140,7 +160,11 @@ class _RankWriter:
             "exact": np.array(self.columns["exact"], dtype=np.uint64),
         }
         if self.signatures is not None:
-            data["minhash"] = np.stack(self.signatures) if self.signatures else np.empty((0, 0), dtype=np.uint64)
+            # An idle rank (no unit, or every document filtered) still has the signature width, so the reduce
+            # can concatenate it with the others.
+            data["minhash"] = (
+                np.stack(self.signatures) if self.signatures else np.empty((0, self.minhash_perm), dtype=np.uint64)
+            )
         buffer = io.BytesIO()
         np.savez(buffer, **data)
         return buffer.getvalue()
@@ -166,33 +190,31 @@ def prepare(spec: ContinuedPretrainSpec, storage: Storage, rank: int, world_size
         units = plan_units(data_set.sources, world_size)
         if tokenizer is None:
             tokenizer = TextTokenizer(spec.model.tokenizer_uri, sample=_tokenizer_sample(units, by_name))
-        busy_ranks = max(1, min(world_size, len(units)))  # ranks that have at least one unit to read
-        cap = (
-            math.ceil(data_set.tokens_needed * HEADROOM / busy_ranks)
-            if spec.data.preprocessing.limit_to_budget
-            else math.inf
-        )
+        batch_docs = spec.data.preprocessing.tokenizer_batch_size
+        caps = source_caps(data_set, units, world_size, spec.data.preprocessing.limit_to_budget)
         stats = Stats()
         source_index = {s.name: i for i, s in enumerate(data_set.sources)}
         with tempfile.TemporaryDirectory(prefix="cpt-prep-") as scratch:
-            writer = _RankWriter(Path(scratch), tokenizer.info.dtype, hasher is not None)
+            writer = _RankWriter(Path(scratch), tokenizer.info.dtype, hasher.cfg.num_perm if hasher else None)
             dropped: list[bytes] | None = [] if spec.data.filters.write_dropped else None
             for unit in units[rank::world_size]:
-                if writer.tokens >= cap:
-                    break
-                for batch in _batches(read_unit(unit, by_name[unit.source], stats), BATCH_DOCS):
+                cap = caps[unit.source]
+                if writer.source_tokens[unit.source] >= cap:
+                    continue  # this source's share is covered; the next units may belong to other sources
+                for batch in _batches(read_unit(unit, by_name[unit.source], stats), batch_docs):
                     kept = _keep(batch, chain, decontaminator, stats, dropped)
                     for doc, ids in zip(kept, tokenizer.encode_batch([d.text for d in kept]), strict=True):
-                        if writer.tokens >= cap:  # the budget is covered: stop at a document boundary
+                        if writer.source_tokens[unit.source] >= cap:  # covered: stop at a document boundary
                             break
                         writer.add(
                             doc,
                             source_index[unit.source],
+                            unit.source,
                             ids,
                             tokenizer.info.eos_id,
                             hasher.signature(doc.text) if hasher else None,
                         )
-                    if writer.tokens >= cap:
+                    if writer.source_tokens[unit.source] >= cap:
                         break
             arrays = writer.arrays()
             stats.add(keys.TOKENS, writer.tokens)
@@ -209,7 +231,7 @@ def prepare(spec: ContinuedPretrainSpec, storage: Storage, rank: int, world_size
                 "stats": stats.to_json(),
                 "tokenizer": tokenizer.info.to_json(),
                 "decontamination": decontam_note,
-                "token_cap": None if cap == math.inf else cap,
+                "token_caps": {name: None if cap == math.inf else cap for name, cap in caps.items()},
             },
             "done.json",
         )
@@ -330,6 +352,12 @@ def _reduce_set(
                 start = ends[local[doc] - 1] if local[doc] else 0
                 packer.add(streams[owner[doc]][start : ends[local[doc]]])
             entry = packer.finish()
+            if entry["rows"] == 0:
+                raise SourceError(
+                    f"preprocess {data_set.name}: source {source.name!r} ({source.uri}) yielded no full row of "
+                    f"{seq_len} tokens ({len(selected)} document(s) kept); training would silently drop it and "
+                    "its weight. Check its files and filters, or remove it from the spec"
+                )
             entry["weight"] = source.weight
             kept_tokens += entry["tokens"] + entry["tail_tokens"]
             per_source[source.name] = entry

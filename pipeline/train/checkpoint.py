@@ -1,11 +1,15 @@
 """Checkpoints in the storage URI: saved every N steps and at milestones, `latest` written last, keep-last-K.
 
 DeepSpeed writes each rank's partitions (model, optimizer, scheduler) plus our client state (step, tokens,
-restarts, RNG). On a local filesystem it writes straight into `<storage>/checkpoints/<tag>/`. On an object
-store it writes to local scratch first, and each node's local rank 0 uploads what that node wrote. Once
-every rank has finished, global rank 0 writes `checkpoints/latest`. A checkpoint that a crash interrupted
-is therefore never referenced, and resume always loads a complete one. Periodic checkpoints beyond
-`keepLast` are deleted. Milestone checkpoints (tag suffix `-milestone`) are kept.
+restarts, RNG, and the run's data-order settings). On a local filesystem it writes straight into
+`<storage>/checkpoints/<tag>/`. On an object store every rank of a node writes into one node-local scratch
+folder shared by the node's processes; after a barrier, the node's local rank 0 uploads every file there
+(its own ranks' partitions and, on node 0, the common files). Each node reports the files it uploaded;
+global rank 0 checks that every one of them is in the bucket and only then writes `checkpoints/latest`.
+A checkpoint that a crash interrupted is therefore never referenced, and resume always loads a complete
+one. On resume each node's local rank 0 downloads the whole tag into the node folder before any rank
+loads. Periodic checkpoints beyond `keepLast` are deleted. Milestone checkpoints (tag suffix `-milestone`)
+are kept.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from typing import Any
 import torch.distributed as dist
 
 from cpt_pipeline.storage import Storage
+from cpt_pipeline.train.resume import PLAN_FILE, check_resume
 
 log = logging.getLogger(__name__)
 PERIODIC = re.compile(r"^step-(\d{8})$")
@@ -31,12 +36,22 @@ def tag_for(step: int, milestone: bool) -> str:
 
 
 class Checkpointer:
-    def __init__(self, storage: Storage, scratch: Path, keep_last: int, rank: int, local_rank: int) -> None:
+    def __init__(
+        self, storage: Storage, scratch: Path, keep_last: int, rank: int, local_rank: int, plan: dict[str, Any]
+    ) -> None:
         self.storage = storage.sub("checkpoints")
         self.scratch = scratch
         self.keep_last = keep_last
         self.rank = rank
         self.local_rank = local_rank
+        self.plan = plan  # the settings a resume must keep (resume.py), written with every checkpoint
+
+    def check_resumable(self) -> None:
+        """Stop before loading when the latest checkpoint was written under a different data order or LR."""
+        tag = self.latest()
+        if tag is not None:
+            recorded = self.storage.read_json(tag, PLAN_FILE) if self.storage.exists(tag, PLAN_FILE) else None
+            check_resume(recorded, self.plan, tag)
 
     def latest(self) -> str | None:
         if not self.storage.exists("latest"):
@@ -49,20 +64,49 @@ class Checkpointer:
     def save(self, engine: Any, step: int, client_state: dict[str, Any], milestone: bool) -> str:
         tag = tag_for(step, milestone)
         engine.save_checkpoint(str(self._dir()), tag=tag, client_state=client_state, save_latest=False)
-        dist.barrier()
+        dist.barrier()  # every rank of the node has written its files into the node folder
+        uploaded: list[str] | str = []
         if not self.storage.is_local and self.local_rank == 0:
-            local = self._dir() / tag
-            for path in sorted(local.rglob("*")):
-                if path.is_file():
-                    self.storage.put_file(str(path), tag, str(path.relative_to(local)))
-            shutil.rmtree(local, ignore_errors=True)
-        dist.barrier()
+            try:
+                uploaded = self._upload(tag)
+            except Exception as error:  # reported to every rank below, so that none waits forever
+                uploaded = f"upload of checkpoint {tag} to {self.storage.url(tag)} failed: {error}"
+        reports: list[Any] = [None] * dist.get_world_size()
+        dist.all_gather_object(reports, uploaded)
+        failures = [r for r in reports if isinstance(r, str)]
+        if failures:
+            raise RuntimeError(failures[0])
         if self.rank == 0:
+            self._confirm(tag, sorted({name for report in reports for name in report}))
+            self.storage.write_json(self.plan, tag, PLAN_FILE)
             self.storage.write_text(tag + "\n", "latest")
             self._purge(keep={tag})
         dist.barrier()
         log.info("checkpoint %s saved to %s", tag, self.storage.url(tag))
         return self.storage.url(tag)
+
+    def _upload(self, tag: str) -> list[str]:
+        """Upload every file of the node folder's tag (all local ranks' files); returns their relative paths."""
+        local = self._dir() / tag
+        names = []
+        for path in sorted(local.rglob("*")):
+            if path.is_file():
+                name = str(path.relative_to(local))
+                self.storage.put_file(str(path), tag, name)
+                names.append(name)
+        shutil.rmtree(local, ignore_errors=True)
+        return names
+
+    def _confirm(self, tag: str, names: list[str]) -> None:
+        """Every uploaded file is in the bucket (else `latest` must not name this checkpoint)."""
+        if self.storage.is_local:
+            return
+        root = self.storage.path(tag).rstrip("/") + "/"
+        self.storage.fs.invalidate_cache(self.storage.path(tag))
+        present = {path[len(root) :] for path in self.storage.fs.find(root)}
+        missing = [name for name in names if name not in present]
+        if missing or not names:
+            raise RuntimeError(f"checkpoint {tag}: files missing from {self.storage.url(tag)} after upload: {missing}")
 
     def _purge(self, keep: set[str]) -> None:
         periodic = sorted(name for name in self.storage.list() if PERIODIC.match(name))

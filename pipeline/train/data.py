@@ -98,14 +98,18 @@ def load_set(storage: Storage, set_name: str, cache_dir: str) -> tuple[dict[str,
             raise DataError(
                 f"{set_name}/{name}: shards listed in the manifest are missing from {base.url()}: {missing[:5]}"
             )
-        if entry["rows"] > 0:
-            sources.append(
-                SourceRows(
-                    set_name, name, entry.get("weight", 1), base, entry["shards"], manifest["seq_len"], dtype, cache_dir
-                )
+        if entry["rows"] == 0:
+            raise DataError(
+                f"{set_name}/{name}: the manifest lists no full row of {manifest['seq_len']} tokens for this source, "
+                "so its weight could not be honoured: preprocess again with more data for it, or remove it"
             )
+        sources.append(
+            SourceRows(
+                set_name, name, entry.get("weight", 1), base, entry["shards"], manifest["seq_len"], dtype, cache_dir
+            )
+        )
     if not sources:
-        raise DataError(f"{set_name}: the manifest lists no full row of {manifest['seq_len']} tokens")
+        raise DataError(f"{set_name}: the manifest lists no source")
     return manifest, sources
 
 

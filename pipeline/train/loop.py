@@ -9,8 +9,8 @@ import json
 import logging
 import math
 import os
+import shutil
 import signal
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,10 +20,12 @@ from cpt.api import ContinuedPretrainSpec
 from cpt_pipeline.storage import Storage
 from cpt_pipeline.train.checkpoint import Checkpointer, export_hf
 from cpt_pipeline.train.data import DataError, MixedSamples, load_set
+from cpt_pipeline.train.distributed import LOOP_COLLECTIVE_DEVICE, node_scratch, process_group_backend
 from cpt_pipeline.train.ds_config import deepspeed_config, effective_precision
 from cpt_pipeline.train.exit_codes import EXIT_BAD_INPUT, EXIT_NONFINITE, EXIT_PREEMPTED
 from cpt_pipeline.train.model import count_parameters, load_model
 from cpt_pipeline.train.progress import Progress, flops_per_token, peak_flops
+from cpt_pipeline.train.resume import resume_plan
 from cpt_pipeline.train.schedule import lr_multiplier
 
 log = logging.getLogger(__name__)
@@ -88,18 +90,18 @@ def train(spec: ContinuedPretrainSpec, storage: Storage) -> int:
 
     cuda = torch.cuda.is_available()
     device = "cuda" if cuda else "cpu"
-    deepspeed.init_distributed(dist_backend="nccl" if cuda else "gloo")
+    deepspeed.init_distributed(dist_backend=process_group_backend(cuda))
     rank, world = dist.get_rank(), dist.get_world_size()
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if cuda:
         torch.cuda.set_device(local_rank)
-    scratch = Path(tempfile.mkdtemp(prefix=f"kubecpt-train-{rank}-"))
+    scratch = node_scratch(local_rank, world)
     tcfg = spec.training
 
     manifests: dict[str, dict[str, Any]] = {}
     manifests["domain"], domain = load_set(storage, "domain", str(scratch / "shards"))
     replay: list = []
-    if spec.data.replay is not None:
+    if spec.data.active_replay is not None:
         manifests["replay"], replay = load_set(storage, "replay", str(scratch / "shards"))
     model = load_model(spec.model, manifests["domain"]["tokenizer"]["vocab_size"], tcfg.attention, tcfg.seed)
     check_data(manifests, spec, model.get_input_embeddings().num_embeddings)
@@ -108,6 +110,10 @@ def train(spec: ContinuedPretrainSpec, storage: Storage) -> int:
     model.config.use_cache = False
 
     plan = Plan.of(spec, world)
+    checkpointer = Checkpointer(
+        storage, scratch, tcfg.checkpoint.keep_last, rank, local_rank, resume_plan(spec, world, plan.total_steps)
+    )
+    checkpointer.check_resumable()
     precision = effective_precision(tcfg.deepspeed.precision, device)
     config = deepspeed_config(tcfg, world, precision)
     opt = tcfg.optimizer
@@ -126,12 +132,13 @@ def train(spec: ContinuedPretrainSpec, storage: Storage) -> int:
         lr_scheduler=lambda o: torch.optim.lr_scheduler.LambdaLR(o, multiplier),
     )
 
-    checkpointer = Checkpointer(storage, scratch, tcfg.checkpoint.keep_last, rank, local_rank)
     state = checkpointer.load(engine) or {}
     start = int(state.get("step", 0))
     restarts = int(state.get("restarts", -1)) + 1 if state else 0
     latest = checkpointer.storage.url(checkpointer.latest()) if state else None
-    samples = MixedSamples(domain, replay, float(spec.data.replay.fraction) if spec.data.replay else 0.0, tcfg.seed)
+    samples = MixedSamples(
+        domain, replay, float(spec.data.active_replay.fraction) if spec.data.active_replay else 0.0, tcfg.seed
+    )
     params = count_parameters(engine.module)
     progress = Progress(
         storage,
@@ -163,7 +170,7 @@ def train(spec: ContinuedPretrainSpec, storage: Storage) -> int:
     crash_step = int(os.environ.get(FAULT_EXIT_AFTER_STEPS, "0"))
     for step in range(start, plan.total_steps):
         began = time.perf_counter()
-        total = torch.zeros(2, dtype=torch.float64)
+        total = torch.zeros(2, dtype=torch.float64, device=LOOP_COLLECTIVE_DEVICE)
         ids: list[str] = []
         for micro in range(tcfg.grad_accumulation):
             rows, batch_ids = samples.batch(step, micro, rank, world, tcfg.micro_batch_size, tcfg.grad_accumulation)
@@ -180,11 +187,11 @@ def train(spec: ContinuedPretrainSpec, storage: Storage) -> int:
                 continue
             engine.backward(loss)
             engine.step()
-            total += torch.tensor([float(loss.detach()), 1.0], dtype=torch.float64)
+            total += torch.tensor([float(loss.detach()), 1.0], dtype=torch.float64, device=LOOP_COLLECTIVE_DEVICE)
         norm = engine.get_global_grad_norm()
         if norm is not None and not math.isfinite(float(norm)):
             _skip_micro_batch(torch.tensor(float("nan")), "stop", spec, step + 1, rank)
-        flags = torch.tensor([stop["signal"]], dtype=torch.int64)
+        flags = torch.tensor([stop["signal"]], dtype=torch.int64, device=LOOP_COLLECTIVE_DEVICE)
         dist.all_reduce(total)
         dist.all_reduce(flags, op=dist.ReduceOp.MAX)
         done = step + 1
@@ -220,6 +227,8 @@ def train(spec: ContinuedPretrainSpec, storage: Storage) -> int:
             _gather_ids(ids, world)
         if flags.item():
             log.warning("signal %d: checkpoint saved at step %d, exiting for a restart", flags.item(), done)
+            if local_rank == 0:
+                shutil.rmtree(scratch, ignore_errors=True)
             return EXIT_PREEMPTED
         if crash_step and done == crash_step:
             os._exit(137)
@@ -234,6 +243,8 @@ def train(spec: ContinuedPretrainSpec, storage: Storage) -> int:
             "complete.json",
         )
     dist.barrier()
+    if local_rank == 0:
+        shutil.rmtree(scratch, ignore_errors=True)
     return 0
 
 
@@ -250,7 +261,9 @@ def _skip_micro_batch(loss: Any, policy: str, spec: ContinuedPretrainSpec, step:
     import torch
     import torch.distributed as dist
 
-    bad = torch.tensor([0 if torch.isfinite(loss.detach()).item() else 1], dtype=torch.int64)
+    bad = torch.tensor(
+        [0 if torch.isfinite(loss.detach()).item() else 1], dtype=torch.int64, device=LOOP_COLLECTIVE_DEVICE
+    )
     if policy == "skipBatch":
         dist.all_reduce(bad, op=dist.ReduceOp.MAX)
         if bad.item():

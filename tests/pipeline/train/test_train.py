@@ -130,6 +130,11 @@ def test_a_killed_run_resumes_exactly(tmp_path: Path, prepared: Path) -> None:
     killed = train(spec, {LOG_SAMPLE_IDS: "1", FAULT_EXIT_AFTER_STEPS: "8"})
     assert killed.returncode != 0
     assert (out / "checkpoints" / "latest").read_text().strip() == "step-00000006-milestone"
+    changed = write(resource(str(out), microBatchSize=2, gradAccumulation=2), tmp_path / "changed.yaml")
+    refused = train(changed)  # same tokens per step, but other samples per step: must not resume
+    assert refused.returncode == EXIT_BAD_INPUT, refused.stderr[-3000:]
+    assert "spec.training.microBatchSize was 4, is 2" in refused.stdout
+    assert "spec.training.gradAccumulation was 1, is 2" in refused.stdout
     resumed = train(spec, {LOG_SAMPLE_IDS: "1"})
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     expected, got = metrics(reference_out), metrics(out)
@@ -143,14 +148,37 @@ def test_a_killed_run_resumes_exactly(tmp_path: Path, prepared: Path) -> None:
     assert sum(i.startswith("replay/") for r in got for i in r["sampleIds"]) == STEPS * 8 // 4  # 25% replay
 
 
-def test_checkpoints_and_exports_on_s3(tmp_path: Path, prepared: Path, s3, s3_server: str) -> None:
+def test_two_processes_checkpoint_to_s3_and_resume_from_the_bucket_alone(
+    tmp_path: Path, prepared: Path, s3, s3_server: str
+) -> None:
+    """ZeRO-3, procsPerNode 2: both ranks' partitions reach the bucket, and a run killed mid-way resumes in a
+    fresh scratch folder from the bucket only, with the uninterrupted run's losses."""
+    reference_spec, reference_out = run_dir(tmp_path / "reference", prepared)
+    assert train(reference_spec).returncode == 0
     bucket = f"cpt-{uuid.uuid4().hex[:8]}"
     s3.mkdir(bucket)
     s3.put(str(prepared) + "/", f"{bucket}/run/data/", recursive=True)
     doc = resource(f"s3://{bucket}/run")
     doc["spec"]["storage"]["endpoint"] = s3_server
-    result = train(write(doc, tmp_path / "cpt.yaml"))
+    spec = write(doc, tmp_path / "cpt.yaml")
+    scratch = {name: tmp_path / f"scratch-{name}" for name in ("killed", "resumed")}
+    for folder in scratch.values():
+        folder.mkdir()
+    killed = train(spec, {FAULT_EXIT_AFTER_STEPS: "8", "TMPDIR": str(scratch["killed"])})
+    assert killed.returncode != 0
+    assert s3.cat_file(f"{bucket}/run/checkpoints/latest").decode().strip() == "step-00000006-milestone"
+    saved = {path.rsplit("/", 1)[1] for path in s3.find(f"{bucket}/run/checkpoints/step-00000006-milestone")}
+    for rank in (0, 1):
+        assert f"zero_pp_rank_{rank}_mp_rank_00_optim_states.pt" in saved, saved
+        assert f"zero_pp_rank_{rank}_mp_rank_00_model_states.pt" in saved, saved
+    result = train(spec, {"TMPDIR": str(scratch["resumed"])})
     assert result.returncode == 0, result.stderr[-3000:]
+    assert "resumed from checkpoint step-00000006-milestone" in result.stderr
+    got = [json.loads(line) for line in s3.cat_file(f"{bucket}/run/train/metrics.jsonl").decode().splitlines()]
+    assert [r["step"] for r in got] == list(range(1, STEPS + 1))
+    for want, have in zip(metrics(reference_out), got, strict=True):
+        assert abs(have["loss"] - want["loss"]) <= 1e-5, (have["step"], have["loss"], want["loss"])
+    assert not list(scratch["resumed"].glob("kubecpt-train-*"))  # the node folder is removed at the end
     assert s3.cat_file(f"{bucket}/run/checkpoints/latest").decode().strip() == "step-00000012-milestone"
     assert s3.ls(f"{bucket}/run/checkpoints/step-00000006-milestone")
     local = tmp_path / "export"

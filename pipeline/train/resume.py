@@ -1,0 +1,52 @@
+"""Resume safety: the settings that fix the data order and the learning rate, recorded with each checkpoint.
+
+Sample k of step s is a pure function of the step, the batch shape, the world size, the seed and the
+replay fraction; the LR of step s depends on the schedule and the number of steps. A checkpoint resumed
+under different values would silently remap samples and the LR, so each checkpoint records them in
+`plan.json` and a resume compares them before DeepSpeed loads anything.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from cpt.api import ContinuedPretrainSpec
+from cpt_pipeline.train.data import DataError
+
+PLAN_FILE = "plan.json"
+
+
+class ResumeMismatch(DataError):
+    """The spec changed since the checkpoint in a way that changes the data order or the LR."""
+
+
+def resume_plan(spec: ContinuedPretrainSpec, world_size: int, total_steps: int) -> dict[str, Any]:
+    """{spec field path: value} of everything a resume must keep (world size as nodes x procsPerNode)."""
+    t, d = spec.training, spec.data
+    return {
+        "spec.training.nodes * spec.training.procsPerNode": world_size,
+        "spec.training.microBatchSize": t.micro_batch_size,
+        "spec.training.gradAccumulation": t.grad_accumulation,
+        "spec.training.seed": t.seed,
+        "spec.training.schedule": t.schedule.to_api(),
+        "spec.data.sequenceLength": d.sequence_length,
+        "spec.data.replay.fraction": str(float(d.active_replay.fraction)) if d.active_replay else "0.0",
+        "total steps (spec.data.tokenBudget / tokens per step)": total_steps,
+    }
+
+
+def check_resume(recorded: dict[str, Any] | None, current: dict[str, Any], tag: str) -> None:
+    """Raise ResumeMismatch naming every field whose value differs from the checkpoint's."""
+    if recorded is None:
+        return  # a checkpoint written before plans were recorded
+    changed = [
+        f"{field} was {recorded[field]!r}, is {current.get(field)!r}"
+        for field in recorded
+        if recorded[field] != current.get(field)
+    ]
+    if changed:
+        raise ResumeMismatch(
+            f"cannot resume from checkpoint {tag}: the spec changed since it was written ({'; '.join(changed)}). "
+            "These settings fix the data order and the learning rate: restore them, or start a new run under "
+            "a new spec.storage.uri"
+        )

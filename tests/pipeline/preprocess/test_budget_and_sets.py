@@ -1,0 +1,104 @@
+"""Which data each set gets: the budget shared across sources by weight, zero replay, idle MinHash ranks,
+sources that yield nothing, and the tokenizer batch size."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from cpt_pipeline.preprocess.readers import SourceError
+from cpt_pipeline.preprocess.runner import prepare
+from cpt_pipeline.preprocess.tokenize import TextTokenizer
+from cpt_pipeline.storage import Storage
+from cpt_pipeline.train.data import MixedSamples, load_set
+from tests.pipeline.preprocess.helpers import document, make_spec, stories_tokenizer, write_jsonl
+from tests.pipeline.preprocess.test_pipeline import run
+
+
+def set_tokens(storage: Storage, set_name: str) -> dict[str, int]:
+    manifest = storage.read_json("data", set_name, "manifest.json")
+    return {name: entry["tokens"] + entry["tail_tokens"] for name, entry in manifest["sources"].items()}
+
+
+def test_the_budget_is_shared_across_sources_by_weight_and_training_samples_both(tmp_path: Path) -> None:
+    docs_a = [document(i, lines=20) for i in range(150)]
+    docs_b = [document(1000 + i, lines=20) for i in range(150)]
+    write_jsonl(tmp_path / "a" / "a.jsonl", docs_a)
+    write_jsonl(tmp_path / "b" / "b.jsonl", docs_b)
+    spec = make_spec(
+        tmp_path / "out",
+        [
+            {"name": "a", "uri": str(tmp_path / "a"), "weight": 3},
+            {"name": "b", "uri": str(tmp_path / "b"), "weight": 1},
+        ],
+        tokenBudget=20000,
+        preprocessing={"limitToBudget": True, "workers": 2},
+    )
+    run(spec, world=2)
+    storage = Storage.from_spec(spec.storage)
+    tokens = set_tokens(storage, "domain")
+    # each rank stops at the first document boundary past its cap: it overshoots by at most one document
+    longest = 1 + max(map(len, TextTokenizer(stories_tokenizer()).encode_batch(docs_a + docs_b)))
+    assert 20000 * 1.2 * 3 / 4 <= tokens["a"] < 20000 * 1.2 * 3 / 4 + 2 * longest, tokens
+    assert 20000 * 1.2 / 4 <= tokens["b"] < 20000 * 1.2 / 4 + 2 * longest, tokens
+    assert 2.6 < tokens["a"] / tokens["b"] < 3.2, tokens
+    _, sources = load_set(storage, "domain", str(tmp_path / "cache"))
+    samples = MixedSamples(sources, [], 0.0, seed=1)
+    drawn = Counter(samples.sample(k)[1].split("/")[1] for k in range(400))
+    assert drawn == {"a": 300, "b": 100}
+
+
+def test_a_source_that_yields_no_row_is_named(tmp_path: Path) -> None:
+    write_jsonl(tmp_path / "good" / "g.jsonl", [document(i) for i in range(20)])
+    write_jsonl(tmp_path / "short" / "s.jsonl", ["one line", "another line"])  # min_lines drops both
+    spec = make_spec(
+        tmp_path / "out",
+        [{"name": "good", "uri": str(tmp_path / "good")}, {"name": "short", "uri": str(tmp_path / "short")}],
+    )
+    with pytest.raises(SourceError, match=r"source 'short' \(.*short\) yielded no full row of 64 tokens"):
+        run(spec, world=1)
+
+
+def test_zero_replay_means_no_replay_set(tmp_path: Path) -> None:
+    write_jsonl(tmp_path / "in" / "d.jsonl", [document(i) for i in range(20)])
+    spec = make_spec(
+        tmp_path / "out",
+        [{"name": "d", "uri": str(tmp_path / "in")}],
+        replay={"source": {"name": "general", "uri": str(tmp_path / "does-not-exist")}, "fraction": "0"},
+    )
+    summary = run(spec, world=2)
+    storage = Storage.from_spec(spec.storage)
+    assert storage.exists("data", "domain", "manifest.json") and not storage.exists("data", "replay")
+    assert summary["replayTokens"] == 0 and summary["docsKept"] == 20
+
+
+def test_minhash_with_idle_ranks(tmp_path: Path) -> None:
+    """One small file is one work unit: three of four workers read nothing."""
+    docs = [document(i, lines=8) for i in range(10)]
+    write_jsonl(tmp_path / "in" / "one.jsonl", [*docs, docs[3].replace("(3.2)", "(3.2, revised)")])
+    spec = make_spec(
+        tmp_path / "out",
+        [{"name": "d", "uri": str(tmp_path / "in")}],
+        dedup={"minhash": {"enabled": True, "threshold": "0.7", "numPerm": 64}},
+    )
+    summary = run(spec, world=4)
+    assert summary["docsRead"] == 11 and summary["duplicates"] == 1 and summary["docsKept"] == 10
+
+
+def test_the_tokenizer_batch_size_is_used(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    write_jsonl(tmp_path / "in" / "d.jsonl", [document(i) for i in range(30)])
+    spec = make_spec(
+        tmp_path / "out", [{"name": "d", "uri": str(tmp_path / "in")}], preprocessing={"tokenizerBatchSize": 7}
+    )
+    sizes: list[int] = []
+    original = TextTokenizer.encode_batch
+
+    def recording(self: TextTokenizer, texts: list[str]) -> list[list[int]]:
+        sizes.append(len(texts))
+        return original(self, texts)
+
+    monkeypatch.setattr(TextTokenizer, "encode_batch", recording)
+    prepare(spec, Storage.from_spec(spec.storage), 0, 1)
+    assert sizes == [7, 7, 7, 7, 2]
