@@ -13,6 +13,7 @@ from pathlib import Path
 from cpt.api import ContinuedPretrainSpec
 from cpt.stages import Stage
 from cpt.validation import validate_file
+from cpt_pipeline.storage import export_object_store_settings
 
 INDEX_ENV = "JOB_COMPLETION_INDEX"  # set by Kubernetes in Indexed Job pods
 
@@ -85,6 +86,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     spec = load_spec(args.spec)
+    export_object_store_settings(spec.storage)
     handlers = {
         Stage.PREPROCESS: _preprocess,
         Stage.DEDUP: _dedup,

@@ -35,6 +35,19 @@ def storage_options(uri: str, endpoint: str | None = None, region: str | None = 
     return {"client_kwargs": client_kwargs} if client_kwargs else {}
 
 
+def export_object_store_settings(spec: StorageSpec) -> None:
+    """Make spec.storage's S3 endpoint and region apply to every s3:// URI this process and its children
+    open (sources, model, tokenizer, task data, perplexity sets), not only to the output storage. They go
+    into the environment variables that boto reads; the spec wins over values already set there.
+    Credentials come from the environment too (the credentials Secret's keys, as env vars)."""
+    if not spec.uri.startswith("s3://"):
+        return
+    if spec.endpoint:
+        os.environ["AWS_ENDPOINT_URL_S3"] = spec.endpoint
+    if spec.region:
+        os.environ["AWS_REGION"] = os.environ["AWS_DEFAULT_REGION"] = spec.region
+
+
 @dataclass
 class Storage:
     """A root URI and its filesystem. Paths given to the methods are relative to the root."""

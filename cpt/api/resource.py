@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any, Literal
 
 from pydantic import Field
@@ -14,6 +15,19 @@ from cpt.api.model import ModelSpec
 from cpt.api.platform import RunPolicy, Scheduling, StorageSpec
 from cpt.api.status import ContinuedPretrainStatus
 from cpt.api.training import TrainingSpec
+
+
+_STEP = (
+    "(self.training.nodes * self.training.procsPerNode * self.training.microBatchSize * "
+    "self.training.gradAccumulation * self.data.sequenceLength)"
+)
+
+
+def _distinct_milestone_steps(spec: ContinuedPretrainSpec) -> bool:
+    """Every milestone (and the budget) ends in its own optimizer step, so each gets its own export."""
+    per_step = spec.training.tokens_per_step(spec.data.sequence_length)
+    steps = [math.ceil(m / per_step) for m in spec.data.milestones_with_budget]
+    return len(set(steps)) == len(steps)
 
 
 class ContinuedPretrainSpec(ApiModel):
@@ -36,6 +50,24 @@ class ContinuedPretrainSpec(ApiModel):
             "(nodes * procsPerNode * microBatchSize * gradAccumulation * sequenceLength)",
             field="data.tokenBudget",
             check=lambda s: s.data.token_budget >= s.training.tokens_per_step(s.data.sequence_length),
+        ),
+        Rule(
+            cel=f"self.data.milestones.all(m, self.data.milestones.exists_one(n, (n + {_STEP} - 1) / {_STEP} == "
+            f"(m + {_STEP} - 1) / {_STEP})) && self.data.milestones.all(m, m == self.data.tokenBudget || "
+            f"(m + {_STEP} - 1) / {_STEP} < (self.data.tokenBudget + {_STEP} - 1) / {_STEP})",
+            message="two milestones (or a milestone and tokenBudget) fall in the same optimizer step of "
+            "nodes * procsPerNode * microBatchSize * gradAccumulation * sequenceLength tokens: "
+            "space them at least one step apart",
+            field="data.milestones",
+            check=lambda s: _distinct_milestone_steps(s),
+        ),
+        Rule(
+            cel="self.training.nodes == 1 || self.storage.uri.startsWith('s3://') "
+            "|| self.storage.uri.startsWith('gs://')",
+            message="training on several nodes needs shared object storage (s3:// or gs://): each node's pod "
+            "has its own filesystem, so checkpoints and shards on a local path would exist on one node only",
+            field="storage.uri",
+            check=lambda s: s.training.nodes == 1 or s.storage.uri.startswith(("s3://", "gs://")),
         ),
     )
 

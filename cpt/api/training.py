@@ -67,9 +67,13 @@ class Schedule(ApiModel):
     )
     warmup_fraction: decimal(ge=0, lt=1) = Field("0.1", description="Share of steps spent warming up.")
     decay_fraction: decimal(ge=0, le=1) = Field("0.2", description="wsd: share of steps spent decaying at the end.")
-    min_lr_ratio: decimal(ge=0, le=1) = Field("0.0", description="Final learning rate as a share of the peak.")
+    min_lr_ratio: decimal(ge=0, le=1) = Field(
+        "0.0", description="Learning rate of the last step as a share of the peak (cosine and wsd)."
+    )
     rewarm: bool = Field(
-        True, description="Start from the warmup again when continuing from a decayed checkpoint (re-warming)."
+        True,
+        description="Warm the rate up from zero over warmupFraction at the start of this run (re-warming: the base "
+        "model's own schedule had decayed); false starts at the peak rate with no warmup.",
     )
 
     rules = (

@@ -32,7 +32,8 @@ def targets(spec: ContinuedPretrainSpec, storage: Storage) -> list[tuple[str, in
     if spec.evaluation.at_milestones:
         for name in storage.list("exports"):
             if name.startswith("tokens-") and storage.exists("exports", name, "export.json"):
-                found.append((name, int(name.split("-", 1)[1]), storage.url("exports", name)))
+                seen = storage.read_json("exports", name, "export.json").get("tokens")  # tokens actually trained
+                found.append((name, int(seen or name.split("-", 1)[1]), storage.url("exports", name)))
     return found
 
 

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import xxhash
 
+from cpt_pipeline.fetch import local_dir
 from cpt_pipeline.preprocess.ngrams import ngram_hashes
 
 _PUNCT = re.compile(r"[^\w\s]")
@@ -46,10 +47,16 @@ def _strings(value: Any) -> Iterator[str]:
 
 
 def eval_files(locations: Iterable[str]) -> list[Path]:
-    """Every .jsonl/.json file under the given local directories or files."""
+    """Every .jsonl/.json file under the given directories or files: local, or on s3:// / gs:// (downloaded
+    once into the cache, as evaluation does with the same localTaskDir)."""
     found: list[Path] = []
     for location in locations:
         path = Path(location.removeprefix("file://"))
+        if location.startswith(("s3://", "gs://")):
+            try:
+                path = local_dir(location.rstrip("/"), ("*.jsonl", "*.json"))  # fnmatch: * crosses "/"
+            except FileNotFoundError as error:
+                raise FileNotFoundError(f"decontamination: evaluation data {location!r} not found") from error
         if path.is_dir():
             found += sorted(p for p in path.rglob("*") if p.suffix in (".jsonl", ".json"))
         elif path.is_file():

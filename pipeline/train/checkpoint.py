@@ -136,8 +136,14 @@ class Checkpointer:
         return client_state
 
 
-def export_hf(engine: Any, zero_stage: int, tokenizer_dir: Path, storage: Storage, name: str, rank: int) -> str:
-    """A Hugging Face export (safetensors + config + tokenizer files) that from_pretrained and lm-eval load."""
+def export_hf(
+    engine: Any, zero_stage: int, tokenizer_dir: Path, storage: Storage, name: str, rank: int, tokens: int
+) -> str:
+    """A Hugging Face export (safetensors + config + tokenizer files) that from_pretrained and lm-eval load.
+
+    `export.json`, written last, lists the files and the tokens actually trained on (whole optimizer steps,
+    so at least the milestone the export is named after); evaluation labels its row with those tokens.
+    """
     state = engine._zero3_consolidated_16bit_state_dict() if zero_stage == 3 else engine.module.state_dict()
     target = storage.sub("exports", name)
     if rank == 0:
@@ -150,7 +156,7 @@ def export_hf(engine: Any, zero_stage: int, tokenizer_dir: Path, storage: Storag
         files = sorted(p.name for p in local.iterdir())
         for file in files:
             target.put_file(str(local / file), file)
-        target.write_json({"files": files}, "export.json")  # written last: the export is complete
+        target.write_json({"files": files, "tokens": tokens}, "export.json")  # written last: the export is complete
         shutil.rmtree(local.parent, ignore_errors=True)
     dist.barrier()
     return target.url()

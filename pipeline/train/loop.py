@@ -170,6 +170,7 @@ def train(spec: ContinuedPretrainSpec, storage: Storage) -> int:
     crash_step = int(os.environ.get(FAULT_EXIT_AFTER_STEPS, "0"))
     for step in range(start, plan.total_steps):
         began = time.perf_counter()
+        lr = float(scheduler.get_last_lr()[0])  # the rate this step trains with (the scheduler moves after it)
         total = torch.zeros(2, dtype=torch.float64, device=LOOP_COLLECTIVE_DEVICE)
         ids: list[str] = []
         for micro in range(tcfg.grad_accumulation):
@@ -210,13 +211,14 @@ def train(spec: ContinuedPretrainSpec, storage: Storage) -> int:
                     storage,
                     f"tokens-{plan.milestones[done]:013d}",
                     rank,
+                    done * plan.tokens_per_step,
                 )
         if rank == 0:
             extra = {"sampleIds": _gather_ids(ids, world)} if os.environ.get(LOG_SAMPLE_IDS) else None
             progress.step(
                 done,
                 mean_loss,
-                float(scheduler.get_last_lr()[0]),
+                lr,
                 time.perf_counter() - began,
                 latest,
                 restarts,

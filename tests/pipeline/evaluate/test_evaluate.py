@@ -143,7 +143,8 @@ def test_long_documents_are_scored_in_windows_without_loss(model_dir: str) -> No
 
 def test_evaluate_stage_writes_summaries_deltas_and_status(model_dir: str, shared_data: Path, tmp_path: Path) -> None:
     shutil.copytree(model_dir, tmp_path / "out" / "exports" / "tokens-0000000001000")
-    (tmp_path / "out" / "exports" / "tokens-0000000001000" / "export.json").write_text("{}")
+    # the milestone was 1000 tokens; the export records the 1024 tokens of the whole steps actually trained
+    (tmp_path / "out" / "exports" / "tokens-0000000001000" / "export.json").write_text('{"tokens": 1024}')
     doc = {
         "spec": {
             "model": {"uri": model_dir},
@@ -167,7 +168,7 @@ def test_evaluate_stage_writes_summaries_deltas_and_status(model_dir: str, share
     spec = ContinuedPretrain.model_validate(doc).spec
     storage = Storage.from_spec(spec.storage)
     status = evaluate_run(spec, storage)
-    assert [m["tokens"] for m in status["milestones"]] == [0, 1000]
+    assert [m["tokens"] for m in status["milestones"]] == [0, 1024]
     base, milestone = status["milestones"]
     assert [s["task"] for s in milestone["scores"]] == ["arc_easy", "piqa"]
     assert all(s["delta"] == 0.0 for s in milestone["scores"])  # the export is the base model itself

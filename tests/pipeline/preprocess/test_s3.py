@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 import uuid
 from pathlib import Path
+
+from cpt.kube_yaml import dump
 
 from cpt_pipeline.preprocess.runner import prepare, reduce
 from cpt_pipeline.storage import Storage
 from tests.pipeline.preprocess.helpers import document, make_spec, write_jsonl
+
+REPO = Path(__file__).resolve().parents[3]
 
 
 def test_sources_and_outputs_on_s3_match_a_local_run(tmp_path: Path, s3, s3_server: str) -> None:
@@ -45,3 +53,43 @@ def test_sources_and_outputs_on_s3_match_a_local_run(tmp_path: Path, s3, s3_serv
     second_row = s3.cat_file(f"{bucket}/run/data/domain/c/{shards[0]['path']}", start=row, end=2 * row)
     assert second_row == local_storage.read_bytes("data", "domain", "c", shards[0]["path"])[row : 2 * row]
     assert storage.read_json("data", "preprocess-status.json") == summary
+
+
+def test_the_storage_endpoint_applies_to_every_s3_uri_and_task_data_on_s3_decontaminates(
+    tmp_path: Path, s3, s3_server: str, shared_data: Path
+) -> None:
+    """Sources and evaluation.localTaskDir on S3, reached through spec.storage.endpoint alone: the environment
+    names a wrong endpoint (a closed loopback port), so only the spec's can work."""
+    bucket = f"cpt-{uuid.uuid4().hex[:8]}"
+    s3.mkdir(bucket)
+    lines = (shared_data / "benchmarks" / "arc_easy" / "validation.jsonl").read_text().splitlines()
+    item = next(i for i in map(json.loads, lines) if len(i["question"].split()) >= 15)
+    leaked = document(1) + "\n" + item["question"] + " " + " ".join(item["choices"]["text"])
+    s3.put_file(str(write_jsonl(tmp_path / "in.jsonl", [document(0), leaked, document(2)])), f"{bucket}/in/a.jsonl")
+    s3.put_file(str(shared_data / "benchmarks" / "arc_easy" / "validation.jsonl"), f"{bucket}/tasks/arc_easy/v.jsonl")
+    spec = make_spec(
+        f"s3://{bucket}/run",
+        [{"name": "c", "uri": f"s3://{bucket}/in/*.jsonl"}],
+        decontamination={"enabled": True},
+    )
+    doc = {"apiVersion": "cpt.kubecpt.dev/v1alpha1", "kind": "ContinuedPretrain", "metadata": {"name": "t"}}
+    spec_api = spec.to_api()
+    spec_api["storage"]["endpoint"] = s3_server
+    spec_api["evaluation"] = {"localTaskDir": f"s3://{bucket}/tasks"}
+    path = tmp_path / "cpt.yaml"
+    path.write_text(dump({**doc, "spec": spec_api}))
+    env = {**os.environ, "AWS_ENDPOINT_URL_S3": "http://127.0.0.1:9", "CPT_CACHE": str(tmp_path / "cache")}
+    for stage in ("preprocess", "dedup"):
+        result = subprocess.run(
+            [sys.executable, "-P", "-m", "cpt_pipeline", stage, "--spec", str(path), "--world-size", "1"],
+            capture_output=True,
+            text=True,
+            env=env,
+            cwd=REPO,
+            timeout=300,
+        )
+        assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads(s3.cat_file(f"{bucket}/run/data/preprocess-status.json"))
+    assert summary["contaminated"] == 1 and summary["docsKept"] == 2
+    manifest = json.loads(s3.cat_file(f"{bucket}/run/data/domain/manifest.json"))
+    assert "from 1 files" in manifest["decontamination"]

@@ -97,11 +97,20 @@ def metrics(out: Path) -> list[dict[str, Any]]:
 
 
 def test_loss_decreases_and_milestones_are_exported(tmp_path: Path, prepared: Path) -> None:
-    spec, out = run_dir(tmp_path, prepared, checkpoint={"intervalSteps": 3, "keepLast": 1})
+    spec, out = run_dir(
+        tmp_path,
+        prepared,
+        checkpoint={"intervalSteps": 3, "keepLast": 1},
+        schedule={"warmupFraction": "0.25", "minLrRatio": "0.1"},
+    )
     result = train(spec)
     assert result.returncode == 0, result.stderr[-3000:]
     history = metrics(out)
     assert [r["step"] for r in history] == list(range(1, STEPS + 1))
+    # each row carries the rate its step trained with: warmup 1/3, 2/3, peak; the last step at minLrRatio
+    assert [r["lr"] for r in history[:3]] == pytest.approx([2e-3 / 3, 2e-3 * 2 / 3, 2e-3])
+    assert history[-1]["lr"] == pytest.approx(2e-4)
+    assert json.loads((out / "exports" / "tokens-0000000003072" / "export.json").read_text())["tokens"] == 3072
     first, last = history[:3], history[-3:]
     assert sum(r["loss"] for r in last) / 3 < sum(r["loss"] for r in first) / 3 - 0.1  # it learns the domain
     assert sorted(os.listdir(out / "exports")) == ["tokens-0000000003072", "tokens-0000000006144"]

@@ -1,0 +1,45 @@
+"""Learning-rate schedules: exact first and last values, warmup, and re-warming off."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from cpt.api.training import Schedule
+from cpt_pipeline.train.schedule import lr_multiplier
+
+
+def values(total: int, **cfg: object) -> list[float]:
+    f = lr_multiplier(Schedule.model_validate(cfg), total)
+    return [f(step) for step in range(total)]
+
+
+@pytest.mark.parametrize("kind", ["cosine", "wsd"])
+@pytest.mark.parametrize("floor", ["0.0", "0.1"])
+def test_decaying_schedules_end_at_min_lr_ratio_on_the_last_step(kind: str, floor: str) -> None:
+    lrs = values(100, type=kind, warmupFraction="0.1", decayFraction="0.2", minLrRatio=floor)
+    assert lrs[0] == pytest.approx(1 / 10) and lrs[9] == 1.0  # warmup reaches the peak on its last step
+    assert lrs[-1] == pytest.approx(float(floor), abs=1e-12)
+    assert all(a >= b for a, b in zip(lrs[9:], lrs[10:], strict=False))  # never rises after the warmup
+
+
+def test_cosine_shape() -> None:
+    lrs = values(11, type="cosine", warmupFraction="0", minLrRatio="0.0")
+    assert lrs[0] == 1.0 and lrs[5] == pytest.approx(0.5) and lrs[10] == 0.0
+    assert lrs[1] == pytest.approx(0.5 * (1 + math.cos(math.pi / 10)))
+
+
+def test_wsd_is_stable_then_decays_linearly_to_the_floor() -> None:
+    lrs = values(10, type="wsd", warmupFraction="0.2", decayFraction="0.4", minLrRatio="0.2")
+    assert lrs[:2] == [0.5, 1.0] and lrs[2:6] == [1.0] * 4
+    assert lrs[6:] == pytest.approx([0.8, 0.6, 0.4, 0.2])
+
+
+def test_rewarm_off_starts_at_the_peak_and_constant_stays_there() -> None:
+    assert values(10, type="cosine", rewarm=False, warmupFraction="0.5")[0] == 1.0
+    assert values(10, type="constant", warmupFraction="0.2") == [0.5, 1.0] + [1.0] * 8
+
+
+def test_a_single_step_trains_at_the_peak() -> None:
+    assert values(1, type="cosine", warmupFraction="0", minLrRatio="0.0") == [1.0]
