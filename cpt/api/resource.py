@@ -16,7 +16,6 @@ from cpt.api.platform import RunPolicy, Scheduling, StorageSpec
 from cpt.api.status import ContinuedPretrainStatus
 from cpt.api.training import TrainingSpec
 
-
 _STEP = (
     "(self.training.nodes * self.training.procsPerNode * self.training.microBatchSize * "
     "self.training.gradAccumulation * self.data.sequenceLength)"

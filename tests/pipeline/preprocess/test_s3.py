@@ -10,7 +10,6 @@ import uuid
 from pathlib import Path
 
 from cpt.kube_yaml import dump
-
 from cpt_pipeline.preprocess.runner import prepare, reduce
 from cpt_pipeline.storage import Storage
 from tests.pipeline.preprocess.helpers import document, make_spec, write_jsonl

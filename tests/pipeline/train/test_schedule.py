@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import pytest
@@ -21,7 +22,7 @@ def test_decaying_schedules_end_at_min_lr_ratio_on_the_last_step(kind: str, floo
     lrs = values(100, type=kind, warmupFraction="0.1", decayFraction="0.2", minLrRatio=floor)
     assert lrs[0] == pytest.approx(1 / 10) and lrs[9] == 1.0  # warmup reaches the peak on its last step
     assert lrs[-1] == pytest.approx(float(floor), abs=1e-12)
-    assert all(a >= b for a, b in zip(lrs[9:], lrs[10:], strict=False))  # never rises after the warmup
+    assert all(a >= b for a, b in itertools.pairwise(lrs[9:]))  # never rises after the warmup
 
 
 def test_cosine_shape() -> None:
