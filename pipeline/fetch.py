@@ -23,8 +23,8 @@ def is_hub_id(uri: str) -> bool:
     return "://" not in uri and not uri.startswith(("/", ".")) and not Path(uri).exists()
 
 
-def local_dir(uri: str, patterns: tuple[str, ...] = ("*",)) -> Path:
-    """A local directory with the files of uri that match patterns."""
+def local_dir(uri: str, patterns: tuple[str, ...] = ("*",), revision: str | None = None) -> Path:
+    """A local directory with the files of uri that match patterns (a hub id at `revision`, if given)."""
     local = Path(uri.removeprefix("file://"))
     if local.is_dir():
         return local
@@ -48,5 +48,5 @@ def local_dir(uri: str, patterns: tuple[str, ...] = ("*",)) -> Path:
     if "/" in uri and is_hub_id(uri):
         from huggingface_hub import snapshot_download
 
-        return Path(snapshot_download(uri, allow_patterns=list(patterns)))
+        return Path(snapshot_download(uri, allow_patterns=list(patterns), revision=revision))
     raise FileNotFoundError(f"{uri}: no such directory (local path, s3://, gs:// or a Hugging Face hub id)")

@@ -58,7 +58,10 @@ class ModelSpec(ApiModel):
         description="Base model: a Hugging Face hub id (org/name), s3://, gs://, file:// or a local path.",
     )
     revision: str | None = Field(
-        None, max_length=256, description="Hub revision (branch, tag or commit) of a hub model."
+        None,
+        max_length=256,
+        description="Hub revision (branch, tag or commit) of a hub model: used for training, for its tokenizer "
+        "(unless tokenizer names another one) and for the baseline evaluation.",
     )
     tokenizer: Uri | None = Field(None, description="Tokenizer URI; defaults to the model URI.")
     architecture: Architecture | None = Field(
@@ -82,6 +85,11 @@ class ModelSpec(ApiModel):
             check=lambda m: m.uri is not None or m.tokenizer is not None,
         ),
     )
+
+    @property
+    def tokenizer_revision(self) -> str | None:
+        """The hub revision of the tokenizer: the model's, when the tokenizer is the model's own."""
+        return self.revision if self.tokenizer in (None, self.uri) else None
 
     @property
     def tokenizer_uri(self) -> str:

@@ -14,26 +14,27 @@ from pathlib import Path
 from typing import Any
 
 from cpt.api import ContinuedPretrainSpec
-from cpt_pipeline.fetch import is_hub_id, local_dir
+from cpt_pipeline.fetch import local_dir
 from cpt_pipeline.storage import Storage
 
 log = logging.getLogger(__name__)
 BASELINE = "baseline"
 
 
-def targets(spec: ContinuedPretrainSpec, storage: Storage) -> list[tuple[str, int, str]]:
-    """(name, tokens, model URI) of every model to evaluate: the base model, then each complete export."""
-    found: list[tuple[str, int, str]] = []
+def targets(spec: ContinuedPretrainSpec, storage: Storage) -> list[tuple[str, int, str, str | None]]:
+    """(name, tokens, model URI, hub revision) of every model to evaluate: the base model (at spec.model.revision,
+    the weights training started from), then each complete export."""
+    found: list[tuple[str, int, str, str | None]] = []
     if spec.evaluation.baseline:
         if spec.model.uri is None:
             log.info("no baseline: the model is built from an architecture (random init)")
         else:
-            found.append((BASELINE, 0, spec.model.uri))
+            found.append((BASELINE, 0, spec.model.uri, spec.model.revision))
     if spec.evaluation.at_milestones:
         for name in storage.list("exports"):
             if name.startswith("tokens-") and storage.exists("exports", name, "export.json"):
                 seen = storage.read_json("exports", name, "export.json").get("tokens")  # tokens actually trained
-                found.append((name, int(seen or name.split("-", 1)[1]), storage.url("exports", name)))
+                found.append((name, int(seen or name.split("-", 1)[1]), storage.url("exports", name), None))
     return found
 
 
@@ -65,11 +66,11 @@ def evaluate_run(spec: ContinuedPretrainSpec, storage: Storage, device: str | No
     cfg = spec.evaluation
     local_data = Path(local_dir(cfg.local_task_dir)) if cfg.local_task_dir else None
     sets = {name: s for name, s in (("domain", cfg.perplexity.domain), ("general", cfg.perplexity.general)) if s}
-    for name, tokens, model in targets(spec, storage):
+    for name, tokens, model, revision in targets(spec, storage):
         if storage.exists("eval", name, "summary.json"):
             log.info("evaluation of %s exists, skipped", name)
             continue
-        model_dir = model if is_hub_id(model) else str(local_dir(model))
+        model_dir = str(local_dir(model, revision=revision))
         task_scores: list[dict[str, Any]] = []
         if cfg.tasks:
             results = run_tasks(model_dir, list(cfg.tasks), local_data, cfg.batch_size, device)

@@ -189,7 +189,11 @@ def prepare(spec: ContinuedPretrainSpec, storage: Storage, rank: int, world_size
         by_name = {s.name: s for s in data_set.sources}
         units = plan_units(data_set.sources, world_size)
         if tokenizer is None:
-            tokenizer = TextTokenizer(spec.model.tokenizer_uri, sample=_tokenizer_sample(units, by_name))
+            tokenizer = TextTokenizer(
+                spec.model.tokenizer_uri,
+                sample=_tokenizer_sample(units, by_name),
+                revision=spec.model.tokenizer_revision,
+            )
         batch_docs = spec.data.preprocessing.tokenizer_batch_size
         caps = source_caps(data_set, units, world_size, spec.data.preprocessing.limit_to_budget)
         stats = Stats()

@@ -75,10 +75,10 @@ def _fingerprint(directory: Path) -> str:
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json", "special_tokens_map.json")
 
 
-def resolve_tokenizer_dir(uri: str) -> Path:
-    """A local directory holding the tokenizer files of uri."""
+def resolve_tokenizer_dir(uri: str, revision: str | None = None) -> Path:
+    """A local directory holding the tokenizer files of uri (at a hub revision, if given)."""
     try:
-        return local_dir(uri, TOKENIZER_FILES)
+        return local_dir(uri, TOKENIZER_FILES, revision)
     except FileNotFoundError as error:
         raise TokenizerError(f"tokenizer {uri!r}: {error}") from error
 
@@ -86,8 +86,10 @@ def resolve_tokenizer_dir(uri: str) -> Path:
 class TextTokenizer:
     """Encodes batches of documents to id lists with the chosen backend."""
 
-    def __init__(self, uri: str, sample: list[str] | None = None, threads: int | None = None) -> None:
-        self.directory = resolve_tokenizer_dir(uri)
+    def __init__(
+        self, uri: str, sample: list[str] | None = None, threads: int | None = None, revision: str | None = None
+    ) -> None:
+        self.directory = resolve_tokenizer_dir(uri, revision)
         # Rust threads follow RAYON_NUM_THREADS; SentencePiece gets the same per-worker share.
         self.threads = threads or int(os.environ.get("OMP_NUM_THREADS", 0)) or os.cpu_count() or 1
         fast_path, sp_path = self.directory / "tokenizer.json", self.directory / "tokenizer.model"
@@ -109,7 +111,8 @@ class TextTokenizer:
         if backend == "sentencepiece":
             self._fast = None
         vocab = self._sp.get_piece_size() if self._sp is not None else self._fast.get_vocab_size()
-        self.info = TokenizerInfo(uri, backend, int(vocab), self._eos_id(), _fingerprint(self.directory), checked)
+        label = f"{uri}@{revision}" if revision else uri
+        self.info = TokenizerInfo(label, backend, int(vocab), self._eos_id(), _fingerprint(self.directory), checked)
 
     def _load_fast(self, fast_path: Path, sp_path: Path) -> Any:
         import tokenizers

@@ -282,7 +282,7 @@ def _skip_micro_batch(loss: Any, policy: str, spec: ContinuedPretrainSpec, step:
 def _tokenizer_dir(spec: ContinuedPretrainSpec) -> Path:
     from cpt_pipeline.preprocess.tokenize import resolve_tokenizer_dir
 
-    return resolve_tokenizer_dir(spec.model.tokenizer_uri)
+    return resolve_tokenizer_dir(spec.model.tokenizer_uri, spec.model.tokenizer_revision)
 
 
 def _tensorboard_dir(storage: Storage, scratch: Path) -> Path:

@@ -72,12 +72,10 @@ def load_model(spec: ModelSpec, vocab_size: int, attention: str, seed: int) -> A
         if attn:
             config._attn_implementation = attn
         return AutoModelForCausalLM.from_config(config)
-    from cpt_pipeline.fetch import is_hub_id, local_dir
+    from cpt_pipeline.fetch import local_dir
 
-    kwargs: dict[str, Any] = {"revision": spec.revision} if spec.revision else {}
-    if attn:
-        kwargs["attn_implementation"] = attn
-    path = spec.uri if is_hub_id(spec.uri or "") else str(local_dir(spec.uri or ""))
+    kwargs: dict[str, Any] = {"attn_implementation": attn} if attn else {}
+    path = str(local_dir(spec.uri or "", revision=spec.revision))
     return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, **kwargs)
 
 
