@@ -29,6 +29,13 @@ class Task(ApiModel):
         "acc", description="Metric reported for this task."
     )
     limit: int | None = Field(None, ge=1, le=10**7, description="Evaluate at most this many examples.")
+    filter: str | None = Field(
+        None,
+        max_length=128,
+        pattern=r"^[A-Za-z0-9_.\-]+$",
+        description='lm-eval filter whose value is reported (e.g. "strict-match"); default: "none" when the '
+        "task reports it, else the task's first filter.",
+    )
 
 
 def _paper_tasks() -> list[Task]:
@@ -48,6 +55,13 @@ class Perplexity(ApiModel):
 
     domain: TextSet | None = Field(None, description="Held-out domain text.")
     general: TextSet | None = Field(None, description="Held-out general text (forgetting).")
+    window_tokens: int | None = Field(
+        None,
+        ge=2,
+        le=1048576,
+        description="Tokens per scored window (default: data.sequenceLength, the context the model is trained "
+        "at), capped by the model's context length.",
+    )
 
 
 class EvaluationSpec(ApiModel):

@@ -115,6 +115,20 @@ def run_tasks(
     return merged
 
 
+def metric_filter(values: dict[str, Any], task: Task) -> str:
+    """The filter of task.metric to report: task.filter, else "none", else the first one lm-eval reported.
+
+    lm-eval keys results `<metric>,<filter>`: "acc,none" for plain tasks, "exact_match,strict-match" and
+    "exact_match,flexible-extract" for generative ones with answer-extraction filters.
+    """
+    filters = [k.split(",", 1)[1] for k in values if "," in k and k.split(",", 1)[0] == task.metric]
+    wanted = task.filter or ("none" if "none" in filters else (filters[0] if filters else "none"))
+    if wanted not in filters:
+        reported = sorted(k for k in values if "," in k and "_stderr" not in k)
+        raise KeyError(f"task {task.name!r} has no metric {task.metric!r} with filter {wanted!r} (has: {reported})")
+    return wanted
+
+
 def scores(results: dict[str, Any], tasks: list[Task]) -> list[dict[str, Any]]:
     """[{task, metric, score, stderr}] with the metric chosen per task."""
     out = []
@@ -122,14 +136,13 @@ def scores(results: dict[str, Any], tasks: list[Task]) -> list[dict[str, Any]]:
         values = results["results"].get(task.name)
         if values is None:
             raise KeyError(f"lm-eval returned no result for task {task.name!r}")
-        key = f"{task.metric},none"
-        if key not in values:
-            raise KeyError(f"task {task.name!r} has no metric {task.metric!r} (has: {sorted(values)})")
-        stderr = values.get(f"{task.metric}_stderr,none")
+        chosen = metric_filter(values, task)
+        key = f"{task.metric},{chosen}"
+        stderr = values.get(f"{task.metric}_stderr,{chosen}")
         out.append(
             {
                 "task": task.name,
-                "metric": task.metric,
+                "metric": task.metric if chosen == "none" else f"{task.metric},{chosen}",
                 "score": float(values[key]),
                 "stderr": float(stderr) if isinstance(stderr, int | float) else None,
             }

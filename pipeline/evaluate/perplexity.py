@@ -1,7 +1,11 @@
 """Perplexity on held-out text: the domain gain and, on general text, the forgetting signal.
 
-Documents are tokenized with the model's tokenizer, each one on its own (BOS first when the tokenizer has
-one). Each document is cut into windows of the model's context length, without overlap. The result
+Documents are tokenized with the model's tokenizer, each one on its own, after a document-start token: BOS
+when the tokenizer has one, else EOS (what precedes every document in the packed training rows). So every
+token of a document, its first included, is predicted, and the bits-per-byte denominator (all the
+document's bytes) matches the tokens scored. Each document is cut into windows of `window` tokens
+(default: the training sequence length, capped by the model's context; a 128k-context model is not scored
+in 128k windows), without overlap, and windows go through the model `batch_size` at a time. The result
 counts every predicted token once and reports per-token perplexity exp(NLL / tokens) and bits per UTF-8
 byte, NLL / (bytes x ln 2). The latter is comparable across tokenizers.
 """
@@ -50,19 +54,31 @@ def read_texts(text_set: TextSet) -> list[str]:
     return texts[: text_set.max_documents]
 
 
+def scoring_window(model_context: int | None, requested: int | None) -> int:
+    """Tokens per scored window: the requested length, capped by the model's context (at least 2)."""
+    context = int(model_context or 2048)
+    return max(2, min(context, requested or context))
+
+
+def document_start(tokenizer: Any) -> int:
+    """The token every document is scored after: BOS, else EOS."""
+    start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+    if start is None:
+        raise ValueError("perplexity: the tokenizer has neither a BOS nor an EOS token to start documents with")
+    return int(start)
+
+
 def perplexity(
-    model: Any, tokenizer: Any, texts: list[str], device: str = "cpu", batch_size: int = 8
+    model: Any, tokenizer: Any, texts: list[str], device: str = "cpu", batch_size: int = 8, window: int | None = None
 ) -> dict[str, Any]:
     """{"perplexity", "bits_per_byte", "tokens", "bytes", "documents", "nll"} of texts under model."""
     import torch
 
-    window = int(getattr(model.config, "max_position_embeddings", 2048) or 2048)
-    bos = tokenizer.bos_token_id
+    window = scoring_window(getattr(model.config, "max_position_embeddings", None), window)
+    start = document_start(tokenizer)
     pieces: list[list[int]] = []
     for text in texts:
-        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-        if bos is not None:
-            ids = [bos, *ids]
+        ids = [start, *tokenizer(text, add_special_tokens=False)["input_ids"]]
         pieces += [ids[i : i + window] for i in range(0, max(1, len(ids) - 1), window - 1)]
     pieces = [p for p in pieces if len(p) > 1]
     nll, tokens = 0.0, 0
@@ -94,7 +110,20 @@ def perplexity(
     }
 
 
-def evaluate_sets(model_dir: str | Path, sets: dict[str, TextSet], device: str | None = None) -> dict[str, Any]:
+def batch_size_for(setting: str, device: str) -> int:
+    """evaluation.batchSize as windows per forward pass: an integer as given; "auto" is 8 on CPU, 32 on GPU."""
+    if setting != "auto":
+        return int(setting)
+    return 32 if device == "cuda" else 8
+
+
+def evaluate_sets(
+    model_dir: str | Path,
+    sets: dict[str, TextSet],
+    device: str | None = None,
+    batch_size: str = "auto",
+    window: int | None = None,
+) -> dict[str, Any]:
     """Perplexity of each named text set under the model in model_dir."""
     if not sets:
         return {}
@@ -104,4 +133,8 @@ def evaluate_sets(model_dir: str | Path, sets: dict[str, TextSet], device: str |
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32).to(device)
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
-    return {name: perplexity(model, tokenizer, read_texts(text_set), device) for name, text_set in sets.items()}
+    size = batch_size_for(batch_size, device)
+    return {
+        name: perplexity(model, tokenizer, read_texts(text_set), device, size, window)
+        for name, text_set in sets.items()
+    }

@@ -83,7 +83,8 @@ def evaluate_run(spec: ContinuedPretrainSpec, storage: Storage, device: str | No
                 "results.json",
             )
             task_scores = scores(results, list(cfg.tasks))
-        perplexities = evaluate_sets(model_dir, sets, device)
+        window = cfg.perplexity.window_tokens or spec.data.sequence_length
+        perplexities = evaluate_sets(model_dir, sets, device, cfg.batch_size, window)
         summary = summarize(name, tokens, model, task_scores, perplexities, storage.url("eval", name, "results.json"))
         storage.write_json(summary, "eval", name, "summary.json")
         log.info("evaluated %s (%d tokens): average %s", name, tokens, summary["average"])
