@@ -5,8 +5,12 @@ jsonl by byte range (a line belongs to the range in which it starts), parquet by
 range, a local Hugging Face dataset by row range. Compressed jsonl cannot be split and is one unit per
 file. Units are numbered in a fixed order; worker `rank` takes units `rank, rank + world, ...`.
 
-Bad records (malformed JSON, bytes that are not UTF-8, a missing or empty text field, an unreadable
-file) are counted and reported with file and line, and reading goes on.
+Bad records (malformed JSON, bytes that are not UTF-8, a missing or empty text field, a corrupt file) are
+counted and reported with file and line, and reading goes on. A transport error (a dropped connection,
+a timeout, a 5xx from the object store: an OSError that is not a decoding error) is different: the file
+is fine and the read is retried, resuming at the line where it stopped (after the retries fsspec and
+botocore already make), `READ_RETRIES` times with backoff; then the stage fails with the file named,
+rather than silently dropping the rest of the file. A missing or forbidden file fails the stage at once.
 """
 
 from __future__ import annotations
@@ -14,7 +18,9 @@ from __future__ import annotations
 import gzip
 import io
 import json
+import logging
 import math
+import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -25,7 +31,10 @@ from cpt.api.data import Source
 from cpt_pipeline.preprocess.stats import Stats
 from cpt_pipeline.storage import storage_options
 
+log = logging.getLogger(__name__)
 MIN_CHUNK = 1 << 20
+READ_RETRIES = 5
+RETRY_DELAY_SECONDS = 1.0  # doubled after each failed attempt
 MAX_CHUNK = 64 << 20
 UNITS_PER_WORKER = 4
 COMPRESSED = (".gz", ".zst", ".zstd")
@@ -64,6 +73,15 @@ class WorkUnit:
 
 class SourceError(ValueError):
     """A source that cannot be used at all (no files, unknown format)."""
+
+
+class SourceReadError(RuntimeError):
+    """A file that could not be read to its end (after retries): the stage fails, naming it."""
+
+
+def _is_corrupt(error: BaseException) -> bool:
+    """Decoding errors: the bytes arrived but are not a valid file (retrying cannot help)."""
+    return isinstance(error, gzip.BadGzipFile | EOFError | ValueError) or type(error).__name__ == "ZstdError"
 
 
 def _url(fs: fsspec.AbstractFileSystem, path: str) -> str:
@@ -182,7 +200,13 @@ def read_unit(unit: WorkUnit, source: Source, stats: Stats) -> Iterator[Document
             yield from _read_parquet(unit, source, stats)
         else:
             yield from _read_hf(unit, source, stats)
-    except (OSError, EOFError, ValueError) as error:  # unreadable or corrupt file: report, go on
+    except SourceReadError:
+        raise
+    except (FileNotFoundError, PermissionError) as error:
+        raise SourceReadError(f"source {source.name!r}: cannot read {unit.path}: {error}") from error
+    except Exception as error:
+        if not _is_corrupt(error):
+            raise
         stats.bad_record("unreadable_file", f"{unit.path}: {type(error).__name__}: {error}")
 
 
@@ -197,27 +221,59 @@ def _open_jsonl(unit: WorkUnit) -> io.BufferedIOBase:
     return handle
 
 
+def _transient(error: BaseException) -> bool:
+    return (
+        isinstance(error, OSError)
+        and not isinstance(error, FileNotFoundError | PermissionError)
+        and not (_is_corrupt(error))
+    )
+
+
+def _retry_or_fail(error: BaseException, attempt: int, unit: WorkUnit, where: str) -> None:
+    """Wait before the next attempt, or raise SourceReadError once the retries are spent."""
+    if attempt >= READ_RETRIES:
+        raise SourceReadError(
+            f"{unit.path}: read failed {attempt + 1} times ({where}), last error {type(error).__name__}: {error}; "
+            "the stage stops rather than drop the rest of the file: check the object store and rerun"
+        ) from error
+    delay = RETRY_DELAY_SECONDS * 2**attempt
+    log.warning("%s: %s: %s (%s); retrying in %.1fs", unit.path, type(error).__name__, error, where, delay)
+    time.sleep(delay)
+
+
 def _read_jsonl(unit: WorkUnit, source: Source, stats: Stats) -> Iterator[Document]:
     field = source.text_field
-    with _open_jsonl(unit) as handle:
-        position = unit.start
-        if unit.start > 0:  # the line that straddles start belongs to the previous unit
-            handle.seek(unit.start - 1)
-            position = unit.start - 1 + len(handle.readline())
-        end = unit.end if unit.end >= 0 else math.inf
-        index = 0
-        while position < end:
-            line = handle.readline()
-            if not line:
-                break
-            offset = position
-            position += len(line)
-            if not line.strip():
-                continue
-            text = _text_of_line(line, field, stats, unit, offset)
-            if text is not None:
-                yield Document(text, unit.index, index, f"{unit.path}@{offset}")
-            index += 1
+    position, index, attempt = -1, 0, 0  # position -1: not positioned yet
+    end = unit.end if unit.end >= 0 else math.inf
+    while True:
+        try:
+            with _open_jsonl(unit) as handle:
+                if position < 0:
+                    position = unit.start
+                    if unit.start > 0:  # the line that straddles start belongs to the previous unit
+                        handle.seek(unit.start - 1)
+                        position = unit.start - 1 + len(handle.readline())
+                elif position > 0:
+                    handle.seek(position)  # resume after the last complete line (compressed: decompress to it)
+                while position < end:
+                    line = handle.readline()
+                    if not line:
+                        return
+                    offset = position
+                    position += len(line)
+                    attempt = 0  # progress: a later error gets the full retries again
+                    if not line.strip():
+                        continue
+                    text = _text_of_line(line, field, stats, unit, offset)
+                    if text is not None:
+                        yield Document(text, unit.index, index, f"{unit.path}@{offset}")
+                    index += 1
+                return
+        except Exception as error:
+            if not _transient(error):
+                raise
+            _retry_or_fail(error, attempt, unit, f"at byte {max(position, 0)}")
+            attempt += 1
 
 
 def _line_number(unit: WorkUnit, offset: int) -> int:
@@ -259,11 +315,20 @@ def _text_of_record(record: Any, field: str, stats: Stats, where: Any) -> str | 
 def _read_parquet(unit: WorkUnit, source: Source, stats: Stats) -> Iterator[Document]:
     import pyarrow.parquet as pq
 
-    with fsspec.open(unit.path, "rb", **storage_options(unit.path)) as handle:
-        parquet = pq.ParquetFile(handle)
-        if source.text_field not in parquet.schema_arrow.names:
-            raise ValueError(f"no column {source.text_field!r} (columns: {parquet.schema_arrow.names})")
-        table = parquet.read_row_group(unit.row_group, columns=[source.text_field])
+    attempt = 0
+    while True:  # the row group is read whole before any row is used: a retry starts over
+        try:
+            with fsspec.open(unit.path, "rb", **storage_options(unit.path)) as handle:
+                parquet = pq.ParquetFile(handle)
+                if source.text_field not in parquet.schema_arrow.names:
+                    raise ValueError(f"no column {source.text_field!r} (columns: {parquet.schema_arrow.names})")
+                table = parquet.read_row_group(unit.row_group, columns=[source.text_field])
+            break
+        except Exception as error:
+            if not _transient(error):
+                raise
+            _retry_or_fail(error, attempt, unit, f"row group {unit.row_group}")
+            attempt += 1
     texts = table.column(0).slice(unit.start, unit.end - unit.start).to_pylist()
     for i, text in enumerate(texts):
         row = unit.start + i

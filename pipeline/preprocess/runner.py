@@ -26,7 +26,7 @@ from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 
@@ -200,7 +200,8 @@ def prepare(spec: ContinuedPretrainSpec, storage: Storage, rank: int, world_size
         source_index = {s.name: i for i, s in enumerate(data_set.sources)}
         with tempfile.TemporaryDirectory(prefix="cpt-prep-") as scratch:
             writer = _RankWriter(Path(scratch), tokenizer.info.dtype, hasher.cfg.num_perm if hasher else None)
-            dropped: list[bytes] | None = [] if spec.data.filters.write_dropped else None
+            # dropped documents stream to a scratch file, uploaded (streamed) with the rank's other outputs
+            dropped = (Path(scratch) / "dropped.jsonl").open("wb") if spec.data.filters.write_dropped else None
             for unit in units[rank::world_size]:
                 cap = caps[unit.source]
                 if writer.source_tokens[unit.source] >= cap:
@@ -226,7 +227,8 @@ def prepare(spec: ContinuedPretrainSpec, storage: Storage, rank: int, world_size
             out.put_file(str(writer.path), "tokens.bin")
             out.write_bytes(arrays, "docs.npz")
             if dropped is not None:
-                out.write_bytes(b"".join(dropped), "dropped.jsonl")
+                dropped.close()
+                out.put_file(dropped.name, "dropped.jsonl")
         out.write_json(
             {
                 "rank": rank,
@@ -259,7 +261,7 @@ def _keep(
     chain: FilterChain,
     decontaminator: Decontaminator | None,
     stats: Stats,
-    dropped: list[bytes] | None,
+    dropped: BinaryIO | None,
 ) -> list[Document]:
     """The documents that pass the filters and decontamination; the others are counted (and kept for
     inspection in `dropped` when asked for)."""
@@ -276,7 +278,7 @@ def _keep(
             kept.append(doc)
         elif dropped is not None:
             record = {"reason": reason, "location": doc.location, "text": doc.text}
-            dropped.append(json.dumps(record, ensure_ascii=False).encode() + b"\n")
+            dropped.write(json.dumps(record, ensure_ascii=False).encode() + b"\n")
     stats.add(keys.DOCS_TOKENIZED, len(kept))
     return kept
 
