@@ -97,7 +97,7 @@ def test_a_read_that_keeps_failing_stops_the_stage_with_the_file_named(
 def test_a_missing_file_fails_at_once(tmp_path: Path) -> None:
     source = Source(name="s", uri=str(tmp_path / "gone.jsonl"))
     unit = readers.WorkUnit(0, "s", str(tmp_path / "gone.jsonl"), "jsonl", 0, -1)
-    with pytest.raises(SourceReadError, match="source 's': cannot read .*gone.jsonl"):
+    with pytest.raises(SourceReadError, match=r"source 's': cannot read .*gone\.jsonl"):
         list(read_unit(unit, source, Stats()))
 
 
