@@ -7,6 +7,7 @@ directory and replace the hub-backed stock tasks of the same names, so evaluatio
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 import tempfile
@@ -19,7 +20,7 @@ from cpt.api.evaluation import Task
 log = logging.getLogger(__name__)
 TASKS_DIR = Path(__file__).resolve().parent / "tasks"
 PLACEHOLDER = "__DATA__"
-FALLBACK_FILES = {"mmlu/test.jsonl": "mmlu/dev.jsonl"}  # no test split: evaluate the dev examples
+SPLIT_KEYS = {"train": "training_split", "validation": "validation_split", "test": "test_split"}
 
 
 class TaskDataError(FileNotFoundError):
@@ -31,7 +32,13 @@ def shipped_tasks() -> list[str]:
 
 
 def render_tasks(data_dir: Path, names: Iterable[str], target: Path) -> Path:
-    """Write the shipped task YAMLs for `names`, reading files under data_dir, into target."""
+    """Write the shipped task YAMLs for `names`, reading files under data_dir, into target.
+
+    Each task declares the stock task's splits; splits whose file is absent are left out, so lm-eval picks
+    the split it would pick for the stock task with the same files (test over validation; few-shot examples
+    from train when present). `mmlu` becomes a group of one task per subject found in the data, as the
+    stock MMLU is, each with its subject's description line and its subject's few-shot examples.
+    """
     data_dir = data_dir.resolve()
     target.mkdir(parents=True, exist_ok=True)
     shutil.copy(TASKS_DIR / "local_utils.py", target / "local_utils.py")
@@ -42,25 +49,73 @@ def render_tasks(data_dir: Path, names: Iterable[str], target: Path) -> Path:
                 f"no local task {name!r} (shipped: {', '.join(shipped_tasks())}); use a hub task "
                 "by leaving evaluation.localTaskDir unset, or add a YAML to the task directory"
             )
-        text = template.read_text()
-        for relative, fallback in FALLBACK_FILES.items():
-            if (
-                f"{PLACEHOLDER}/{relative}" in text
-                and not (data_dir / relative).exists()
-                and (data_dir / fallback).exists()
-            ):
-                log.warning("%s: %s not found, evaluating %s", name, data_dir / relative, data_dir / fallback)
-                text = text.replace(f"{PLACEHOLDER}/{relative}", f"{PLACEHOLDER}/{fallback}")
-        text = text.replace(PLACEHOLDER, str(data_dir))
-        for line in text.splitlines():
-            stripped = line.strip()
-            if stripped.endswith(".jsonl") and ": " in stripped and not Path(stripped.split(": ", 1)[1]).exists():
-                raise TaskDataError(
-                    f"task {name}: data file {stripped.split(': ', 1)[1]} not found "
-                    f"(expected the standard layout under {data_dir}, see tasks/README.md)"
-                )
-        (target / f"{name}.yaml").write_text(text)
+        if name == "mmlu":
+            _render_mmlu(data_dir, template.read_text(), target)
+        else:
+            (target / f"{name}.yaml").write_text(_with_present_splits(template.read_text(), name, data_dir))
     return target
+
+
+def _with_present_splits(text: str, name: str, data_dir: Path) -> str:
+    """The template with __DATA__ filled in and the splits whose file is missing removed."""
+    present = [split for split in SPLIT_KEYS if (data_dir / name / f"{split}.jsonl").exists()]
+    lines = []
+    for line in text.splitlines():
+        stripped = line.strip()
+        split = next((s for s in SPLIT_KEYS if stripped in (f"{s}: {PLACEHOLDER}/{name}/{s}.jsonl",)), None)
+        split = split or next((s for s, key in SPLIT_KEYS.items() if stripped == f"{key}: {s}"), None)
+        if split is None or split in present:
+            lines.append(line)
+    declared = [s for s in ("validation", "test") if f"{SPLIT_KEYS[s]}: {s}" in text]
+    if not any(split in present for split in declared):
+        files = " or ".join(str(data_dir / name / f"{split}.jsonl") for split in declared)
+        raise TaskDataError(
+            f"task {name}: data file {files} not found "
+            f"(expected the standard layout under {data_dir}, see tasks/README.md)"
+        )
+    return "\n".join(lines).replace(PLACEHOLDER, str(data_dir)) + "\n"
+
+
+def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def _render_mmlu(data_dir: Path, template: str, target: Path) -> None:
+    """One task per subject (data split by the `subject` field into target/mmlu/<subject>/) and the group."""
+    test, dev = data_dir / "mmlu" / "test.jsonl", data_dir / "mmlu" / "dev.jsonl"
+    if not test.exists():
+        if not dev.exists():
+            raise TaskDataError(
+                f"task mmlu: data file {test} not found (expected the standard layout under {data_dir}, "
+                "see tasks/README.md)"
+            )
+        log.warning("mmlu: %s not found, evaluating %s", test, dev)
+        test = dev
+    splits = {"test": _read_jsonl(test), "dev": _read_jsonl(dev) if dev.exists() else []}
+    if any("subject" not in row for rows in splits.values() for row in rows):
+        raise TaskDataError(f"task mmlu: every row of {test} and {dev} needs a 'subject' field (the MMLU layout)")
+    subjects = sorted({row["subject"] for row in splits["test"]})
+    for subject in subjects:
+        folder = target / "mmlu" / subject
+        folder.mkdir(parents=True, exist_ok=True)
+        for split, rows in splits.items():
+            chosen = [row for row in rows if row["subject"] == subject]
+            (folder / f"{split}.jsonl").write_text("".join(json.dumps(row) + "\n" for row in chosen))
+        text = template.replace("__SUBJECT_WORDS__", subject.replace("_", " ")).replace("__SUBJECT__", subject)
+        if not any(row["subject"] == subject for row in splits["dev"]):  # no few-shot examples for it
+            text = "\n".join(
+                line
+                for line in text.splitlines()
+                if line.strip() not in ("fewshot_split: dev",) and "/dev.jsonl" not in line
+            )
+        (target / f"mmlu_{subject}.yaml").write_text(text.replace(PLACEHOLDER, str(target)))
+    group = {
+        "group": "mmlu",
+        "task": [f"mmlu_{subject}" for subject in subjects],
+        "aggregate_metric_list": [{"metric": "acc", "weight_by_size": True}],
+        "metadata": {"version": 2},
+    }
+    (target / "mmlu.yaml").write_text(json.dumps(group, indent=1))
 
 
 def run_tasks(

@@ -44,8 +44,11 @@ def test_the_seven_shipped_tasks_load_and_run_on_the_shared_benchmarks(model_dir
     assert [s["task"] for s in found] == [name for name, _ in PAPER_TASKS]
     for item in found:
         assert 0.0 <= item["score"] <= 1.0 and item["stderr"] is not None
-    assert all(results["n-samples"][name]["effective"] == 6 for name, _ in PAPER_TASKS)
-    assert all(results["configs"][name]["num_fewshot"] == 0 for name, _ in PAPER_TASKS)
+    singles = [name for name, _ in PAPER_TASKS if name != "mmlu"]
+    assert all(results["n-samples"][name]["effective"] == 6 for name in singles)
+    assert all(results["configs"][name]["num_fewshot"] == 0 for name in singles)
+    subjects = [name for name in results["n-samples"] if name.startswith("mmlu_")]  # a group, as stock MMLU
+    assert len(subjects) == 57 and all(results["n-samples"][s]["effective"] == 5 for s in subjects)
 
 
 def test_our_evaluation_equals_the_lm_eval_cli(model_dir: str, shared_data: Path, tmp_path: Path) -> None:
@@ -104,8 +107,11 @@ def test_missing_task_data_is_a_clear_error(tmp_path: Path) -> None:
 
 def test_mmlu_falls_back_to_dev_without_a_test_file(shared_data: Path, tmp_path: Path) -> None:
     rendered = render_tasks(shared_data / "benchmarks", ["mmlu"], tmp_path)
-    text = (rendered / "mmlu.yaml").read_text()
-    assert f"test: {shared_data.resolve() / 'benchmarks' / 'mmlu' / 'dev.jsonl'}" in text
+    text = (rendered / "mmlu_anatomy.yaml").read_text()
+    assert f"test: {tmp_path / 'mmlu' / 'anatomy' / 'test.jsonl'}" in text
+    dev = [json.loads(line) for line in (shared_data / "benchmarks" / "mmlu" / "dev.jsonl").read_text().splitlines()]
+    anatomy = [json.loads(line) for line in (tmp_path / "mmlu" / "anatomy" / "test.jsonl").read_text().splitlines()]
+    assert anatomy == [row for row in dev if row["subject"] == "anatomy"] and len(anatomy) == 5
 
 
 def test_perplexity_equals_the_model_loss(model_dir: str) -> None:
