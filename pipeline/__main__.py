@@ -11,11 +11,14 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from cpt.api import ContinuedPretrainSpec
+from cpt.exit_codes import EXIT_INVALID_SPEC
 from cpt.stages import Stage
 from cpt.validation import validate_file
+from cpt_pipeline.errors import exit_code_for, one_line
 from cpt_pipeline.storage import export_object_store_settings
 
 INDEX_ENV = "JOB_COMPLETION_INDEX"  # set by Kubernetes in Indexed Job pods
+log = logging.getLogger("cpt_pipeline")
 
 
 def load_spec(path: str) -> ContinuedPretrainSpec:
@@ -24,9 +27,10 @@ def load_spec(path: str) -> ContinuedPretrainSpec:
     if problems:
         for problem in problems:
             print(problem, file=sys.stderr)
-        raise SystemExit(2)
+        raise SystemExit(EXIT_INVALID_SPEC)
     if len(resources) != 1:
-        raise SystemExit(f"{path}: expected one ContinuedPretrain, found {len(resources)}")
+        print(f"{path}: expected one ContinuedPretrain, found {len(resources)}", file=sys.stderr)
+        raise SystemExit(EXIT_INVALID_SPEC)
     return resources[0].spec
 
 
@@ -83,8 +87,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--rank", type=int, help=f"worker rank (default: ${INDEX_ENV} or 0)")
     parser.add_argument("--world-size", type=int, help="workers (default: spec.data.preprocessing.workers)")
     parser.add_argument("--shard-rows", type=int, help="rows per shard (default: about 64 MB per shard)")
+    parser.add_argument("--debug", action="store_true", help="print the traceback of user errors too")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.DEBUG if args.debug else logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     spec = load_spec(args.spec)
     export_object_store_settings(spec.storage)
     handlers = {
@@ -94,7 +101,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         Stage.EVALUATE: _evaluate,
         Stage.REPORT: _report,
     }
-    return handlers[Stage(args.stage)](args, spec) or 0
+    try:
+        return handlers[Stage(args.stage)](args, spec) or 0
+    except Exception as error:
+        code = exit_code_for(error)
+        if code is None:
+            raise  # a bug: keep the traceback
+        log.debug("traceback of the error below", exc_info=error)
+        print(one_line(args.stage, error), file=sys.stderr, flush=True)
+        return code
 
 
 if __name__ == "__main__":

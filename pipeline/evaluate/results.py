@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from cpt.api import ContinuedPretrainSpec
+from cpt_pipeline.evaluate.harness import TaskDataError
 from cpt_pipeline.fetch import local_dir
 from cpt_pipeline.storage import Storage
 
@@ -58,13 +59,20 @@ def summarize(
     }
 
 
+def _task_data(uri: str) -> Path:
+    try:
+        return Path(local_dir(uri))
+    except FileNotFoundError as error:
+        raise TaskDataError(f"spec.evaluation.localTaskDir: {error}") from error
+
+
 def evaluate_run(spec: ContinuedPretrainSpec, storage: Storage, device: str | None = None) -> dict[str, Any]:
     """Evaluate every model not evaluated yet; returns (and writes) the status summary."""
     from cpt_pipeline.evaluate.harness import run_tasks, scores
     from cpt_pipeline.evaluate.perplexity import evaluate_sets
 
     cfg = spec.evaluation
-    local_data = Path(local_dir(cfg.local_task_dir)) if cfg.local_task_dir else None
+    local_data = _task_data(cfg.local_task_dir) if cfg.local_task_dir else None
     sets = {name: s for name, s in (("domain", cfg.perplexity.domain), ("general", cfg.perplexity.general)) if s}
     for name, tokens, model, revision in targets(spec, storage):
         if storage.exists("eval", name, "summary.json"):

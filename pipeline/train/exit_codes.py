@@ -1,10 +1,6 @@
-"""Exit codes of the training stage, shared by the workers and the launcher that passes them on.
+"""Exit codes of the training stage (defined once for every stage in `cpt/exit_codes.py`)."""
 
-75 preempted (SIGTERM: a checkpoint was saved; map it to `podFailurePolicy: Ignore`), 3 non-finite loss,
-4 data/tokenizer/model mismatch found before training started.
-"""
+from cpt.exit_codes import EXIT_BAD_INPUT, EXIT_NONFINITE, EXIT_PREEMPTED, EXIT_UNAVAILABLE
 
-EXIT_PREEMPTED = 75
-EXIT_NONFINITE = 3
-EXIT_BAD_INPUT = 4
-DISTINCT = (EXIT_PREEMPTED, EXIT_BAD_INPUT, EXIT_NONFINITE)  # in the order the launcher reports them
+DISTINCT = (EXIT_PREEMPTED, EXIT_BAD_INPUT, EXIT_NONFINITE, EXIT_UNAVAILABLE)  # the order the launcher reports them
+__all__ = ["DISTINCT", "EXIT_BAD_INPUT", "EXIT_NONFINITE", "EXIT_PREEMPTED", "EXIT_UNAVAILABLE"]

@@ -16,7 +16,7 @@ import sys
 import uuid
 
 from cpt.api import ContinuedPretrainSpec
-from cpt_pipeline.train.exit_codes import DISTINCT, EXIT_PREEMPTED
+from cpt_pipeline.train.exit_codes import DISTINCT, EXIT_BAD_INPUT, EXIT_PREEMPTED
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +42,8 @@ def launch(spec: ContinuedPretrainSpec, worker_args: list[str]) -> int:
     address = os.environ.get("PET_MASTER_ADDR") or os.environ.get("MASTER_ADDR") or "127.0.0.1"
     port = _env_int("PET_MASTER_PORT", "MASTER_PORT", default=_free_port() if nodes == 1 else 29500)
     if not 0 <= node_rank < nodes:
-        raise SystemExit(f"node rank {node_rank} is outside {nodes} node(s)")
+        print(f"train failed: node rank {node_rank} is outside {nodes} node(s) (PET_NNODES / spec.training.nodes)")
+        return EXIT_BAD_INPUT
     config = LaunchConfig(
         min_nodes=nodes,
         max_nodes=nodes,

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from cpt.api import ContinuedPretrainSpec
+from cpt_pipeline.errors import exit_code_for, one_line
 from cpt_pipeline.storage import Storage
 from cpt_pipeline.train.checkpoint import Checkpointer, export_hf
 from cpt_pipeline.train.data import DataError, MixedSamples, load_set
@@ -293,14 +294,19 @@ def run_worker(spec: ContinuedPretrainSpec, storage: Storage) -> int:
     """The worker's exit code (see the module docstring), with errors as one clear line."""
     try:
         return train(spec, storage)
-    except DataError as error:
-        print(json.dumps({"event": "error", "kind": "data", "message": str(error)}), flush=True)
-        log.error("%s", error)
-        return EXIT_BAD_INPUT
     except NonFiniteLoss as error:
         print(json.dumps({"event": "error", "kind": "non-finite-loss", "message": str(error)}), flush=True)
         log.error("%s", error)
         return EXIT_NONFINITE
+    except Exception as error:
+        code = exit_code_for(error)
+        if code is None:
+            raise  # a bug: keep the traceback
+        kind = "data" if code == EXIT_BAD_INPUT else "unavailable"
+        print(json.dumps({"event": "error", "kind": kind, "message": str(error)}), flush=True)
+        log.debug("traceback of the error below", exc_info=error)
+        log.error("%s", one_line("train", error))
+        return code
     finally:
         _shutdown_distributed()
 

@@ -75,7 +75,10 @@ def load_model(spec: ModelSpec, vocab_size: int, attention: str, seed: int) -> A
     from cpt_pipeline.fetch import local_dir
 
     kwargs: dict[str, Any] = {"attn_implementation": attn} if attn else {}
-    path = str(local_dir(spec.uri or "", revision=spec.revision))
+    try:
+        path = str(local_dir(spec.uri or "", revision=spec.revision))
+    except FileNotFoundError as error:
+        raise FileNotFoundError(f"spec.model.uri: {error}") from error
     return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, **kwargs)
 
 
