@@ -1,21 +1,181 @@
-"""Training throughput and MFU of the MobileLLM-125M shape at sequence length 2048 on one GPU.
+"""Training throughput and MFU of the MobileLLM-125M shape at sequence length 2048 on one GPU, measured
+through the real training stage, beside a plain PyTorch loop on the same model and batch (the peer).
 
-It runs the training stage's own pieces: the model builder (preset mobilellm-125m), the DeepSpeed config
-builder (bf16, the ZeRO stage given), fused AdamW, and SDPA attention (flash kernels on Hopper and
-Ampere), on random tokens. It reports steady-state tokens/s and MFU = tokens/s x model FLOPs per token /
-peak bf16 FLOPs (989 TFLOP/s for H100/H200 SXM, 312 for A100; override with CPT_PEAK_TFLOPS). The
-reference study reached about 12k tokens/s per A100; the goal is >= 40% MFU on one H100.
+The product side is the training stage itself: `python -m cpt_pipeline train` (launcher, torchrun worker,
+process group, DeepSpeed engine, the loop, checkpoint and export at the end) on packed shards of random
+tokens written by the shard writer, with a model built from the preset and a generated word-level
+tokenizer. Steady-state tokens/s comes from the stage's own per-step times in `train/metrics.jsonl`
+(the first `--warmup` steps and the last step, which saves the final checkpoint and export, are left out).
+MFU = tokens/s x model FLOPs per token / peak bf16 FLOPs (989 TFLOP/s for H100/H200 SXM, 312 for A100;
+override with CPT_PEAK_TFLOPS). The reference study reached about 12k tokens/s per A100; the goal is
+>= 40% MFU on one H100.
 
-    python -P bench/gpu_throughput.py [--micro-batch 16] [--zero 0] [--compile] [--no-deepspeed]
-    python -P bench/gpu_throughput.py --device cpu --preset tiny --seq 128 --steps 3   # smoke test
+    python -P bench/gpu_throughput.py [--micro-batch 16] [--zero 0] [--checkpointing]
+    python -P bench/gpu_throughput.py --device cpu --preset tiny --seq 64 --micro-batch 4 --steps 3  # smoke
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def write_tokenizer(folder: Path, vocab_size: int) -> None:
+    """A word-level tokenizer with `vocab_size` entries and an EOS token (the export copies it)."""
+    from tokenizers import Tokenizer
+    from tokenizers.models import WordLevel
+    from tokenizers.pre_tokenizers import WhitespaceSplit
+
+    vocab = {"</s>": 0, "<unk>": 1, **{f"t{i}": i for i in range(2, vocab_size)}}
+    tokenizer = Tokenizer(WordLevel(vocab=vocab, unk_token="<unk>"))
+    tokenizer.pre_tokenizer = WhitespaceSplit()
+    folder.mkdir(parents=True, exist_ok=True)
+    tokenizer.save(str(folder / "tokenizer.json"))
+    (folder / "tokenizer_config.json").write_text(json.dumps({"eos_token": "</s>", "unk_token": "<unk>"}))
+
+
+def write_shards(storage_root: Path, tokenizer_dir: Path, seq: int, rows: int, seed: int = 0) -> None:
+    """Random-token rows packed by the real shard writer, with the manifest the dedup stage would write."""
+    import numpy as np
+
+    from cpt_pipeline.preprocess.shards import FORMAT, ShardPacker, rows_per_shard
+    from cpt_pipeline.preprocess.tokenize import TextTokenizer
+    from cpt_pipeline.storage import Storage
+
+    info = TextTokenizer(str(tokenizer_dir)).info
+    dtype = np.dtype(info.dtype)
+    storage = Storage.open_uri(str(storage_root))
+    packer = ShardPacker(storage.sub("data", "domain", "synthetic"), seq, dtype, rows_per_shard(seq, dtype.itemsize))
+    packer.add(np.random.default_rng(seed).integers(2, info.vocab_size, rows * seq).astype(dtype))
+    entry = {**packer.finish(), "weight": 1}
+    manifest = {
+        "format": FORMAT,
+        "set": "domain",
+        "dtype": dtype.name,
+        "seq_len": seq,
+        "tokenizer": info.to_json(),
+        "eos_id": info.eos_id,
+        "sources": {"synthetic": entry},
+        "rows": entry["rows"],
+        "tokens": entry["tokens"],
+        "tail_tokens": entry["tail_tokens"],
+    }
+    storage.write_json(manifest, "data", "domain", "manifest.json")
+
+
+def stage_spec(root: Path, args: argparse.Namespace, total_steps: int) -> Path:
+    from cpt.kube_yaml import dump
+
+    architecture: dict[str, Any] = {"preset": args.preset}
+    if args.seq > 2048:
+        architecture["maxPositionEmbeddings"] = args.seq
+    spec = {
+        "model": {"architecture": architecture, "tokenizer": str(root / "tokenizer")},
+        "data": {
+            "sources": [{"name": "synthetic", "uri": str(root / "unused")}],
+            "sequenceLength": args.seq,
+            "tokenBudget": total_steps * args.micro_batch * args.seq,
+        },
+        "training": {
+            "procsPerNode": 1,
+            "microBatchSize": args.micro_batch,
+            "gradAccumulation": 1,
+            "attention": "sdpa",
+            "deepspeed": {"zeroStage": args.zero, "precision": "bf16", "gradientCheckpointing": args.checkpointing},
+            "schedule": {"warmupFraction": "0.1"},
+            "checkpoint": {"intervalSteps": 10**9},
+            "logIntervalSteps": 10**6,
+        },
+        "evaluation": {"tasks": []},
+        "storage": {"uri": str(root / "run")},
+    }
+    doc = {"apiVersion": "cpt.kubecpt.dev/v1alpha1", "kind": "ContinuedPretrain", "metadata": {"name": "bench"}}
+    path = root / "bench.yaml"
+    path.write_text(dump({**doc, "spec": spec}))
+    return path
+
+
+def training_stage(args: argparse.Namespace) -> dict[str, Any]:
+    """Run the real training stage; steady-state tokens/s from its own per-step times."""
+    from cpt.api.model import Architecture
+    from cpt_pipeline.train.model import llama_config
+
+    vocab = llama_config(Architecture(preset=args.preset)).vocab_size
+    total_steps = args.warmup + args.steps + 1
+    with tempfile.TemporaryDirectory(prefix="kubecpt-bench-") as scratch:
+        root = Path(scratch)
+        write_tokenizer(root / "tokenizer", vocab)
+        write_shards(root / "run", root / "tokenizer", args.seq, total_steps * args.micro_batch)
+        spec = stage_spec(root, args, total_steps)
+        env = {**os.environ, **({"DS_ACCELERATOR": "cpu", "CUDA_VISIBLE_DEVICES": ""} if args.device == "cpu" else {})}
+        result = subprocess.run(
+            [sys.executable, "-P", "-m", "cpt_pipeline", "train", "--spec", str(spec)],
+            cwd=REPO,
+            env=env,
+            capture_output=True,
+            text=True,
+        )
+        if result.returncode != 0:
+            sys.stderr.write(result.stderr[-5000:])
+            raise SystemExit(f"the training stage failed with exit code {result.returncode}")
+        metrics = [json.loads(line) for line in (root / "run" / "train" / "metrics.jsonl").read_text().splitlines()]
+    timed = metrics[args.warmup : -1]
+    seconds = sum(r["stepSeconds"] for r in timed)
+    return {
+        "tokens_per_second": len(timed) * args.micro_batch * args.seq / seconds,
+        "seconds_per_step": seconds / len(timed),
+        "steps": len(metrics),
+        "last_loss": timed[-1]["loss"],
+    }
+
+
+def plain_torch(args: argparse.Namespace) -> float:
+    """The peer: the same model, batch and sequence length in a plain PyTorch loop (AdamW, bf16 autocast)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from cpt.api.model import Architecture
+    from cpt_pipeline.train.model import llama_config
+
+    cuda = args.device == "cuda"
+    torch.manual_seed(0)
+    config = llama_config(Architecture(preset=args.preset))
+    config._attn_implementation = "sdpa"
+    config.max_position_embeddings = max(config.max_position_embeddings, args.seq)
+    model = AutoModelForCausalLM.from_config(config).to(args.device)
+    if args.checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.config.use_cache = False
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.005, fused=cuda or None)
+
+    def step() -> None:
+        tokens = torch.randint(2, config.vocab_size, (args.micro_batch, args.seq), device=args.device)
+        with torch.autocast(args.device, dtype=torch.bfloat16, enabled=cuda):
+            loss = model(input_ids=tokens, labels=tokens).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        float(loss.detach())  # the training loop reads the loss every step too
+
+    for _ in range(args.warmup):
+        step()
+    if cuda:
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(args.steps):
+        step()
+    if cuda:
+        torch.cuda.synchronize()
+    return args.steps * args.micro_batch * args.seq / (time.perf_counter() - start)
 
 
 def main() -> int:
@@ -26,108 +186,43 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--zero", type=int, default=0, help="ZeRO stage (0-3); one GPU needs no sharding")
-    parser.add_argument("--compile", action="store_true", help="torch.compile the model")
     parser.add_argument("--checkpointing", action="store_true", help="activation checkpointing")
-    parser.add_argument("--no-deepspeed", action="store_true", help="plain torch loop (autocast bf16)")
-    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--no-peer", action="store_true", help="skip the plain PyTorch loop")
+    parser.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
     args = parser.parse_args()
 
     import torch
 
     from cpt.api.model import Architecture
-    from cpt.api.training import TrainingSpec
-    from cpt_pipeline.train.ds_config import deepspeed_config
     from cpt_pipeline.train.model import count_parameters, llama_config
     from cpt_pipeline.train.progress import flops_per_token, peak_flops
 
-    cuda = args.device == "cuda"
-    if cuda and not torch.cuda.is_available():
+    if args.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("no CUDA device: use --device cpu for a smoke test")
-    torch.manual_seed(0)
     config = llama_config(Architecture(preset=args.preset))
-    config._attn_implementation = "sdpa"
-    config.max_position_embeddings = max(config.max_position_embeddings, args.seq)
-    from transformers import AutoModelForCausalLM
+    with torch.device("meta"):
+        from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_config(config).to(args.device)
-    if args.checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    model.config.use_cache = False
-    params = count_parameters(model)
-    if args.compile:
-        model = torch.compile(model)
-    precision = "bf16" if cuda else "fp32"
-    if cuda:
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-
-    training = TrainingSpec.model_validate(
-        {
-            "microBatchSize": args.micro_batch,
-            "gradAccumulation": 1,
-            "deepspeed": {"zeroStage": args.zero, "precision": precision},
-        }
-    )
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.005, fused=cuda or None)
-    if args.no_deepspeed:
-        engine = None
-    else:
-        import deepspeed
-
-        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-        os.environ.setdefault("MASTER_PORT", "29511")
-        os.environ.setdefault("RANK", "0")
-        os.environ.setdefault("LOCAL_RANK", "0")
-        os.environ.setdefault("WORLD_SIZE", "1")
-        if not cuda:
-            os.environ.setdefault("DS_ACCELERATOR", "cpu")
-        deepspeed.init_distributed(dist_backend="nccl" if cuda else "gloo")
-        engine, optimizer, _, _ = deepspeed.initialize(
-            model=model, optimizer=optimizer, config=deepspeed_config(training, 1, precision)
-        )
-
-    def step() -> float:
-        tokens = torch.randint(0, config.vocab_size, (args.micro_batch, args.seq), device=args.device)
-        if engine is not None:
-            loss = engine(input_ids=tokens, labels=tokens).loss
-            engine.backward(loss)
-            engine.step()
-        else:
-            with torch.autocast(args.device, dtype=torch.bfloat16, enabled=cuda):
-                loss = model(input_ids=tokens, labels=tokens).loss
-            loss.backward()
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-        return float(loss.detach())
-
-    for _ in range(args.warmup):
-        step()
-    if cuda:
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    for _ in range(args.steps):
-        loss = step()
-    if cuda:
-        torch.cuda.synchronize()
-    seconds = time.perf_counter() - start
-    tokens_per_second = args.steps * args.micro_batch * args.seq / seconds
+        params = count_parameters(AutoModelForCausalLM.from_config(config))
     flops = flops_per_token(params, config.num_hidden_layers, config.hidden_size, args.seq)
     peak = peak_flops(args.device)
-    device = torch.cuda.get_device_name() if cuda else "cpu"
-    mode = "plain torch" if args.no_deepspeed else f"DeepSpeed ZeRO-{args.zero}"
+    name = torch.cuda.get_device_name() if args.device == "cuda" else "cpu"
     print(
-        f"device: {device}; model: {args.preset} ({params / 1e6:.1f}M params), seq {args.seq}, "
-        f"micro-batch {args.micro_batch}, {precision}, {mode}{', compiled' if args.compile else ''}"
+        f"device: {name}; model: {args.preset} ({params / 1e6:.1f}M params), seq {args.seq}, "
+        f"micro-batch {args.micro_batch}, DeepSpeed ZeRO-{args.zero}"
+        f"{', activation checkpointing' if args.checkpointing else ''}"
     )
-    print(f"tokens/s: {tokens_per_second:,.0f}  ({seconds / args.steps * 1000:.1f} ms/step, last loss {loss:.3f})")
-    if peak:
-        print(
-            f"MFU: {tokens_per_second * flops / peak:.1%} of {peak / 1e12:.0f} TFLOP/s "
-            f"({flops / 1e9:.2f} GFLOP per token)"
-        )
-    print(f"vs the reference study (~12k tokens/s per A100): {tokens_per_second / 12000:.1f}x")
-    if cuda:
-        print(f"peak memory: {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB")
+    stage = training_stage(args)
+    mfu = f", MFU {stage['tokens_per_second'] * flops / peak:.1%} of {peak / 1e12:.0f} TFLOP/s" if peak else ""
+    print(
+        f"training stage (python -m cpt_pipeline train, {stage['steps']} steps): "
+        f"{stage['tokens_per_second']:,.0f} tokens/s ({stage['seconds_per_step'] * 1000:.1f} ms/step){mfu}"
+    )
+    if not args.no_peer:
+        peer = plain_torch(args)
+        print(f"plain PyTorch loop (peer, same run): {peer:,.0f} tokens/s")
+        print(f"training stage / plain PyTorch: {stage['tokens_per_second'] / peer:.2f}x")
+    print(f"vs the reference study (~12k tokens/s per A100): {stage['tokens_per_second'] / 12000:.2f}x")
     return 0
 
 

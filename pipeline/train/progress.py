@@ -96,6 +96,7 @@ class Progress:
             "loss": loss_value,
             "lr": lr,
             "tokensPerSecond": round(tokens_per_second, 1),
+            "stepSeconds": round(seconds, 6),
             **(extra or {}),
         }
         self.history.append(record)

@@ -1,0 +1,27 @@
+"""The GPU throughput benchmark drives the real training stage (smoke mode on CPU), so the first run on a GPU
+exercises the product's own launcher, process group, DeepSpeed engine and loop."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+SMOKE = ["--device", "cpu", "--preset", "tiny", "--seq", "64", "--micro-batch", "4", "--steps", "3", "--warmup", "1"]
+
+
+def test_gpu_throughput_smoke_runs_the_training_stage() -> None:
+    result = subprocess.run(
+        [sys.executable, "-P", "bench/gpu_throughput.py", *SMOKE],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    stage = re.search(r"training stage \(python -m cpt_pipeline train, (\d+) steps\): ([\d,]+) tokens/s", result.stdout)
+    assert stage and int(stage.group(1)) == 5, result.stdout  # warmup + steps + the final (exporting) step
+    assert int(stage.group(2).replace(",", "")) > 0
+    assert re.search(r"training stage / plain PyTorch: \d+\.\d\dx", result.stdout), result.stdout
