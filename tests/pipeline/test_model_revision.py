@@ -94,7 +94,8 @@ def test_the_tokenizer_follows_the_model_revision(tmp_path: Path, shared_data: P
 def test_the_baseline_row_is_the_revision_that_was_trained(tmp_path: Path, shared_data: Path, hub: Path) -> None:
     spec = spec_for(tmp_path, shared_data, "v1")
     status = evaluate_run(spec, Storage.from_spec(spec.storage))
-    expected = evaluate_sets(hub, {"general": spec.evaluation.perplexity.general})["general"]["perplexity"]
+    sets = {"general": spec.evaluation.perplexity.general}
+    expected = evaluate_sets(hub, sets, window=spec.data.sequence_length)["general"]["perplexity"]
     assert status["milestones"][0]["tokens"] == 0
     assert status["milestones"][0]["generalPerplexity"] == pytest.approx(expected, rel=1e-6)
 
