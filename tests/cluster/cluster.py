@@ -23,10 +23,9 @@ from typing import Any
 
 import yaml
 
-from tests.cluster.pki import Pki, make_pki
+from tests.cluster.pki import SERVICE_CIDR, Pki, make_pki
 
 HERE = Path(__file__).resolve().parent
-SERVICE_CIDR = "10.0.0.0/24"
 KWOK_SELECTOR = "kwok.x-k8s.io/node=fake"
 GPU_PRODUCT = "NVIDIA-A100-SXM4-80GB"
 

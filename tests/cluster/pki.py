@@ -74,6 +74,12 @@ def _sign(
     return builder.sign(issuer_key, hashes.SHA256())
 
 
+# Service addresses come from the benchmarking range 198.18.0.0/15 (never a private range that could be a
+# real network's): the `kubernetes` Service takes the first address of SERVICE_CIDR.
+SERVICE_CIDR = "198.19.0.0/24"
+KUBERNETES_SERVICE_IP = "198.19.0.1"
+
+
 def make_pki(directory: Path) -> Pki:
     """Create all certificates and keys under directory."""
     directory.mkdir(parents=True, exist_ok=True)
@@ -106,7 +112,7 @@ def make_pki(directory: Path) -> Pki:
             "kubernetes.default.svc.cluster.local",
         )
     ]
-    sans += [x509.IPAddress(ipaddress.ip_address(a)) for a in ("127.0.0.1", "10.0.0.1")]
+    sans += [x509.IPAddress(ipaddress.ip_address(a)) for a in ("127.0.0.1", KUBERNETES_SERVICE_IP)]
     serving = _sign(
         _name("kube-apiserver"), serving_key, ca_name, ca_key, usage=[ExtendedKeyUsageOID.SERVER_AUTH], sans=sans
     )

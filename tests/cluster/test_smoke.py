@@ -114,3 +114,11 @@ def test_helm_template_and_install(cluster: Cluster, namespace: str, tmp_path: P
     assert [(r["name"], r["status"]) for r in releases] == [("demo", "deployed")]
     cluster.helm("uninstall", "demo", "-n", namespace, "--wait")
     assert cluster.kubectl("get", "configmap", "demo-cm", "-n", namespace, check=False).returncode != 0
+
+
+def test_service_addresses_come_from_the_benchmarking_range(cluster: Cluster) -> None:
+    """No address the cluster hands out may belong to a real network: 198.18.0.0/15 only."""
+    import ipaddress
+
+    ip = cluster.get_json("service", "kubernetes", "-n", "default")["spec"]["clusterIP"]
+    assert ipaddress.ip_address(ip) in ipaddress.ip_network("198.18.0.0/15"), ip
