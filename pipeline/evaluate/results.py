@@ -66,8 +66,14 @@ def _task_data(uri: str) -> Path:
         raise TaskDataError(f"spec.evaluation.localTaskDir: {error}") from error
 
 
-def evaluate_run(spec: ContinuedPretrainSpec, storage: Storage, device: str | None = None) -> dict[str, Any]:
-    """Evaluate every model not evaluated yet; returns (and writes) the status summary."""
+TARGETS = ("baseline", "milestones")  # what one evaluation Job of the operator covers
+
+
+def evaluate_run(
+    spec: ContinuedPretrainSpec, storage: Storage, device: str | None = None, target: str | None = None
+) -> dict[str, Any]:
+    """Evaluate every model not evaluated yet (only the baseline, or only the milestone exports, when `target`
+    says so); returns (and writes) the status summary of everything evaluated so far."""
     from cpt_pipeline.evaluate.harness import run_tasks, scores
     from cpt_pipeline.evaluate.perplexity import evaluate_sets
 
@@ -75,6 +81,8 @@ def evaluate_run(spec: ContinuedPretrainSpec, storage: Storage, device: str | No
     local_data = _task_data(cfg.local_task_dir) if cfg.local_task_dir else None
     sets = {name: s for name, s in (("domain", cfg.perplexity.domain), ("general", cfg.perplexity.general)) if s}
     for name, tokens, model, revision in targets(spec, storage):
+        if target is not None and (name == BASELINE) != (target == "baseline"):
+            continue
         if storage.exists("eval", name, "summary.json"):
             log.info("evaluation of %s exists, skipped", name)
             continue

@@ -15,10 +15,14 @@ BIN=$CACHE/bin/k8s-$K8S_VERSION-$KEY
 NAMES=(etcd kube-apiserver kube-controller-manager kube-scheduler kubectl kwok helm)
 # kwok ships no default stages in its binary: take its node stages from the pinned release's sources.
 NODE_STAGES=(fast/node-initialize.yaml heartbeat-with-lease/node-heartbeat-with-lease.yaml)
+# CRDs of the controllers our children use, from their pinned modules (the JobSet CRD: `cpt render` output
+# is checked with --dry-run=server against it).
+CRDS=(jobset.x-k8s.io_jobsets.yaml)
 
 complete() {
     for n in "${NAMES[@]}"; do [ -x "$BIN/$n" ] || return 1; done
     for s in "${NODE_STAGES[@]}"; do [ -f "$BIN/kwok-stages/$(basename "$s")" ] || return 1; done
+    for c in "${CRDS[@]}"; do [ -f "$BIN/crds/$c" ] || return 1; done
 }
 if complete; then
     echo "cluster binaries: cached in $BIN" >&2
@@ -49,6 +53,11 @@ done
 echo "building helm $HELM_VERSION" >&2
 GOBIN=$TMP go install -trimpath -ldflags "-s -w -X helm.sh/helm/v3/internal/version.version=$HELM_VERSION" \
     "helm.sh/helm/v3/cmd/helm@$HELM_VERSION"
+echo "fetching the JobSet $JOBSET_VERSION CRD" >&2
+(cd "$TMP" && GOFLAGS=-mod=mod go mod download "sigs.k8s.io/jobset@$JOBSET_VERSION")
+mkdir -p "$TMP/crds"
+install -m 0644 "$GOMODCACHE/sigs.k8s.io/jobset@$JOBSET_VERSION/config/components/crd/bases/jobset.x-k8s.io_jobsets.yaml" \
+    "$TMP/crds/"
 mkdir -p "$(dirname "$BIN")"
 rm -rf "$BIN"
 mv "$TMP" "$BIN"

@@ -1,0 +1,24 @@
+"""`python -P -m cpt_operator [--namespace NS]`: run the operator standalone (one replica, no peering)."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    import argparse
+
+    import kopf
+
+    parser = argparse.ArgumentParser(prog="python -m cpt_operator")
+    parser.add_argument("--namespace", help="watch only this namespace (default: all)")
+    parser.add_argument("--liveness", default="http://0.0.0.0:8080/healthz", help="liveness endpoint")
+    args = parser.parse_args(argv)
+    kopf_argv = ["run", "--standalone", "--liveness", args.liveness, "-m", "cpt_operator.handlers"]
+    kopf_argv += ["--namespace", args.namespace] if args.namespace else ["--all-namespaces"]
+    return kopf.cli.main(kopf_argv, standalone_mode=False) or 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

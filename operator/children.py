@@ -1,0 +1,257 @@
+"""Pure builders of a run's children: the spec ConfigMap, the stage Jobs and the training JobSet.
+
+Every container command is `cpt.stages.stage_argv` (the local runner uses the same), an argument list;
+the spec reaches the pods as a ConfigMap file mounted at `cpt.stages.SPEC_PATH`, never through a shell.
+Every field a defaulting webhook would fill is spelled out, so nothing depends on the webhook and GitOps
+diffs stay stable. The builders return plain dicts; the handlers adopt and create them.
+"""
+
+from __future__ import annotations
+
+import json
+import posixpath
+from typing import Any
+
+from cpt import API_GROUP, API_VERSION, KIND
+from cpt.api import ContinuedPretrain
+from cpt.exit_codes import EXIT_PREEMPTED, PERMANENT
+from cpt.stages import SPEC_PATH, Stage, stage_argv
+from cpt_operator.config import OperatorConfig
+from cpt_operator.names import TARGET_LABEL, child_name, labels
+
+QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
+PRIORITY_LABEL = "kueue.x-k8s.io/priority-class"
+SPEC_VOLUME = "spec"
+SPEC_KEY = posixpath.basename(SPEC_PATH)
+TRAINER = "trainer"
+REPLICATED_JOB = "node"
+MASTER_PORT = 29500
+# The Job controller's podFailurePolicy messages, matched by the JobSet failure rules below
+PERMANENT_MESSAGE = "exit code ({}) matching FailJob rule".format("|".join(str(c) for c in PERMANENT))
+
+
+def spec_configmap(resource: ContinuedPretrain) -> dict[str, Any]:
+    """The resource (apiVersion, kind, name, spec) as the file every stage reads."""
+    name = resource.metadata["name"]
+    document = {"apiVersion": f"{API_GROUP}/{API_VERSION}", "kind": KIND, "metadata": {"name": name}}
+    document["spec"] = resource.spec.to_api()
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": child_name(name, "spec"), "labels": labels(name)},
+        "data": {SPEC_KEY: json.dumps(document, indent=1, sort_keys=True)},
+    }
+
+
+def _child_labels(resource: ContinuedPretrain, stage: str) -> dict[str, str]:
+    out = labels(resource.metadata["name"], stage)
+    scheduling = resource.spec.scheduling
+    if scheduling.queue_name:
+        out[QUEUE_LABEL] = scheduling.queue_name
+        if scheduling.priority_class_name:
+            out[PRIORITY_LABEL] = scheduling.priority_class_name
+    return out
+
+
+def _env(resource: ContinuedPretrain) -> list[dict[str, Any]]:
+    env: list[dict[str, Any]] = [{"name": "PYTHONUNBUFFERED", "value": "1"}]
+    secret = resource.spec.model.secret_ref
+    if secret is not None:
+        env.append({"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": secret.name, "key": secret.key}}})
+    return env
+
+
+def pod_template(
+    resource: ContinuedPretrain,
+    stage: Stage,
+    config: OperatorConfig,
+    *,
+    argv: list[str],
+    container: str = "stage",
+    env: list[dict[str, Any]] | None = None,
+    compute: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """A pod template running one stage: the spec file mounted, credentials as env, the spec's placement."""
+    spec = resource.spec
+    scheduling = spec.scheduling
+    main: dict[str, Any] = {
+        "name": container,
+        "image": scheduling.images.worker or config.worker_image,
+        "imagePullPolicy": scheduling.images.pull_policy or config.pull_policy,
+        "command": argv,
+        "env": [*_env(resource), *(env or [])],
+        "volumeMounts": [{"name": SPEC_VOLUME, "mountPath": posixpath.dirname(SPEC_PATH), "readOnly": True}],
+        "resources": compute or {},
+        "terminationMessagePolicy": "FallbackToLogsOnError",  # the one-line error reaches the pod status
+    }
+    if spec.storage.credentials_secret is not None:
+        main["envFrom"] = [{"secretRef": {"name": spec.storage.credentials_secret.name}}]
+    pod: dict[str, Any] = {
+        "restartPolicy": "Never",
+        "containers": [main],
+        "volumes": [{"name": SPEC_VOLUME, "configMap": {"name": child_name(resource.metadata["name"], "spec")}}],
+        "nodeSelector": dict(scheduling.node_selector),
+        "tolerations": [t.to_api() for t in scheduling.tolerations],
+    }
+    if scheduling.priority_class_name:
+        pod["priorityClassName"] = scheduling.priority_class_name
+    if scheduling.service_account_name:
+        pod["serviceAccountName"] = scheduling.service_account_name
+    return {"metadata": {"labels": labels(resource.metadata["name"], str(stage))}, "spec": pod}
+
+
+def _pod_failure_policy(container: str) -> dict[str, Any]:
+    """Permanent exit codes fail the Job at once; preemption (exit 75, DisruptionTarget) too, so the JobSet
+    rule can restart it without counting it."""
+    return {
+        "rules": [
+            {
+                "action": "FailJob",
+                "onExitCodes": {"containerName": container, "operator": "In", "values": list(PERMANENT)},
+            },
+            {
+                "action": "FailJob",
+                "onExitCodes": {"containerName": container, "operator": "In", "values": [EXIT_PREEMPTED]},
+            },
+            {"action": "FailJob", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
+        ]
+    }
+
+
+def _stage_pod_failure_policy() -> dict[str, Any]:
+    """Stage Jobs: permanent exit codes fail at once (no retry loop); evictions do not use up backoffLimit."""
+    return {
+        "rules": [
+            {
+                "action": "FailJob",
+                "onExitCodes": {"containerName": "stage", "operator": "In", "values": list(PERMANENT)},
+            },
+            {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
+        ]
+    }
+
+
+def stage_job(
+    resource: ContinuedPretrain,
+    stage: Stage,
+    config: OperatorConfig,
+    *,
+    suffix: str | None = None,
+    extra: list[str] | None = None,
+) -> dict[str, Any]:
+    """A batch Job for one stage. Preprocess is Indexed with one pod per worker (`JOB_COMPLETION_INDEX`)."""
+    spec = resource.spec
+    workers = spec.data.preprocessing.workers
+    argv_extra = list(extra or [])
+    if stage in (Stage.PREPROCESS, Stage.DEDUP):
+        argv_extra += ["--world-size", str(workers)]
+    pods = workers if stage is Stage.PREPROCESS else 1
+    job_spec: dict[str, Any] = {
+        "completions": pods,
+        "parallelism": pods,
+        "completionMode": "Indexed" if stage is Stage.PREPROCESS else "NonIndexed",
+        "backoffLimit": spec.run_policy.backoff_limit,
+        "podFailurePolicy": _stage_pod_failure_policy(),
+        "suspend": bool(spec.suspend or spec.scheduling.queue_name),
+        "manualSelector": False,
+        "template": pod_template(resource, stage, config, argv=stage_argv(stage, extra=argv_extra)),
+    }
+    if spec.run_policy.ttl_seconds_after_finished is not None:
+        job_spec["ttlSecondsAfterFinished"] = spec.run_policy.ttl_seconds_after_finished
+    name = child_name(resource.metadata["name"], suffix or str(stage))
+    metadata: dict[str, Any] = {"name": name, "labels": _child_labels(resource, str(stage))}
+    return {"apiVersion": "batch/v1", "kind": "Job", "metadata": metadata, "spec": job_spec}
+
+
+def evaluation_job(resource: ContinuedPretrain, config: OperatorConfig, target: str) -> dict[str, Any]:
+    """The evaluation of `baseline` (may run while data is prepared) or of every milestone export."""
+    job = stage_job(resource, Stage.EVALUATE, config, suffix=f"eval-{target}", extra=["--target", target])
+    job["metadata"]["labels"][TARGET_LABEL] = target
+    job["spec"]["template"]["metadata"]["labels"][TARGET_LABEL] = target
+    return job
+
+
+def training_jobset(resource: ContinuedPretrain, config: OperatorConfig) -> dict[str, Any]:
+    """The training gang: one replicated Job of `nodes` Indexed pods running the torchrun launcher.
+
+    Failure policy: `maxRestarts` = runPolicy.maxRestarts with BlockingRecreate (no stale rank survives a
+    restart; every restart resumes from the latest checkpoint). A permanent exit code fails the JobSet at
+    once; preemption and eviction restart it without counting; any other failure restarts and counts.
+    """
+    spec = resource.spec
+    training = spec.training
+    name = child_name(resource.metadata["name"], "train")
+    master = f"{name}-{REPLICATED_JOB}-0-0.{name}"  # pod 0 under the JobSet's headless Service
+    env = [
+        {"name": "PET_NNODES", "value": str(training.nodes)},
+        {"name": "PET_NPROC_PER_NODE", "value": str(training.procs_per_node)},
+        {
+            "name": "PET_NODE_RANK",
+            "valueFrom": {
+                "fieldRef": {"fieldPath": "metadata.annotations['batch.kubernetes.io/job-completion-index']"}
+            },
+        },
+        {"name": "PET_MASTER_ADDR", "value": master},
+        {"name": "PET_MASTER_PORT", "value": str(MASTER_PORT)},
+        *({"name": k, "value": v} for k, v in sorted(training.extra_env.items())),
+    ]
+    compute = {key: value for key, value in training.resources.to_api().items() if value}
+    template = pod_template(
+        resource, Stage.TRAIN, config, argv=stage_argv(Stage.TRAIN), container=TRAINER, env=env, compute=compute
+    )
+    job_spec: dict[str, Any] = {
+        "completions": training.nodes,
+        "parallelism": training.nodes,
+        "completionMode": "Indexed",
+        "backoffLimit": 0,
+        "podFailurePolicy": _pod_failure_policy(TRAINER),
+        "template": template,
+    }
+    jobset_spec: dict[str, Any] = {
+        "suspend": bool(spec.suspend or spec.scheduling.queue_name),
+        "network": {"enableDNSHostnames": True, "subdomain": name, "publishNotReadyAddresses": True},
+        "successPolicy": {"operator": "All", "targetReplicatedJobs": [REPLICATED_JOB]},
+        "failurePolicy": {
+            "maxRestarts": spec.run_policy.max_restarts,
+            "restartStrategy": "BlockingRecreate",
+            "rules": [
+                {
+                    "name": "permanent-exit-code",
+                    "action": "FailJobSet",
+                    "onJobFailureReasons": ["PodFailurePolicy"],
+                    "onJobFailureMessagePatterns": [PERMANENT_MESSAGE],
+                },
+                {
+                    "name": "preemption",
+                    "action": "RestartJobSetAndIgnoreMaxRestarts",
+                    "onJobFailureReasons": ["PodFailurePolicy"],
+                },
+            ],
+        },
+        "replicatedJobs": [{"name": REPLICATED_JOB, "replicas": 1, "template": {"spec": job_spec}}],
+        "startupPolicy": {"startupPolicyOrder": "AnyOrder"},
+    }
+    if spec.run_policy.ttl_seconds_after_finished is not None:
+        jobset_spec["ttlSecondsAfterFinished"] = spec.run_policy.ttl_seconds_after_finished
+    metadata = {"name": name, "labels": _child_labels(resource, str(Stage.TRAIN))}
+    return {"apiVersion": "jobset.x-k8s.io/v1alpha2", "kind": "JobSet", "metadata": metadata, "spec": jobset_spec}
+
+
+def every_child(resource: ContinuedPretrain, config: OperatorConfig) -> list[dict[str, Any]]:
+    """Every object a run can own, in stage order (what `cpt render` prints; the handlers create each one
+    when its stage is due)."""
+    children = [spec_configmap(resource)]
+    if resource.spec.evaluation.baseline and resource.spec.model.uri is not None:
+        children.append(evaluation_job(resource, config, "baseline"))
+    children += [
+        stage_job(resource, Stage.PREPROCESS, config),
+        stage_job(resource, Stage.DEDUP, config),
+        training_jobset(resource, config),
+        evaluation_job(resource, config, "milestones"),
+        stage_job(resource, Stage.REPORT, config),
+    ]
+    namespace = resource.metadata.get("namespace")
+    if namespace:
+        for child in children:
+            child["metadata"]["namespace"] = namespace
+    return children

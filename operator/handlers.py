@@ -1,0 +1,80 @@
+"""kopf handlers: every event on a ContinuedPretrain or on one of its children runs one reconcile pass.
+
+Only event handlers: they are level-triggered (the operator lists the run's children and decides from
+what it sees, so a restart changes nothing: kopf replays every object as an event when it starts), they
+keep no progress or diff-base state, and they need no finalizer, so deleting a run never waits for the
+operator. Children carry ownerReferences, so the garbage collector deletes them with the run.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import kopf
+
+from cpt import API_GROUP, API_VERSION, PLURAL
+from cpt.api import ContinuedPretrain
+from cpt_operator.config import OperatorConfig
+from cpt_operator.kube import Kube
+from cpt_operator.names import RUN_LABEL
+from cpt_operator.reconcile import reconcile
+
+log = logging.getLogger(__name__)
+
+
+@kopf.on.startup()
+def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=API_GROUP)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=API_GROUP)
+    settings.persistence.finalizer = f"{API_GROUP}/finalizer"  # never added: no handler needs one
+    settings.watching.inactivity_timeout = 300  # a silently stalled watch is restarted
+    settings.watching.server_timeout = 270
+    settings.posting.level = logging.WARNING
+    memo.kube = Kube.connect()
+    memo.config = OperatorConfig.from_env()
+
+
+def run_pass(kube: Kube, config: OperatorConfig, body: dict[str, Any]) -> None:
+    """Observe, decide, act: create children, (un)suspend them, post events, write the owned status."""
+    meta = body["metadata"]
+    namespace, name = meta["namespace"], meta["name"]
+    resource = ContinuedPretrain.model_validate(
+        {"metadata": {"name": name, "namespace": namespace}, "spec": body.get("spec", {})}
+    )
+    children = kube.children(namespace, name)
+    status = dict(body.get("status") or {})
+    decision = reconcile(resource, children, status, int(meta.get("generation", 1)), config)
+    for obj in decision.create:
+        kopf.adopt(obj, owner=body)
+        kube.create(namespace, obj)
+    for kind, child, suspend in decision.set_suspend:
+        kube.set_suspend(namespace, kind, child, suspend)
+    for kind, reason, message in decision.events:
+        kopf.event(body, type=kind, reason=reason, message=message)
+    if any(status.get(key) != value for key, value in decision.status.items()):
+        kube.patch_status(namespace, name, decision.status)
+
+
+@kopf.on.event(API_GROUP, API_VERSION, PLURAL)
+def on_run(event: dict[str, Any], body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    if event.get("type") == "DELETED" or body["metadata"].get("deletionTimestamp"):
+        return
+    run_pass(memo.kube, memo.config, dict(body))
+
+
+def _owner_pass(labels: kopf.Labels, namespace: str | None, memo: kopf.Memo) -> None:
+    run = labels.get(RUN_LABEL)
+    body = memo.kube.get_run(namespace or "", run) if run else None
+    if body is not None and not body["metadata"].get("deletionTimestamp"):
+        run_pass(memo.kube, memo.config, body)
+
+
+@kopf.on.event("batch", "v1", "jobs", labels={RUN_LABEL: kopf.PRESENT})
+def on_job(labels: kopf.Labels, namespace: str | None, memo: kopf.Memo, **_: Any) -> None:
+    _owner_pass(labels, namespace, memo)
+
+
+@kopf.on.event("jobset.x-k8s.io", "v1alpha2", "jobsets", labels={RUN_LABEL: kopf.PRESENT})
+def on_jobset(labels: kopf.Labels, namespace: str | None, memo: kopf.Memo, **_: Any) -> None:
+    _owner_pass(labels, namespace, memo)

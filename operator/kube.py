@@ -1,0 +1,93 @@
+"""The few Kubernetes API calls the operator makes, on the official client."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from cpt import API_GROUP, API_VERSION, PLURAL
+from cpt_operator.names import RUN_LABEL
+
+JOBSET = ("jobset.x-k8s.io", "v1alpha2", "jobsets")
+
+
+@dataclass
+class Kube:
+    """API clients (in-cluster config, else the kubeconfig)."""
+
+    core: Any
+    batch: Any
+    custom: Any
+
+    @classmethod
+    def connect(cls) -> Kube:
+        from kubernetes import client, config
+
+        try:
+            config.load_incluster_config()
+        except config.ConfigException:
+            config.load_kube_config()
+        return cls(client.CoreV1Api(), client.BatchV1Api(), client.CustomObjectsApi())
+
+    def get_run(self, namespace: str, name: str) -> dict[str, Any] | None:
+        from kubernetes.client.exceptions import ApiException
+
+        try:
+            return self.custom.get_namespaced_custom_object(API_GROUP, API_VERSION, namespace, PLURAL, name)
+        except ApiException as error:
+            if error.status == 404:
+                return None
+            raise
+
+    def children(self, namespace: str, run: str) -> dict[str, dict[str, Any]]:
+        """The run's ConfigMaps, Jobs and JobSets by name (plain dicts, as the API serves them)."""
+        from kubernetes.client.exceptions import ApiException
+
+        selector = f"{RUN_LABEL}={run}"
+        api = self.core.api_client
+        found: dict[str, dict[str, Any]] = {}
+        for kind, items in (
+            ("ConfigMap", self.core.list_namespaced_config_map(namespace, label_selector=selector).items),
+            ("Job", self.batch.list_namespaced_job(namespace, label_selector=selector).items),
+        ):
+            for item in items:
+                obj = api.sanitize_for_serialization(item)
+                found[obj["metadata"]["name"]] = {**obj, "kind": kind}
+        try:
+            jobsets = self.custom.list_namespaced_custom_object(
+                *JOBSET[:2], namespace, JOBSET[2], label_selector=selector
+            )
+        except ApiException as error:
+            if error.status != 404:  # 404: the JobSet CRD is not installed (yet): no JobSet exists
+                raise
+            jobsets = {"items": []}
+        for obj in jobsets["items"]:
+            found[obj["metadata"]["name"]] = {**obj, "kind": "JobSet"}
+        return found
+
+    def create(self, namespace: str, obj: dict[str, Any]) -> None:
+        """Create a child; one that exists already (a concurrent pass created it) is fine."""
+        from kubernetes.client.exceptions import ApiException
+
+        try:
+            if obj["kind"] == "ConfigMap":
+                self.core.create_namespaced_config_map(namespace, obj)
+            elif obj["kind"] == "Job":
+                self.batch.create_namespaced_job(namespace, obj)
+            else:
+                self.custom.create_namespaced_custom_object(*JOBSET[:2], namespace, JOBSET[2], obj)
+        except ApiException as error:
+            if error.status != 409:
+                raise
+
+    def set_suspend(self, namespace: str, kind: str, name: str, suspend: bool) -> None:
+        body = {"spec": {"suspend": suspend}}
+        if kind == "Job":
+            self.batch.patch_namespaced_job(name, namespace, body)
+        else:
+            self.custom.patch_namespaced_custom_object(*JOBSET[:2], namespace, JOBSET[2], name, body)
+
+    def patch_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
+        self.custom.patch_namespaced_custom_object_status(
+            API_GROUP, API_VERSION, namespace, PLURAL, name, {"status": status}
+        )

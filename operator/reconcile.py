@@ -1,0 +1,235 @@
+"""One level-triggered pass over a run: from the resource and its observed children, what to create, which
+children to (un)suspend, and the status the operator owns (conditions, phase, times).
+
+Pure: no API calls, so every transition is unit-tested and a restarted operator takes the same decision.
+Stage conditions (`DataReady`, `BaselineEvaluated`, `Trained`, `Evaluated`, `Reported`) are sticky: once
+True, that stage's children are never recreated, even if a TTL or a person deleted them. `Complete` and
+`Failed` are terminal: nothing is created after them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from cpt.api import ContinuedPretrain
+from cpt.api.status import Phase
+from cpt.stages import Stage
+from cpt_operator.children import evaluation_job, spec_configmap, stage_job, training_jobset
+from cpt_operator.config import OperatorConfig
+from cpt_operator.names import child_name
+
+READY, RECONCILING, STALLED = "Ready", "Reconciling", "Stalled"
+COMPLETE, FAILED, SUSPENDED = "Complete", "Failed", "Suspended"
+DATA_READY, BASELINE_EVALUATED, TRAINED, EVALUATED, REPORTED = (
+    "DataReady",
+    "BaselineEvaluated",
+    "Trained",
+    "Evaluated",
+    "Reported",
+)
+
+
+@dataclass
+class Decision:
+    """What one pass decided."""
+
+    create: list[dict[str, Any]] = field(default_factory=list)
+    set_suspend: list[tuple[str, str, bool]] = field(default_factory=list)  # (kind, name, suspend)
+    status: dict[str, Any] = field(default_factory=dict)
+    events: list[tuple[str, str, str]] = field(default_factory=list)  # (type Normal|Warning, reason, message)
+
+
+def child_state(obj: dict[str, Any] | None) -> tuple[str, str]:
+    """(missing|running|suspended|complete|failed, message) of a Job or a JobSet."""
+    if obj is None:
+        return "missing", ""
+    conditions = {c["type"]: c for c in obj.get("status", {}).get("conditions", []) if c.get("status") == "True"}
+    for kind in ("Complete", "Completed"):
+        if kind in conditions:
+            return "complete", conditions[kind].get("message", "")
+    if "Failed" in conditions:
+        cond = conditions["Failed"]
+        return "failed", f"{cond.get('reason', '')}: {cond.get('message', '')}".strip(": ")
+    if obj.get("spec", {}).get("suspend"):
+        return "suspended", ""
+    return "running", ""
+
+
+def _now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class _Conditions:
+    """metav1 conditions by type; lastTransitionTime changes only when the status does."""
+
+    def __init__(self, existing: list[dict[str, Any]], generation: int, now: str) -> None:
+        self.by_type = {c["type"]: dict(c) for c in existing}
+        self.generation, self.now = generation, now
+
+    def true(self, kind: str) -> bool:
+        return self.by_type.get(kind, {}).get("status") == "True"
+
+    def set(self, kind: str, status: bool, reason: str, message: str = "") -> bool:
+        """Set a condition; True when its status changed (an event is due)."""
+        value = "True" if status else "False"
+        old = self.by_type.get(kind)
+        changed = old is None or old.get("status") != value
+        self.by_type[kind] = {
+            "type": kind,
+            "status": value,
+            "reason": reason,
+            "message": message[:32768],
+            "observedGeneration": self.generation,
+            "lastTransitionTime": self.now if changed else old.get("lastTransitionTime", self.now),
+        }
+        return changed and status
+
+    def listed(self) -> list[dict[str, Any]]:
+        return [self.by_type[k] for k in sorted(self.by_type)]
+
+
+def reconcile(
+    resource: ContinuedPretrain,
+    children: dict[str, dict[str, Any]],
+    status: dict[str, Any],
+    generation: int,
+    config: OperatorConfig,
+    now: str | None = None,
+) -> Decision:
+    """The decision of one pass. `children` maps child names to the observed objects."""
+    now = now or _now()
+    spec = resource.spec
+    conditions = _Conditions(status.get("conditions", []), generation, now)
+    decision = Decision()
+    out: dict[str, Any] = {"observedGeneration": generation}
+    if not status.get("startTime"):
+        out["startTime"] = now
+
+    def fail(reason: str, message: str) -> None:
+        if conditions.set(FAILED, True, reason, message):
+            decision.events.append(("Warning", reason, message))
+
+    def stage(obj: dict[str, Any], condition: str | None, reason: str) -> str:
+        """Create a missing child, and report its state (a failure fails the run)."""
+        state, message = child_state(children.get(obj["metadata"]["name"]))
+        if state == "missing":
+            decision.create.append(obj)
+            decision.events.append(("Normal", "Created", f"{obj['kind']} {obj['metadata']['name']}"))
+        elif state == "failed":
+            fail(reason, f"{obj['kind']} {obj['metadata']['name']} failed: {message}")
+        elif state == "complete" and condition and conditions.set(condition, True, "Succeeded"):
+            decision.events.append(("Normal", condition, f"{obj['kind']} {obj['metadata']['name']} completed"))
+        return state
+
+    terminal = conditions.true(COMPLETE) or conditions.true(FAILED)
+    if not terminal:
+        _deadline(spec.run_policy.active_deadline_seconds, status.get("startTime") or now, now, fail)
+    if not terminal and not conditions.true(FAILED):
+        if spec.scheduling.queue_name is None:  # with Kueue, Kueue owns `suspend`
+            for name, obj in children.items():
+                active = obj.get("kind") in ("Job", "JobSet") and child_state(obj)[0] in ("running", "suspended")
+                if active and bool(obj.get("spec", {}).get("suspend")) != spec.suspend:
+                    decision.set_suspend.append((obj["kind"], name, spec.suspend))
+        if spec.suspend:
+            conditions.set(SUSPENDED, True, "SuspendedBySpec", "spec.suspend is true: pods stopped, progress kept")
+        elif conditions.true(SUSPENDED):
+            conditions.set(SUSPENDED, False, "Resumed", "resumed from the latest checkpoint")
+        configmap = spec_configmap(resource)
+        if configmap["metadata"]["name"] not in children:
+            decision.create.append(configmap)
+        _stages(resource, config, conditions, stage)
+        if conditions.true(REPORTED):
+            conditions.set(COMPLETE, True, "Succeeded", "every stage completed")
+            decision.events.append(("Normal", COMPLETE, "the run completed"))
+    if conditions.true(COMPLETE) or conditions.true(FAILED):
+        decision.create = []
+        decision.set_suspend = []
+        out.setdefault("completionTime", status.get("completionTime") or now)
+    _summary_conditions(conditions, spec.suspend)
+    out["conditions"] = conditions.listed()
+    out["phase"] = str(phase(conditions))
+    decision.status = out
+    return decision
+
+
+def _stages(resource: ContinuedPretrain, config: OperatorConfig, conditions: _Conditions, stage: Any) -> None:
+    """Preprocess -> dedup -> train -> evaluate milestones -> report; the baseline evaluation alongside."""
+    spec = resource.spec
+    wants_baseline = spec.evaluation.baseline and spec.model.uri is not None
+    if wants_baseline and not conditions.true(BASELINE_EVALUATED):
+        stage(evaluation_job(resource, config, "baseline"), BASELINE_EVALUATED, "BaselineEvaluationFailed")
+    if not conditions.true(DATA_READY):
+        if stage(stage_job(resource, Stage.PREPROCESS, config), None, "PreprocessFailed") == "complete":
+            stage(stage_job(resource, Stage.DEDUP, config), DATA_READY, "DedupFailed")
+        if not conditions.true(DATA_READY):
+            return
+    if not conditions.true(TRAINED):
+        stage(training_jobset(resource, config), TRAINED, "TrainingFailed")
+        if not conditions.true(TRAINED):
+            return
+    if not conditions.true(EVALUATED):
+        if stage(evaluation_job(resource, config, "milestones"), None, "EvaluationFailed") == "complete" and (
+            conditions.true(BASELINE_EVALUATED) or not wants_baseline
+        ):
+            conditions.set(EVALUATED, True, "Succeeded")
+        if not conditions.true(EVALUATED):
+            return
+    if not conditions.true(REPORTED):
+        stage(stage_job(resource, Stage.REPORT, config), REPORTED, "ReportFailed")
+
+
+def _deadline(seconds: int | None, start: str, now: str, fail: Any) -> None:
+    if seconds is None:
+        return
+    started = datetime.strptime(start, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+    current = datetime.strptime(now, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+    if (current - started).total_seconds() > seconds:
+        fail("DeadlineExceeded", f"the run exceeded spec.runPolicy.activeDeadlineSeconds ({seconds}s)")
+
+
+def _summary_conditions(conditions: _Conditions, suspended: bool) -> None:
+    """kstatus: Ready when complete, Reconciling while work goes on, Stalled when it cannot go on."""
+    if conditions.true(FAILED):
+        message = conditions.by_type[FAILED]["message"]
+        conditions.set(STALLED, True, conditions.by_type[FAILED]["reason"], message)
+        conditions.set(RECONCILING, False, "Failed", message)
+        conditions.set(READY, False, "Failed", message)
+    elif conditions.true(COMPLETE):
+        conditions.set(READY, True, "Succeeded", "every stage completed")
+        conditions.set(RECONCILING, False, "Succeeded")
+        conditions.set(STALLED, False, "Succeeded")
+    else:
+        current = phase(conditions)
+        conditions.set(READY, False, str(current), f"the run is {str(current).lower()}")
+        conditions.set(RECONCILING, not suspended, str(current), f"the run is {str(current).lower()}")
+        conditions.set(STALLED, False, str(current))
+
+
+def phase(conditions: _Conditions) -> Phase:
+    """The display phase, from the conditions only."""
+    if conditions.true(FAILED):
+        return Phase.FAILED
+    if conditions.true(COMPLETE):
+        return Phase.SUCCEEDED
+    if conditions.true(SUSPENDED):
+        return Phase.SUSPENDED
+    for condition, current in (
+        (DATA_READY, Phase.PREPROCESSING),
+        (TRAINED, Phase.TRAINING),
+        (EVALUATED, Phase.EVALUATING),
+        (REPORTED, Phase.REPORTING),
+    ):
+        if not conditions.true(condition):
+            return current
+    return Phase.REPORTING
+
+
+def expected_children(resource: ContinuedPretrain) -> list[str]:
+    """Names of every child a run can have (what the handlers list)."""
+    run = resource.metadata["name"]
+    return [
+        child_name(run, s)
+        for s in ("spec", "preprocess", "dedup", "train", "eval-baseline", "eval-milestones", "report")
+    ]

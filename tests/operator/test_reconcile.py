@@ -1,0 +1,149 @@
+"""One reconcile pass at a time: stage order, failures, sticky terminal states, suspend, kstatus conditions."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from cpt.api import ContinuedPretrain
+from cpt_operator.config import OperatorConfig
+from cpt_operator.reconcile import Decision, reconcile
+from tests.cpt.test_spec import minimal
+
+CONFIG = OperatorConfig()
+NOW = "2026-12-02T12:00:00Z"
+
+
+def resource(**spec: Any) -> ContinuedPretrain:
+    doc = minimal()
+    doc["spec"].update(spec)
+    return ContinuedPretrain.model_validate(doc)
+
+
+def finished(obj: dict[str, Any], kind: str = "Complete", message: str = "") -> dict[str, Any]:
+    condition = "Completed" if obj["kind"] == "JobSet" and kind == "Complete" else kind
+    return {**obj, "status": {"conditions": [{"type": condition, "status": "True", "reason": "R", "message": message}]}}
+
+
+class Run:
+    """A run driven pass by pass, with the created children kept as the 'cluster' state."""
+
+    def __init__(self, run: ContinuedPretrain) -> None:
+        self.run, self.children, self.status = run, {}, {}
+
+    def step(self, now: str = NOW) -> Decision:
+        decision = reconcile(self.run, self.children, self.status, 1, CONFIG, now)
+        for obj in decision.create:
+            self.children[obj["metadata"]["name"]] = obj
+        self.status = {**self.status, **decision.status}
+        return decision
+
+    def created(self, decision: Decision) -> list[str]:
+        return [obj["metadata"]["name"] for obj in decision.create]
+
+    def finish(self, name: str, kind: str = "Complete", message: str = "") -> None:
+        self.children[name] = finished(self.children[name], kind, message)
+
+    def condition(self, kind: str) -> str | None:
+        return next((c["status"] for c in self.status["conditions"] if c["type"] == kind), None)
+
+
+def test_children_appear_in_stage_order_and_the_run_completes() -> None:
+    run = Run(resource())
+    assert run.created(run.step()) == ["t-spec", "t-eval-baseline", "t-preprocess"]
+    assert run.status["phase"] == "Preprocessing" and run.condition("Reconciling") == "True"
+    assert run.created(run.step()) == []  # nothing new until a stage completes: no duplicates
+    run.finish("t-preprocess")
+    assert run.created(run.step()) == ["t-dedup"]
+    run.finish("t-dedup")
+    run.finish("t-eval-baseline")
+    assert run.created(run.step()) == ["t-train"]
+    assert run.condition("DataReady") == "True" and run.status["phase"] == "Training"
+    run.finish("t-train")
+    assert run.created(run.step()) == ["t-eval-milestones"] and run.status["phase"] == "Evaluating"
+    run.finish("t-eval-milestones")
+    assert run.created(run.step()) == ["t-report"]
+    run.finish("t-report")
+    decision = run.step()
+    assert run.status["phase"] == "Succeeded" and run.condition("Complete") == "True"
+    assert run.condition("Ready") == "True" and run.condition("Reconciling") == "False"
+    assert run.status["completionTime"] == NOW and ("Normal", "Complete", "the run completed") in decision.events
+
+
+def test_terminal_states_are_sticky_when_children_are_deleted() -> None:
+    run = Run(resource())
+    for _ in range(6):
+        run.step()
+        for name in list(run.children):
+            if name != "t-spec":
+                run.finish(name)
+    assert run.condition("Complete") == "True"
+    run.children = {}  # a TTL or a person deleted every child
+    decision = run.step()
+    assert decision.create == [] and run.condition("Complete") == "True"
+
+
+def test_a_stage_failure_fails_the_run_with_the_cause_and_nothing_is_recreated() -> None:
+    run = Run(resource())
+    run.step()
+    run.finish("t-preprocess", "Failed", "Container stage failed with exit code 4 matching FailJob rule at index 0")
+    decision = run.step()
+    assert run.status["phase"] == "Failed" and run.condition("Stalled") == "True"
+    failed = next(c for c in run.status["conditions"] if c["type"] == "Failed")
+    assert failed["reason"] == "PreprocessFailed" and "exit code 4" in failed["message"]
+    assert any(kind == "Warning" and reason == "PreprocessFailed" for kind, reason, _ in decision.events)
+    del run.children["t-preprocess"]
+    assert run.step().create == [] and run.condition("Failed") == "True"
+
+
+def test_a_completed_stage_is_not_rerun_after_its_child_is_gone() -> None:
+    run = Run(resource())
+    run.step()
+    run.finish("t-preprocess")
+    run.step()
+    run.finish("t-dedup")
+    run.step()
+    for name in ("t-preprocess", "t-dedup"):  # TTL-deleted
+        del run.children[name]
+    assert run.created(run.step()) == [] and run.condition("DataReady") == "True"
+
+
+def test_suspend_and_resume_patch_the_running_children() -> None:
+    run = Run(resource())
+    run.step()
+    run.run = resource(suspend=True)
+    decision = run.step()
+    assert sorted(decision.set_suspend) == [("Job", "t-eval-baseline", True), ("Job", "t-preprocess", True)]
+    assert run.status["phase"] == "Suspended" and run.condition("Suspended") == "True"
+    assert run.condition("Reconciling") == "False"
+    for name in ("t-eval-baseline", "t-preprocess"):
+        run.children[name]["spec"]["suspend"] = True
+    run.run = resource()
+    decision = run.step()
+    assert sorted(decision.set_suspend) == [("Job", "t-eval-baseline", False), ("Job", "t-preprocess", False)]
+    assert run.condition("Suspended") == "False" and run.status["phase"] == "Preprocessing"
+
+
+def test_with_kueue_the_operator_never_touches_suspend() -> None:
+    run = Run(resource(scheduling={"queueName": "gpu"}, suspend=True))
+    run.step()
+    assert all(obj["spec"]["suspend"] for obj in run.children.values() if obj["kind"] == "Job")
+    run.run = resource(scheduling={"queueName": "gpu"})
+    assert run.step().set_suspend == []
+
+
+def test_the_deadline_fails_the_run() -> None:
+    run = Run(resource(runPolicy={"activeDeadlineSeconds": 60}))
+    run.step(now="2026-12-02T12:00:00Z")
+    run.step(now="2026-12-02T12:00:59Z")
+    assert run.condition("Failed") is None
+    run.step(now="2026-12-02T12:01:01Z")
+    failed = next(c for c in run.status["conditions"] if c["type"] == "Failed")
+    assert failed["reason"] == "DeadlineExceeded" and "activeDeadlineSeconds (60s)" in failed["message"]
+
+
+def test_condition_times_change_only_with_their_status() -> None:
+    run = Run(resource())
+    run.step(now="2026-12-02T12:00:00Z")
+    run.step(now="2026-12-02T12:05:00Z")
+    ready = next(c for c in run.status["conditions"] if c["type"] == "Ready")
+    assert ready["lastTransitionTime"] == "2026-12-02T12:00:00Z" and ready["observedGeneration"] == 1
