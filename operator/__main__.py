@@ -15,9 +15,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--namespace", help="watch only this namespace (default: all)")
     parser.add_argument("--liveness", default="http://0.0.0.0:8080/healthz", help="liveness endpoint")
     args = parser.parse_args(argv)
-    kopf_argv = ["run", "--standalone", "--liveness", args.liveness, "-m", "cpt_operator.handlers"]
-    kopf_argv += ["--namespace", args.namespace] if args.namespace else ["--all-namespaces"]
-    return kopf.cli.main(kopf_argv, standalone_mode=False) or 0
+    import cpt_operator.handlers  # noqa: F401  (registers the handlers)
+
+    kopf.configure(verbose=False)
+    kopf.run(
+        standalone=True,
+        liveness_endpoint=args.liveness,
+        namespaces=[args.namespace] if args.namespace else (),
+        clusterwide=not args.namespace,
+    )
+    return 0
 
 
 if __name__ == "__main__":

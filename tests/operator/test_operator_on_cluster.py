@@ -1,0 +1,173 @@
+"""The operator against the real control plane: kwok's fake GPU nodes run the stage pods (they succeed), the
+Job controller completes the Jobs, and the operator moves the run on. No JobSet controller runs here yet, so
+a run goes as far as its training gang, which must exist once, with the fields the builders set."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.cluster.cluster import Cluster, free_port
+from tests.cluster.helpers import eventually
+from tests.cpt.test_spec import minimal
+
+REPO = Path(__file__).resolve().parents[2]
+CRD = REPO / "manifests" / "crd" / "continuedpretrains.cpt.kubecpt.dev.yaml"
+RUNNING: list[Operator] = []  # the operator of the current test, checked at every poll
+
+
+@pytest.fixture(scope="module")
+def crds(cluster: Cluster) -> Cluster:
+    cluster.kubectl("apply", "--server-side", "-f", str(CRD))
+    cluster.kubectl("apply", "--server-side", "-f", str(cluster.bin_dir / "crds" / "jobset.x-k8s.io_jobsets.yaml"))
+    for crd in ("continuedpretrains.cpt.kubecpt.dev", "jobsets.jobset.x-k8s.io"):
+        cluster.kubectl("wait", "--for=condition=Established", f"crd/{crd}", "--timeout=60s")
+    return cluster
+
+
+class Operator:
+    """`python -P -m cpt_operator --namespace NS` as a process, with its log kept."""
+
+    def __init__(self, cluster: Cluster, namespace: str, log: Path) -> None:
+        self.cluster, self.namespace, self.log = cluster, namespace, log
+        self.process: subprocess.Popen[bytes] | None = None
+        self.liveness = f"http://127.0.0.1:{free_port()}/healthz"
+
+    def start(self) -> None:
+        handle = self.log.open("ab")
+        self.process = subprocess.Popen(
+            [sys.executable, "-P", "-m", "cpt_operator", "--namespace", self.namespace, "--liveness", self.liveness],
+            cwd=REPO,
+            env={**self.cluster.env(), "KUBECPT_WORKER_IMAGE": "kubecpt/worker:test"},
+            stdout=handle,
+            stderr=subprocess.STDOUT,
+        )
+
+    def alive(self) -> bool:
+        """True while it runs; a crashed operator fails the test at once, with its log."""
+        assert self.process is not None and self.process.poll() is None, self.log.read_text()[-5000:]
+        return True
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGINT)
+            try:
+                self.process.wait(20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+@pytest.fixture
+def operator(crds: Cluster, namespace: str, tmp_path: Path):
+    running = Operator(crds, namespace, tmp_path / "operator.log")
+    running.start()
+    RUNNING.append(running)
+    yield running
+    RUNNING.remove(running)
+    running.stop()
+    print(running.log.read_text()[-5000:])
+
+
+def run_doc(name: str, **spec: Any) -> dict[str, Any]:
+    doc = minimal()
+    doc["metadata"]["name"] = name
+    doc["spec"]["data"]["preprocessing"] = {"workers": 2}
+    doc["spec"].update(spec)
+    return doc
+
+
+def get(cluster: Cluster, namespace: str, *what: str) -> Any:
+    if RUNNING:
+        RUNNING[-1].alive()
+    result = cluster.kubectl("get", *what, "-n", namespace, "-o", "json", check=False)
+    return json.loads(result.stdout) if result.returncode == 0 else None
+
+
+def condition(obj: dict[str, Any] | None, kind: str) -> str | None:
+    conditions = (obj or {}).get("status", {}).get("conditions", [])
+    return next((c["status"] for c in conditions if c["type"] == kind), None)
+
+
+def test_cpt_render_output_is_accepted_by_the_api_server(crds: Cluster, namespace: str, tmp_path: Path) -> None:
+    doc = run_doc("rendered", training={"nodes": 2, "procsPerNode": 4, "resources": {"limits": {"nvidia.com/gpu": 4}}})
+    doc["metadata"]["namespace"] = namespace
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    rendered = subprocess.run(
+        [str(Path(sys.executable).parent / "cpt"), "render", str(path)], capture_output=True, text=True, check=True
+    ).stdout
+    kinds = [obj["kind"] for obj in yaml.safe_load_all(rendered)]
+    assert kinds == ["ConfigMap", "Job", "Job", "Job", "JobSet", "Job", "Job"]
+    result = crds.kubectl("apply", "--dry-run=server", "-f", "-", input=rendered, check=False)
+    assert result.returncode == 0, result.stderr
+    assert "jobset.jobset.x-k8s.io/rendered-train created (server dry run)" in result.stdout
+
+
+def test_a_run_goes_through_its_data_stages_to_the_training_gang(operator: Operator, namespace: str) -> None:
+    cluster = operator.cluster
+    cluster.apply({**run_doc("flow"), "metadata": {"name": "flow", "namespace": namespace}})
+    jobset = eventually(lambda: get(cluster, namespace, "jobset", "flow-train"), timeout=120, what="training JobSet")
+    run = get(cluster, namespace, "cpt", "flow")
+    assert condition(run, "DataReady") == "True" and run["status"]["phase"] == "Training"
+    assert run["status"]["observedGeneration"] == run["metadata"]["generation"]
+    assert condition(run, "Ready") == "False" and condition(run, "Reconciling") == "True"
+    owner = jobset["metadata"]["ownerReferences"][0]
+    assert (owner["kind"], owner["name"], owner["controller"]) == ("ContinuedPretrain", "flow", True)
+    eventually(
+        lambda: condition(get(cluster, namespace, "cpt", "flow"), "BaselineEvaluated") == "True", what="baseline"
+    )
+    preprocess = get(cluster, namespace, "job", "flow-preprocess")
+    assert preprocess["spec"]["completionMode"] == "Indexed" and preprocess["status"]["succeeded"] == 2
+    pods = get(cluster, namespace, "pods", "-l", "cpt.kubecpt.dev/run=flow,cpt.kubecpt.dev/stage=preprocess")
+    assert sorted(p["metadata"]["annotations"]["batch.kubernetes.io/job-completion-index"] for p in pods["items"]) == [
+        "0",
+        "1",
+    ]
+    events = get(cluster, namespace, "events", "--field-selector", "involvedObject.name=flow")
+    reasons = {e["reason"] for e in events["items"]}
+    assert {"Created", "DataReady", "BaselineEvaluated"} <= reasons
+
+    def names() -> list[str]:
+        selector = ["-l", "cpt.kubecpt.dev/run=flow"]
+        kinds = ("jobs", "jobsets", "configmaps")
+        return sorted(
+            o["metadata"]["name"] for kind in kinds for o in get(cluster, namespace, kind, *selector)["items"]
+        )
+
+    before = names()
+    operator.stop()  # a restarted operator finds what exists and creates nothing twice
+    offset = len(operator.log.read_text())
+    operator.start()
+    eventually(lambda: "Handler 'on_run' succeeded" in operator.log.read_text()[offset:], what="a pass after restart")
+    cluster.kubectl("annotate", "cpt", "flow", "-n", namespace, "test.kubecpt.dev/poke=1")  # one more event
+    eventually(lambda: operator.log.read_text()[offset:].count("Handler 'on_run' succeeded") >= 2, what="a 2nd pass")
+    assert names() == before == ["flow-dedup", "flow-eval-baseline", "flow-preprocess", "flow-spec", "flow-train"]
+
+    cluster.kubectl("delete", "cpt", "flow", "-n", namespace, "--wait=true", "--timeout=60s")
+    eventually(lambda: names() == [], timeout=60, what="children garbage-collected with the run")
+
+
+def test_suspend_stops_the_running_stage_and_resume_continues(operator: Operator, namespace: str) -> None:
+    cluster = operator.cluster
+    doc = run_doc("paused", suspend=True)
+    cluster.apply({**doc, "metadata": {"name": "paused", "namespace": namespace}})
+    run = eventually(
+        lambda: (
+            (r := get(cluster, namespace, "cpt", "paused")) and r.get("status", {}).get("phase") == "Suspended" and r
+        ),
+        what="Suspended phase",
+    )
+    assert condition(run, "Suspended") == "True" and condition(run, "Reconciling") == "False"
+    job = eventually(lambda: get(cluster, namespace, "job", "paused-preprocess"), what="preprocess Job")
+    assert job["spec"]["suspend"] is True and not job["status"].get("active")
+    cluster.kubectl("patch", "cpt", "paused", "-n", namespace, "--type=merge", "-p", '{"spec":{"suspend":false}}')
+    eventually(lambda: get(cluster, namespace, "jobset", "paused-train"), timeout=120, what="resumed to training")
+    assert condition(get(cluster, namespace, "cpt", "paused"), "Suspended") == "False"
