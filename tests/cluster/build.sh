@@ -10,9 +10,10 @@ TOOLS=$HERE/tools
 source "$HERE/versions.env"
 CACHE=${CPT_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/kubecpt}
 KEY=$(cat "$HERE/versions.env" "$HERE/build.sh" "$TOOLS/go.mod" "$TOOLS/go.sum" "$TOOLS"/cmd/*/main.go \
+      "$HERE/jobset/go.mod" "$HERE/jobset/go.sum" \
       | sha256sum | cut -c1-12)
 BIN=$CACHE/bin/k8s-$K8S_VERSION-$KEY
-NAMES=(etcd kube-apiserver kube-controller-manager kube-scheduler kubectl kwok helm)
+NAMES=(etcd kube-apiserver kube-controller-manager kube-scheduler kubectl kwok helm jobset)
 # kwok ships no default stages in its binary: take its node stages from the pinned release's sources.
 NODE_STAGES=(fast/node-initialize.yaml heartbeat-with-lease/node-heartbeat-with-lease.yaml)
 # CRDs of the controllers our children use, from their pinned modules (the JobSet CRD: `cpt render` output
@@ -53,8 +54,8 @@ done
 echo "building helm $HELM_VERSION" >&2
 GOBIN=$TMP go install -trimpath -ldflags "-s -w -X helm.sh/helm/v3/internal/version.version=$HELM_VERSION" \
     "helm.sh/helm/v3/cmd/helm@$HELM_VERSION"
-echo "fetching the JobSet $JOBSET_VERSION CRD" >&2
-(cd "$TMP" && GOFLAGS=-mod=mod go mod download "sigs.k8s.io/jobset@$JOBSET_VERSION")
+echo "building the JobSet controller $JOBSET_VERSION (pinned by jobset/go.mod)" >&2
+(cd "$HERE/jobset" && go build -trimpath -ldflags "-s -w" -o "$TMP/jobset" sigs.k8s.io/jobset)
 mkdir -p "$TMP/crds"
 install -m 0644 "$GOMODCACHE/sigs.k8s.io/jobset@$JOBSET_VERSION/config/components/crd/bases/jobset.x-k8s.io_jobsets.yaml" \
     "$TMP/crds/"

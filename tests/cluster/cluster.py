@@ -23,7 +23,11 @@ from typing import Any
 
 import yaml
 
-from tests.cluster.pki import SERVICE_CIDR, Pki, make_pki
+from tests.cluster.pki import SERVICE_CIDR, Pki, make_pki, self_signed
+
+# Pod and node addresses (fake, handed out by kwok) come from the benchmarking range too, never a private one.
+POD_CIDR = "198.18.0.1/17"
+NODE_IP = "198.18.254.1"
 
 HERE = Path(__file__).resolve().parent
 KWOK_SELECTOR = "kwok.x-k8s.io/node=fake"
@@ -197,6 +201,7 @@ class Cluster:
             self._write_kubeconfig()
             self._start_controllers()
             self._start_kwok()
+            self._start_jobset()
             self._create_gpu_nodes()
         except BaseException:
             self.stop()
@@ -344,8 +349,8 @@ class Cluster:
                 "--manage-all-nodes=false",
                 f"--manage-nodes-with-annotation-selector={KWOK_SELECTOR}",
                 f"--server-address=127.0.0.1:{port}",
-                "--cidr=10.1.0.1/16",
-                "--node-ip=10.2.0.1",
+                f"--cidr={POD_CIDR}",
+                f"--node-ip={NODE_IP}",
             ],
         )
 
@@ -354,6 +359,40 @@ class Cluster:
                 return response.status == 200
 
         wait_for("kwok /healthz", healthy, 60, kwok.check_alive)
+
+    def _start_jobset(self) -> None:
+        """The JobSet controller (built from its pinned module) with its CRD. Its webhooks are served on
+        loopback but not registered with the API server: our children spell out every field the defaulting
+        webhook would set, and the tests check the controller, not the webhook."""
+        crd = self.bin_dir / "crds" / "jobset.x-k8s.io_jobsets.yaml"
+        self.kubectl("apply", "--server-side", "-f", str(crd))
+
+        def established() -> bool:
+            conditions = self.get_json("crd", "jobsets.jobset.x-k8s.io").get("status", {}).get("conditions", [])
+            return any(c["type"] == "Established" and c["status"] == "True" for c in conditions)
+
+        wait_for("JobSet CRD Established", established, 60, self.components[0].check_alive)
+        certs = self.workdir / "jobset-certs"
+        self_signed(certs, "127.0.0.1")
+        probe = free_port()
+        config = {
+            "apiVersion": "config.jobset.x-k8s.io/v1alpha1",
+            "kind": "Configuration",
+            "internalCertManagement": {"enable": False},
+            "webhook": {"port": free_port(), "host": "127.0.0.1", "certDir": str(certs)},
+            "metrics": {"bindAddress": "0"},
+            "health": {"healthProbeBindAddress": f"127.0.0.1:{probe}"},
+            "leaderElection": {"leaderElect": False},
+        }
+        path = self.workdir / "jobset-config.yaml"
+        path.write_text(yaml.safe_dump(config))
+        jobset = self._launch("jobset", [self.binary("jobset"), f"--config={path}", f"--kubeconfig={self.kubeconfig}"])
+
+        def healthy() -> bool:
+            with urllib.request.urlopen(f"http://127.0.0.1:{probe}/healthz", timeout=2) as response:
+                return response.status == 200
+
+        wait_for("jobset controller /healthz", healthy, 60, jobset.check_alive)
 
     def _create_gpu_nodes(self) -> None:
         self.apply([gpu_node(f"gpu-node-{i}") for i in range(self.gpu_nodes)])

@@ -80,6 +80,18 @@ SERVICE_CIDR = "198.19.0.0/24"
 KUBERNETES_SERVICE_IP = "198.19.0.1"
 
 
+def self_signed(directory: Path, address: str) -> None:
+    """tls.crt and tls.key for a server on `address` (a controller's webhook server that nothing calls)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = _name(address)
+    cert = _sign(name, key, name, key, sans=[x509.IPAddress(ipaddress.ip_address(address))])
+    (directory / "tls.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (directory / "tls.key").write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+
+
 def make_pki(directory: Path) -> Pki:
     """Create all certificates and keys under directory."""
     directory.mkdir(parents=True, exist_ok=True)

@@ -111,48 +111,58 @@ def test_cpt_render_output_is_accepted_by_the_api_server(crds: Cluster, namespac
     assert "jobset.jobset.x-k8s.io/rendered-train created (server dry run)" in result.stdout
 
 
-def test_a_run_goes_through_its_data_stages_to_the_training_gang(operator: Operator, namespace: str) -> None:
+def names(cluster: Cluster, namespace: str, run: str) -> list[str]:
+    selector = ["-l", f"cpt.kubecpt.dev/run={run}"]
+    kinds = ("jobs", "jobsets", "configmaps")
+    return sorted(o["metadata"]["name"] for kind in kinds for o in get(cluster, namespace, kind, *selector)["items"])
+
+
+def phase_is(cluster: Cluster, namespace: str, run: str, wanted: str) -> dict[str, Any] | None:
+    obj = get(cluster, namespace, "cpt", run)
+    return obj if obj and obj.get("status", {}).get("phase") == wanted else None
+
+
+def test_a_run_goes_through_every_stage_to_complete(operator: Operator, namespace: str) -> None:
+    """kwok runs every stage pod, the Job and JobSet controllers complete the children, the operator moves on."""
     cluster = operator.cluster
     cluster.apply({**run_doc("flow"), "metadata": {"name": "flow", "namespace": namespace}})
-    jobset = eventually(lambda: get(cluster, namespace, "jobset", "flow-train"), timeout=120, what="training JobSet")
-    run = get(cluster, namespace, "cpt", "flow")
-    assert condition(run, "DataReady") == "True" and run["status"]["phase"] == "Training"
-    assert run["status"]["observedGeneration"] == run["metadata"]["generation"]
-    assert condition(run, "Ready") == "False" and condition(run, "Reconciling") == "True"
+    run = eventually(lambda: phase_is(cluster, namespace, "flow", "Succeeded"), timeout=180, what="Succeeded")
+    for kind in ("Complete", "Ready", "DataReady", "BaselineEvaluated", "Trained", "Evaluated", "Reported"):
+        assert condition(run, kind) == "True", kind
+    assert condition(run, "Reconciling") == "False" and condition(run, "Stalled") == "False"
+    assert run["status"]["observedGeneration"] == run["metadata"]["generation"] and run["status"]["completionTime"]
+    children = ["flow-dedup", "flow-eval-baseline", "flow-eval-milestones", "flow-preprocess", "flow-report"]
+    assert names(cluster, namespace, "flow") == sorted([*children, "flow-spec", "flow-train"])
+    jobset = get(cluster, namespace, "jobset", "flow-train")
     owner = jobset["metadata"]["ownerReferences"][0]
     assert (owner["kind"], owner["name"], owner["controller"]) == ("ContinuedPretrain", "flow", True)
-    eventually(
-        lambda: condition(get(cluster, namespace, "cpt", "flow"), "BaselineEvaluated") == "True", what="baseline"
-    )
+    assert jobset["status"].get("restarts", 0) == 0
     preprocess = get(cluster, namespace, "job", "flow-preprocess")
     assert preprocess["spec"]["completionMode"] == "Indexed" and preprocess["status"]["succeeded"] == 2
     pods = get(cluster, namespace, "pods", "-l", "cpt.kubecpt.dev/run=flow,cpt.kubecpt.dev/stage=preprocess")
-    assert sorted(p["metadata"]["annotations"]["batch.kubernetes.io/job-completion-index"] for p in pods["items"]) == [
-        "0",
-        "1",
-    ]
+    indexes = sorted(p["metadata"]["annotations"]["batch.kubernetes.io/job-completion-index"] for p in pods["items"])
+    assert indexes == ["0", "1"]
     events = get(cluster, namespace, "events", "--field-selector", "involvedObject.name=flow")
-    reasons = {e["reason"] for e in events["items"]}
-    assert {"Created", "DataReady", "BaselineEvaluated"} <= reasons
+    assert {"Created", "DataReady", "BaselineEvaluated", "Trained", "Reported", "Complete"} <= {
+        e["reason"] for e in events["items"]
+    }
 
-    def names() -> list[str]:
-        selector = ["-l", "cpt.kubecpt.dev/run=flow"]
-        kinds = ("jobs", "jobsets", "configmaps")
-        return sorted(
-            o["metadata"]["name"] for kind in kinds for o in get(cluster, namespace, kind, *selector)["items"]
-        )
-
-    before = names()
+    before = names(cluster, namespace, "flow")
     operator.stop()  # a restarted operator finds what exists and creates nothing twice
     offset = len(operator.log.read_text())
     operator.start()
     eventually(lambda: "Handler 'on_run' succeeded" in operator.log.read_text()[offset:], what="a pass after restart")
-    cluster.kubectl("annotate", "cpt", "flow", "-n", namespace, "test.kubecpt.dev/poke=1")  # one more event
+    assert names(cluster, namespace, "flow") == before
+
+    for kind in ("jobs", "jobsets"):  # a TTL or a person deletes the children: the finished run stays finished
+        cluster.kubectl("delete", kind, "-l", "cpt.kubecpt.dev/run=flow", "-n", namespace, "--wait=true")
+    cluster.kubectl("annotate", "cpt", "flow", "-n", namespace, "test.kubecpt.dev/poke=1")
     eventually(lambda: operator.log.read_text()[offset:].count("Handler 'on_run' succeeded") >= 2, what="a 2nd pass")
-    assert names() == before == ["flow-dedup", "flow-eval-baseline", "flow-preprocess", "flow-spec", "flow-train"]
+    assert names(cluster, namespace, "flow") == ["flow-spec"]
+    assert phase_is(cluster, namespace, "flow", "Succeeded")
 
     cluster.kubectl("delete", "cpt", "flow", "-n", namespace, "--wait=true", "--timeout=60s")
-    eventually(lambda: names() == [], timeout=60, what="children garbage-collected with the run")
+    eventually(lambda: names(cluster, namespace, "flow") == [], timeout=60, what="children garbage-collected")
 
 
 def test_suspend_stops_the_running_stage_and_resume_continues(operator: Operator, namespace: str) -> None:
