@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -9,6 +10,7 @@ from cpt import API_GROUP, API_VERSION, PLURAL
 from cpt_operator.names import RUN_LABEL
 
 JOBSET = ("jobset.x-k8s.io", "v1alpha2", "jobsets")
+CAUSE = "kubecpt.dev/failedJobMessage"  # added to an observed JobSet: why its first failed Job failed
 
 
 @dataclass
@@ -62,8 +64,24 @@ class Kube:
                 raise
             jobsets = {"items": []}
         for obj in jobsets["items"]:
-            found[obj["metadata"]["name"]] = {**obj, "kind": "JobSet"}
+            found[obj["metadata"]["name"]] = {**obj, "kind": "JobSet", CAUSE: self._failed_job_message(namespace, obj)}
         return found
+
+    def _failed_job_message(self, namespace: str, jobset: dict[str, Any]) -> str:
+        """The Failed condition of the JobSet's first failed Job (the exit code or pod condition that ended
+        it), which the JobSet's own message only names."""
+        from kubernetes.client.exceptions import ApiException
+
+        failed = [c for c in jobset.get("status", {}).get("conditions", []) if c["type"] == "Failed"]
+        match = re.search(r"first failed job: ([a-z0-9.-]+)", failed[0].get("message", "")) if failed else None
+        if match is None:
+            return ""
+        try:
+            job = self.batch.read_namespaced_job(match.group(1), namespace)
+        except ApiException:
+            return ""
+        reasons = [c.message or c.reason for c in (job.status.conditions or []) if c.type == "Failed"]
+        return f"Job {match.group(1)}: {reasons[0]}" if reasons else ""
 
     def create(self, namespace: str, obj: dict[str, Any]) -> None:
         """Create a child; one that exists already (a concurrent pass created it) is fine."""

@@ -18,6 +18,7 @@ from cpt.api.status import Phase
 from cpt.stages import Stage
 from cpt_operator.children import evaluation_job, spec_configmap, stage_job, training_jobset
 from cpt_operator.config import OperatorConfig
+from cpt_operator.kube import CAUSE
 from cpt_operator.names import child_name
 
 READY, RECONCILING, STALLED = "Ready", "Reconciling", "Stalled"
@@ -51,7 +52,9 @@ def child_state(obj: dict[str, Any] | None) -> tuple[str, str]:
             return "complete", conditions[kind].get("message", "")
     if "Failed" in conditions:
         cond = conditions["Failed"]
-        return "failed", f"{cond.get('reason', '')}: {cond.get('message', '')}".strip(": ")
+        message = f"{cond.get('reason', '')}: {cond.get('message', '')}".strip(": ")
+        cause = obj.get(CAUSE)
+        return "failed", f"{message}; {cause}" if cause else message
     if obj.get("spec", {}).get("suspend"):
         return "suspended", ""
     return "running", ""
@@ -147,6 +150,11 @@ def reconcile(
         decision.create = []
         decision.set_suspend = []
         out.setdefault("completionTime", status.get("completionTime") or now)
+    gang = children.get(child_name(resource.metadata["name"], "train"))
+    if gang is not None:  # gang restarts, as the JobSet controller counts them (preemptions included)
+        restarts = int(gang.get("status", {}).get("restarts", 0))
+        if (status.get("training") or {}).get("restarts") != restarts:
+            out["training"] = {**(status.get("training") or {}), "restarts": restarts}
     _summary_conditions(conditions, spec.suspend)
     out["conditions"] = conditions.listed()
     out["phase"] = str(phase(conditions))

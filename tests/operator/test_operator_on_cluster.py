@@ -181,3 +181,50 @@ def test_suspend_stops_the_running_stage_and_resume_continues(operator: Operator
     cluster.kubectl("patch", "cpt", "paused", "-n", namespace, "--type=merge", "-p", '{"spec":{"suspend":false}}')
     eventually(lambda: get(cluster, namespace, "jobset", "paused-train"), timeout=120, what="resumed to training")
     assert condition(get(cluster, namespace, "cpt", "paused"), "Suspended") == "False"
+
+
+def gang_run(operator: Operator, namespace: str, name: str, env: dict[str, str], max_restarts: int) -> dict[str, Any]:
+    """A run whose training pods fail (or are evicted) on the gang's first attempt, as `env` asks kwok to."""
+    doc = run_doc(name, training={"extraEnv": env}, runPolicy={"maxRestarts": max_restarts})
+    operator.cluster.apply({**doc, "metadata": {"name": name, "namespace": namespace}})
+
+    def finished() -> dict[str, Any] | None:
+        run = get(operator.cluster, namespace, "cpt", name)
+        return run if run and run.get("status", {}).get("phase") in ("Succeeded", "Failed") else None
+
+    return eventually(finished, timeout=180, what=f"{name} finished")
+
+
+def test_a_permanent_exit_code_fails_the_run_at_once(operator: Operator, namespace: str) -> None:
+    run = gang_run(operator, namespace, "bad-input", {"TEST_FAIL_FIRST_ATTEMPT": "4"}, max_restarts=3)
+    assert run["status"]["phase"] == "Failed" and condition(run, "Stalled") == "True"
+    failed = next(c for c in run["status"]["conditions"] if c["type"] == "Failed")
+    assert failed["reason"] == "TrainingFailed" and "exit code 4" in failed["message"], failed
+    jobset = get(operator.cluster, namespace, "jobset", "bad-input-train")
+    assert jobset["status"].get("restarts", 0) == 0  # no retry loop on a permanent error
+    assert run["status"]["training"]["restarts"] == 0
+
+
+def test_a_training_pod_failure_restarts_the_gang_once(operator: Operator, namespace: str) -> None:
+    run = gang_run(operator, namespace, "flaky", {"TEST_FAIL_FIRST_ATTEMPT": "1"}, max_restarts=2)
+    assert run["status"]["phase"] == "Succeeded", run["status"]["conditions"]
+    jobset = get(operator.cluster, namespace, "jobset", "flaky-train")
+    assert (jobset["status"]["restarts"], jobset["status"].get("restartsCountTowardsMax")) == (1, 1)
+    assert run["status"]["training"]["restarts"] == 1
+
+
+def test_a_failure_beyond_max_restarts_fails_the_run(operator: Operator, namespace: str) -> None:
+    run = gang_run(operator, namespace, "no-retries", {"TEST_FAIL_FIRST_ATTEMPT": "1"}, max_restarts=0)
+    assert run["status"]["phase"] == "Failed"
+    failed = next(c for c in run["status"]["conditions"] if c["type"] == "Failed")
+    assert failed["reason"] == "TrainingFailed", failed
+
+
+def test_eviction_and_preemption_restart_without_counting(operator: Operator, namespace: str) -> None:
+    evicted = gang_run(operator, namespace, "evicted", {"TEST_EVICT_FIRST_ATTEMPT": "1"}, max_restarts=0)
+    preempted = gang_run(operator, namespace, "preempted", {"TEST_FAIL_FIRST_ATTEMPT": "75"}, max_restarts=0)
+    for run in (evicted, preempted):
+        name = run["metadata"]["name"]
+        assert run["status"]["phase"] == "Succeeded", (name, run["status"]["conditions"])
+        jobset = get(operator.cluster, namespace, "jobset", f"{name}-train")
+        assert (jobset["status"]["restarts"], jobset["status"].get("restartsCountTowardsMax", 0)) == (1, 0), name
