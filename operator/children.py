@@ -12,13 +12,14 @@ import json
 import posixpath
 from typing import Any
 
-from cpt import API_GROUP, API_VERSION, KIND
+from cpt import API_GROUP, API_VERSION, KIND, PLURAL
 from cpt.api import ContinuedPretrain
 from cpt.exit_codes import EXIT_PREEMPTED, PERMANENT
 from cpt.stages import SPEC_PATH, Stage, stage_argv
 from cpt_operator.config import OperatorConfig
 from cpt_operator.names import TARGET_LABEL, child_name, labels
 
+RUN_ENV = "KUBECPT_RUN"  # where a stage pod pushes its status (cpt_pipeline.status_push reads it)
 QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 PRIORITY_LABEL = "kueue.x-k8s.io/priority-class"
 SPEC_VOLUME = "spec"
@@ -43,6 +44,35 @@ def spec_configmap(resource: ContinuedPretrain) -> dict[str, Any]:
     }
 
 
+def status_writer_name(resource: ContinuedPretrain) -> str:
+    return child_name(resource.metadata["name"], "status")
+
+
+def status_writer(resource: ContinuedPretrain) -> list[dict[str, Any]]:
+    """The run's own ServiceAccount and a Role that lets it `patch` this one run's status, nothing else: the
+    stage pods push their progress with it (server-side apply, one field manager per stage)."""
+    run = resource.metadata["name"]
+    name = status_writer_name(resource)
+    meta = {"name": name, "labels": labels(run)}
+    account = resource.spec.scheduling.service_account_name or name  # a user's own account gets the Role too
+    role_rules = [
+        {"apiGroups": [API_GROUP], "resources": [f"{PLURAL}/status"], "resourceNames": [run], "verbs": ["get", "patch"]}
+    ]
+    return [
+        {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": dict(meta)},
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role", "metadata": dict(meta), "rules": role_rules},
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "RoleBinding",
+            "metadata": dict(meta),
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
+            "subjects": [
+                {"kind": "ServiceAccount", "name": account, "namespace": resource.metadata.get("namespace", "default")}
+            ],
+        },
+    ]
+
+
 def _child_labels(resource: ContinuedPretrain, stage: str) -> dict[str, str]:
     out = labels(resource.metadata["name"], stage)
     scheduling = resource.spec.scheduling
@@ -54,7 +84,8 @@ def _child_labels(resource: ContinuedPretrain, stage: str) -> dict[str, str]:
 
 
 def _env(resource: ContinuedPretrain) -> list[dict[str, Any]]:
-    env: list[dict[str, Any]] = [{"name": "PYTHONUNBUFFERED", "value": "1"}]
+    target = f"{resource.metadata.get('namespace', 'default')}/{resource.metadata['name']}"
+    env: list[dict[str, Any]] = [{"name": "PYTHONUNBUFFERED", "value": "1"}, {"name": RUN_ENV, "value": target}]
     secret = resource.spec.model.secret_ref
     if secret is not None:
         env.append({"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": secret.name, "key": secret.key}}})
@@ -95,8 +126,7 @@ def pod_template(
     }
     if scheduling.priority_class_name:
         pod["priorityClassName"] = scheduling.priority_class_name
-    if scheduling.service_account_name:
-        pod["serviceAccountName"] = scheduling.service_account_name
+    pod["serviceAccountName"] = scheduling.service_account_name or status_writer_name(resource)
     return {"metadata": {"labels": labels(resource.metadata["name"], str(stage))}, "spec": pod}
 
 
@@ -240,7 +270,7 @@ def training_jobset(resource: ContinuedPretrain, config: OperatorConfig) -> dict
 def every_child(resource: ContinuedPretrain, config: OperatorConfig) -> list[dict[str, Any]]:
     """Every object a run can own, in stage order (what `cpt render` prints; the handlers create each one
     when its stage is due)."""
-    children = [spec_configmap(resource)]
+    children = [spec_configmap(resource), *status_writer(resource)]
     if resource.spec.evaluation.baseline and resource.spec.model.uri is not None:
         children.append(evaluation_job(resource, config, "baseline"))
     children += [

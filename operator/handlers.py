@@ -52,8 +52,15 @@ def run_pass(kube: Kube, config: OperatorConfig, body: dict[str, Any]) -> None:
         kube.set_suspend(namespace, kind, child, suspend)
     for kind, reason, message in decision.events:
         kopf.event(body, type=kind, reason=reason, message=message)
-    if any(status.get(key) != value for key, value in decision.status.items()):
+    if differs(status, decision.status):
         kube.patch_status(namespace, name, decision.status)
+
+
+def differs(current: Any, wanted: Any) -> bool:
+    """Would a merge patch of `wanted` change `current`? (Status writes trigger events: patch only changes.)"""
+    if isinstance(wanted, dict) and isinstance(current, dict):
+        return any(differs(current.get(key), value) for key, value in wanted.items())
+    return current != wanted
 
 
 @kopf.on.event(API_GROUP, API_VERSION, PLURAL)

@@ -20,6 +20,7 @@ class Kube:
     core: Any
     batch: Any
     custom: Any
+    rbac: Any
 
     @classmethod
     def connect(cls) -> Kube:
@@ -29,7 +30,7 @@ class Kube:
             config.load_incluster_config()
         except config.ConfigException:
             config.load_kube_config()
-        return cls(client.CoreV1Api(), client.BatchV1Api(), client.CustomObjectsApi())
+        return cls(client.CoreV1Api(), client.BatchV1Api(), client.CustomObjectsApi(), client.RbacAuthorizationV1Api())
 
     def get_run(self, namespace: str, name: str) -> dict[str, Any] | None:
         from kubernetes.client.exceptions import ApiException
@@ -45,16 +46,21 @@ class Kube:
         """The run's ConfigMaps, Jobs and JobSets by name (plain dicts, as the API serves them)."""
         from kubernetes.client.exceptions import ApiException
 
+        from cpt_operator.reconcile import child_key
+
         selector = f"{RUN_LABEL}={run}"
         api = self.core.api_client
         found: dict[str, dict[str, Any]] = {}
         for kind, items in (
             ("ConfigMap", self.core.list_namespaced_config_map(namespace, label_selector=selector).items),
             ("Job", self.batch.list_namespaced_job(namespace, label_selector=selector).items),
+            ("ServiceAccount", self.core.list_namespaced_service_account(namespace, label_selector=selector).items),
+            ("Role", self.rbac.list_namespaced_role(namespace, label_selector=selector).items),
+            ("RoleBinding", self.rbac.list_namespaced_role_binding(namespace, label_selector=selector).items),
         ):
             for item in items:
-                obj = api.sanitize_for_serialization(item)
-                found[obj["metadata"]["name"]] = {**obj, "kind": kind}
+                obj = {**api.sanitize_for_serialization(item), "kind": kind}
+                found[child_key(obj)] = obj
         try:
             jobsets = self.custom.list_namespaced_custom_object(
                 *JOBSET[:2], namespace, JOBSET[2], label_selector=selector
@@ -88,9 +94,16 @@ class Kube:
         from kubernetes.client.exceptions import ApiException
 
         try:
-            if obj["kind"] == "ConfigMap":
+            kind = obj["kind"]
+            if kind == "ConfigMap":
                 self.core.create_namespaced_config_map(namespace, obj)
-            elif obj["kind"] == "Job":
+            elif kind == "ServiceAccount":
+                self.core.create_namespaced_service_account(namespace, obj)
+            elif kind == "Role":
+                self.rbac.create_namespaced_role(namespace, obj)
+            elif kind == "RoleBinding":
+                self.rbac.create_namespaced_role_binding(namespace, obj)
+            elif kind == "Job":
                 self.batch.create_namespaced_job(namespace, obj)
             else:
                 self.custom.create_namespaced_custom_object(*JOBSET[:2], namespace, JOBSET[2], obj)

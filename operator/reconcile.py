@@ -16,7 +16,7 @@ from typing import Any
 from cpt.api import ContinuedPretrain
 from cpt.api.status import Phase
 from cpt.stages import Stage
-from cpt_operator.children import evaluation_job, spec_configmap, stage_job, training_jobset
+from cpt_operator.children import evaluation_job, spec_configmap, stage_job, status_writer, training_jobset
 from cpt_operator.config import OperatorConfig
 from cpt_operator.kube import CAUSE
 from cpt_operator.names import child_name
@@ -40,6 +40,12 @@ class Decision:
     set_suspend: list[tuple[str, str, bool]] = field(default_factory=list)  # (kind, name, suspend)
     status: dict[str, Any] = field(default_factory=dict)
     events: list[tuple[str, str, str]] = field(default_factory=list)  # (type Normal|Warning, reason, message)
+
+
+def child_key(obj: dict[str, Any]) -> str:
+    """How observed children are keyed: workloads by name; the RBAC objects (which share one name) by kind too."""
+    name = obj["metadata"]["name"]
+    return name if obj["kind"] in ("ConfigMap", "Job", "JobSet") else f"{obj['kind']}:{name}"
 
 
 def child_state(obj: dict[str, Any] | None) -> tuple[str, str]:
@@ -139,9 +145,9 @@ def reconcile(
             conditions.set(SUSPENDED, True, "SuspendedBySpec", "spec.suspend is true: pods stopped, progress kept")
         elif conditions.true(SUSPENDED):
             conditions.set(SUSPENDED, False, "Resumed", "resumed from the latest checkpoint")
-        configmap = spec_configmap(resource)
-        if configmap["metadata"]["name"] not in children:
-            decision.create.append(configmap)
+        for obj in (spec_configmap(resource), *status_writer(resource)):
+            if child_key(obj) not in children:
+                decision.create.append(obj)
         _stages(resource, config, conditions, stage)
         if conditions.true(REPORTED):
             conditions.set(COMPLETE, True, "Succeeded", "every stage completed")
@@ -154,7 +160,7 @@ def reconcile(
     if gang is not None:  # gang restarts, as the JobSet controller counts them (preemptions included)
         restarts = int(gang.get("status", {}).get("restarts", 0))
         if (status.get("training") or {}).get("restarts") != restarts:
-            out["training"] = {**(status.get("training") or {}), "restarts": restarts}
+            out["training"] = {"restarts": restarts}  # a merge patch: the trainer's fields stay
     _summary_conditions(conditions, spec.suspend)
     out["conditions"] = conditions.listed()
     out["phase"] = str(phase(conditions))

@@ -77,7 +77,11 @@ def _report(args: argparse.Namespace, spec: ContinuedPretrainSpec) -> None:
     from cpt_pipeline.report.report import build_report
     from cpt_pipeline.storage import Storage
 
-    print(json.dumps({"stage": "report", **build_report(Storage.from_spec(spec.storage))}))
+    from cpt_pipeline.status_push import push_status
+
+    result = build_report(Storage.from_spec(spec.storage))
+    push_status("kubecpt-report", {"reportUri": result["reportUri"]})
+    print(json.dumps({"stage": "report", **result}))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -16,6 +16,7 @@ from typing import Any
 from cpt.api import ContinuedPretrainSpec
 from cpt_pipeline.evaluate.harness import TaskDataError
 from cpt_pipeline.fetch import local_dir
+from cpt_pipeline.status_push import push_status
 from cpt_pipeline.storage import Storage
 
 log = logging.getLogger(__name__)
@@ -106,6 +107,7 @@ def evaluate_run(
         log.info("evaluated %s (%d tokens): average %s", name, tokens, summary["average"])
     status = status_summary(load_summaries(storage))
     storage.write_json(status, "eval", "status.json")
+    push_status("kubecpt-evaluate", {"evaluation": status})
     return status
 
 

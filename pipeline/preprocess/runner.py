@@ -40,6 +40,7 @@ from cpt_pipeline.preprocess.readers import Document, SourceError, WorkUnit, pla
 from cpt_pipeline.preprocess.shards import FORMAT, ShardPacker, rows_per_shard
 from cpt_pipeline.preprocess.stats import Stats
 from cpt_pipeline.preprocess.tokenize import TextTokenizer
+from cpt_pipeline.status_push import push_status
 from cpt_pipeline.storage import Storage
 
 log = logging.getLogger(__name__)
@@ -315,6 +316,7 @@ def reduce(
         manifests[data_set.name] = target.read_json("manifest.json")
     summary = status_summary(manifests)
     storage.write_json(summary, "data", "preprocess-status.json")
+    push_status("kubecpt-dedup", {"preprocess": summary})
     return summary
 
 

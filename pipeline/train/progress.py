@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cpt_pipeline.status_push import push_status
 from cpt_pipeline.storage import Storage
 
 log = logging.getLogger(__name__)
@@ -126,6 +127,8 @@ class Progress:
 
     def flush(self, status: dict[str, Any]) -> None:
         self.storage.write_json(status, "train", "progress.json")
+        # In a cluster, the resource's status.training too; the operator owns `restarts` (the gang's count).
+        push_status("kubecpt-train", {"training": {k: v for k, v in status.items() if k != "restarts"}})
         text = "".join(json.dumps(r) + "\n" for r in self.history)
         self.storage.write_text(text, "train", "metrics.jsonl")
         if self._writer is not None:

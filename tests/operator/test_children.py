@@ -15,6 +15,7 @@ from cpt_operator.children import (
     every_child,
     spec_configmap,
     stage_job,
+    status_writer,
     training_jobset,
 )
 from cpt_operator.config import OperatorConfig
@@ -109,11 +110,30 @@ def test_permanent_exit_codes_match_the_job_controllers_message() -> None:
 
 def test_a_queue_name_labels_every_child_and_creates_it_suspended() -> None:
     run = resource(scheduling={"queueName": "gpu-queue", "priorityClassName": "low"})
-    for child in every_child(run, CONFIG)[1:]:
+    for child in every_child(run, CONFIG)[4:]:
         assert child["metadata"]["labels"][QUEUE_LABEL] == "gpu-queue", child["metadata"]["name"]
         assert child["metadata"]["labels"]["kueue.x-k8s.io/priority-class"] == "low"
         assert child["spec"]["suspend"] is True
         assert child["metadata"]["namespace"] == "team-a"
+
+
+def test_the_runs_service_account_may_patch_only_this_runs_status() -> None:
+    account, role, binding = status_writer(resource())
+    assert account["kind"] == "ServiceAccount" and account["metadata"]["name"] == "t-status"
+    assert role["rules"] == [
+        {
+            "apiGroups": ["cpt.kubecpt.dev"],
+            "resources": ["continuedpretrains/status"],
+            "resourceNames": ["t"],
+            "verbs": ["get", "patch"],
+        }
+    ]
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "t-status", "namespace": "team-a"}]
+    pod = stage_job(resource(), Stage.DEDUP, CONFIG)["spec"]["template"]["spec"]
+    env = {e["name"]: e.get("value") for e in pod["containers"][0]["env"]}
+    assert pod["serviceAccountName"] == "t-status" and env["KUBECPT_RUN"] == "team-a/t"
+    own = status_writer(resource(scheduling={"serviceAccountName": "trainer-irsa"}))[2]
+    assert own["subjects"][0]["name"] == "trainer-irsa"  # a user's own account gets the same narrow Role
 
 
 def test_names_are_deterministic_and_short_enough() -> None:
@@ -121,4 +141,13 @@ def test_names_are_deterministic_and_short_enough() -> None:
     long = child_name("r" * 63, "eval-milestones")
     assert len(long) <= 52 and long.endswith("-eval-milestones") and long == child_name("r" * 63, "eval-milestones")
     names = [c["metadata"]["name"] for c in every_child(resource(), CONFIG)]
-    assert names == ["t-spec", "t-eval-baseline", "t-preprocess", "t-dedup", "t-train", "t-eval-milestones", "t-report"]
+    assert names == [
+        "t-spec",
+        *["t-status"] * 3,  # the run's ServiceAccount, its Role and RoleBinding
+        "t-eval-baseline",
+        "t-preprocess",
+        "t-dedup",
+        "t-train",
+        "t-eval-milestones",
+        "t-report",
+    ]

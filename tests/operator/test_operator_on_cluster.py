@@ -105,7 +105,7 @@ def test_cpt_render_output_is_accepted_by_the_api_server(crds: Cluster, namespac
         [str(Path(sys.executable).parent / "cpt"), "render", str(path)], capture_output=True, text=True, check=True
     ).stdout
     kinds = [obj["kind"] for obj in yaml.safe_load_all(rendered)]
-    assert kinds == ["ConfigMap", "Job", "Job", "Job", "JobSet", "Job", "Job"]
+    assert kinds == ["ConfigMap", "ServiceAccount", "Role", "RoleBinding", "Job", "Job", "Job", "JobSet", "Job", "Job"]
     result = crds.kubectl("apply", "--dry-run=server", "-f", "-", input=rendered, check=False)
     assert result.returncode == 0, result.stderr
     assert "jobset.jobset.x-k8s.io/rendered-train created (server dry run)" in result.stdout
@@ -228,3 +228,51 @@ def test_eviction_and_preemption_restart_without_counting(operator: Operator, na
         assert run["status"]["phase"] == "Succeeded", (name, run["status"]["conditions"])
         jobset = get(operator.cluster, namespace, "jobset", f"{name}-train")
         assert (jobset["status"]["restarts"], jobset["status"].get("restartsCountTowardsMax", 0)) == (1, 0), name
+
+
+def test_stage_pods_push_their_status_with_the_runs_own_token(
+    operator: Operator, namespace: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The tests play a training pod: the pipeline's own push code, with a token of the run's ServiceAccount."""
+    import urllib.error
+    import urllib.request
+
+    from cpt_pipeline.status_push import push_status
+
+    cluster = operator.cluster
+    for name in ("pushed", "other"):
+        cluster.apply({**run_doc(name, suspend=True), "metadata": {"name": name, "namespace": namespace}})
+    eventually(lambda: get(cluster, namespace, "rolebinding", "pushed-status"), what="the run's RoleBinding")
+    eventually(lambda: phase_is(cluster, namespace, "pushed", "Suspended"), what="Suspended")
+    token = cluster.kubectl("create", "token", "pushed-status", "-n", namespace).stdout.strip()
+    (tmp_path / "token").write_text(token)
+    for key, value in {
+        "KUBECPT_RUN": f"{namespace}/pushed",
+        "KUBECPT_API_SERVER": cluster.server,
+        "KUBECPT_TOKEN_FILE": str(tmp_path / "token"),
+        "KUBECPT_CA_FILE": str(cluster.pki.ca_cert),
+    }.items():
+        monkeypatch.setenv(key, value)
+    progress = {"step": 7, "tokensSeen": 7168, "loss": 2.5, "totalSteps": 12, "eta": "1m00s"}
+    assert push_status("kubecpt-train", {"training": progress})
+    run = eventually(lambda: (r := get(cluster, namespace, "cpt", "pushed")) and "training" in r["status"] and r)
+    assert {key: run["status"]["training"][key] for key in progress} == progress
+    assert run["status"]["phase"] == "Suspended" and condition(run, "Suspended") == "True"  # the operator's, kept
+    shown = cluster.kubectl("get", "cpt", "pushed", "-n", namespace, "-o", "json", "--show-managed-fields").stdout
+    managers = {(m["manager"], m.get("subresource")) for m in json.loads(shown)["metadata"]["managedFields"]}
+    assert ("kubecpt-train", "status") in managers
+
+    monkeypatch.setenv("KUBECPT_RUN", f"{namespace}/other")
+    assert not push_status("kubecpt-train", {"training": {"step": 1}})  # another run: forbidden
+    request = urllib.request.Request(
+        f"{cluster.server}/apis/cpt.kubecpt.dev/v1alpha1/namespaces/{namespace}/continuedpretrains/pushed",
+        data=b'{"spec": {"suspend": false}}',
+        method="PATCH",
+        headers={"Content-Type": "application/merge-patch+json", "Authorization": f"Bearer {token}"},
+    )
+    import ssl
+
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(request, context=ssl.create_default_context(cafile=str(cluster.pki.ca_cert)))
+    assert refused.value.code == 403  # its spec: forbidden too
+    assert get(cluster, namespace, "cpt", "pushed")["status"]["training"]["step"] == 7

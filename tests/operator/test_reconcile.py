@@ -6,7 +6,7 @@ from typing import Any
 
 from cpt.api import ContinuedPretrain
 from cpt_operator.config import OperatorConfig
-from cpt_operator.reconcile import Decision, reconcile
+from cpt_operator.reconcile import Decision, child_key, reconcile
 from tests.cpt.test_spec import minimal
 
 CONFIG = OperatorConfig()
@@ -33,7 +33,7 @@ class Run:
     def step(self, now: str = NOW) -> Decision:
         decision = reconcile(self.run, self.children, self.status, 1, CONFIG, now)
         for obj in decision.create:
-            self.children[obj["metadata"]["name"]] = obj
+            self.children[child_key(obj)] = obj
         self.status = {**self.status, **decision.status}
         return decision
 
@@ -49,7 +49,7 @@ class Run:
 
 def test_children_appear_in_stage_order_and_the_run_completes() -> None:
     run = Run(resource())
-    assert run.created(run.step()) == ["t-spec", "t-eval-baseline", "t-preprocess"]
+    assert run.created(run.step()) == ["t-spec", "t-status", "t-status", "t-status", "t-eval-baseline", "t-preprocess"]
     assert run.status["phase"] == "Preprocessing" and run.condition("Reconciling") == "True"
     assert run.created(run.step()) == []  # nothing new until a stage completes: no duplicates
     run.finish("t-preprocess")
@@ -74,7 +74,7 @@ def test_terminal_states_are_sticky_when_children_are_deleted() -> None:
     for _ in range(6):
         run.step()
         for name in list(run.children):
-            if name != "t-spec":
+            if run.children[name]["kind"] in ("Job", "JobSet"):
                 run.finish(name)
     assert run.condition("Complete") == "True"
     run.children = {}  # a TTL or a person deleted every child
