@@ -194,7 +194,8 @@ def stage_job(
 
 
 def evaluation_job(resource: ContinuedPretrain, config: OperatorConfig, target: str) -> dict[str, Any]:
-    """The evaluation of `baseline` (may run while data is prepared) or of every milestone export."""
+    """The evaluation of `baseline` (it may run while data is prepared) or of one milestone export
+    (`tokens-<13 digits>`, as soon as the trainer has written it)."""
     job = stage_job(resource, Stage.EVALUATE, config, suffix=f"eval-{target}", extra=["--target", target])
     job["metadata"]["labels"][TARGET_LABEL] = target
     job["spec"]["template"]["metadata"]["labels"][TARGET_LABEL] = target
@@ -267,6 +268,14 @@ def training_jobset(resource: ContinuedPretrain, config: OperatorConfig) -> dict
     return {"apiVersion": "jobset.x-k8s.io/v1alpha2", "kind": "JobSet", "metadata": metadata, "spec": jobset_spec}
 
 
+def milestone_exports(resource: ContinuedPretrain) -> list[str]:
+    """The export of every milestone (and of the budget), as the trainer names them; none when
+    evaluation.atMilestones is off."""
+    if not resource.spec.evaluation.at_milestones:
+        return []
+    return [f"tokens-{m:013d}" for m in resource.spec.data.milestones_with_budget]
+
+
 def every_child(resource: ContinuedPretrain, config: OperatorConfig) -> list[dict[str, Any]]:
     """Every object a run can own, in stage order (what `cpt render` prints; the handlers create each one
     when its stage is due)."""
@@ -277,7 +286,7 @@ def every_child(resource: ContinuedPretrain, config: OperatorConfig) -> list[dic
         stage_job(resource, Stage.PREPROCESS, config),
         stage_job(resource, Stage.DEDUP, config),
         training_jobset(resource, config),
-        evaluation_job(resource, config, "milestones"),
+        *(evaluation_job(resource, config, export) for export in milestone_exports(resource)),
         stage_job(resource, Stage.REPORT, config),
     ]
     namespace = resource.metadata.get("namespace")

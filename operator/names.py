@@ -9,7 +9,7 @@ from cpt import API_GROUP
 
 RUN_LABEL = f"{API_GROUP}/run"  # every child and every pod: the ContinuedPretrain's name
 STAGE_LABEL = f"{API_GROUP}/stage"  # preprocess, dedup, train, evaluate, report
-TARGET_LABEL = f"{API_GROUP}/target"  # evaluation Jobs: baseline or milestones
+TARGET_LABEL = f"{API_GROUP}/target"  # evaluation Jobs: baseline or an export
 MANAGED_BY = "kubecpt-operator"
 MAX_NAME = 52  # Job names become pod-name prefixes and label values; JobSet pod host names add "-node-0-0"
 

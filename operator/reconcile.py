@@ -16,7 +16,14 @@ from typing import Any
 from cpt.api import ContinuedPretrain
 from cpt.api.status import Phase
 from cpt.stages import Stage
-from cpt_operator.children import evaluation_job, spec_configmap, stage_job, status_writer, training_jobset
+from cpt_operator.children import (
+    evaluation_job,
+    milestone_exports,
+    spec_configmap,
+    stage_job,
+    status_writer,
+    training_jobset,
+)
 from cpt_operator.config import OperatorConfig
 from cpt_operator.kube import CAUSE
 from cpt_operator.names import child_name
@@ -148,7 +155,7 @@ def reconcile(
         for obj in (spec_configmap(resource), *status_writer(resource)):
             if child_key(obj) not in children:
                 decision.create.append(obj)
-        _stages(resource, config, conditions, stage)
+        _stages(resource, config, conditions, stage, list((status.get("training") or {}).get("exports") or []))
         if conditions.true(REPORTED):
             conditions.set(COMPLETE, True, "Succeeded", "every stage completed")
             decision.events.append(("Normal", COMPLETE, "the run completed"))
@@ -168,8 +175,11 @@ def reconcile(
     return decision
 
 
-def _stages(resource: ContinuedPretrain, config: OperatorConfig, conditions: _Conditions, stage: Any) -> None:
-    """Preprocess -> dedup -> train -> evaluate milestones -> report; the baseline evaluation alongside."""
+def _stages(
+    resource: ContinuedPretrain, config: OperatorConfig, conditions: _Conditions, stage: Any, pushed: list[str]
+) -> None:
+    """Preprocess -> dedup -> train -> report. The baseline evaluation runs alongside from the start, and each
+    milestone export is evaluated as soon as the trainer reports it (`pushed`), while training goes on."""
     spec = resource.spec
     wants_baseline = spec.evaluation.baseline and spec.model.uri is not None
     if wants_baseline and not conditions.true(BASELINE_EVALUATED):
@@ -181,15 +191,15 @@ def _stages(resource: ContinuedPretrain, config: OperatorConfig, conditions: _Co
             return
     if not conditions.true(TRAINED):
         stage(training_jobset(resource, config), TRAINED, "TrainingFailed")
-        if not conditions.true(TRAINED):
-            return
     if not conditions.true(EVALUATED):
-        if stage(evaluation_job(resource, config, "milestones"), None, "EvaluationFailed") == "complete" and (
-            conditions.true(BASELINE_EVALUATED) or not wants_baseline
-        ):
+        expected = milestone_exports(resource)
+        due = expected if conditions.true(TRAINED) else [e for e in expected if e in pushed]
+        states = [stage(evaluation_job(resource, config, export), None, "EvaluationFailed") for export in due]
+        done = len(due) == len(expected) and all(state == "complete" for state in states)
+        if conditions.true(TRAINED) and done and (conditions.true(BASELINE_EVALUATED) or not wants_baseline):
             conditions.set(EVALUATED, True, "Succeeded")
-        if not conditions.true(EVALUATED):
-            return
+    if not conditions.true(EVALUATED):
+        return
     if not conditions.true(REPORTED):
         stage(stage_job(resource, Stage.REPORT, config), REPORTED, "ReportFailed")
 
@@ -238,12 +248,3 @@ def phase(conditions: _Conditions) -> Phase:
         if not conditions.true(condition):
             return current
     return Phase.REPORTING
-
-
-def expected_children(resource: ContinuedPretrain) -> list[str]:
-    """Names of every child a run can have (what the handlers list)."""
-    run = resource.metadata["name"]
-    return [
-        child_name(run, s)
-        for s in ("spec", "preprocess", "dedup", "train", "eval-baseline", "eval-milestones", "report")
-    ]

@@ -90,7 +90,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--rank", type=int, help=f"worker rank (default: ${INDEX_ENV} or 0)")
     parser.add_argument("--world-size", type=int, help="workers (default: spec.data.preprocessing.workers)")
     parser.add_argument("--shard-rows", type=int, help="rows per shard (default: about 64 MB per shard)")
-    parser.add_argument("--target", choices=["baseline", "milestones"], help="evaluate: only these models")
+    parser.add_argument("--target", help="evaluate: only baseline, milestones, or one export (tokens-N)")
     parser.add_argument("--debug", action="store_true", help="print the traceback of user errors too")
     args = parser.parse_args(argv)
     logging.basicConfig(

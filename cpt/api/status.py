@@ -75,6 +75,11 @@ class TrainingStatus(ApiModel):
     latest_checkpoint: str | None = Field(None, description="URI of the latest complete checkpoint.")
     restarts: int = Field(0, ge=0, description="Restarts from a checkpoint so far.")
     total_steps: int | None = Field(None, ge=0, description="Optimizer steps of the whole run.")
+    exports: list[str] = Field(
+        default_factory=list,
+        max_length=MAX_LIST,
+        description="Milestone exports written so far (exports/<name>); each is evaluated as soon as it appears.",
+    )
     last_update_time: str | None = Field(None, description="When the trainer last wrote progress (RFC 3339).")
 
 

@@ -67,22 +67,36 @@ def _task_data(uri: str) -> Path:
         raise TaskDataError(f"spec.evaluation.localTaskDir: {error}") from error
 
 
-TARGETS = ("baseline", "milestones")  # what one evaluation Job of the operator covers
+TARGETS = ("baseline", "milestones")  # or one export's name: what one evaluation Job of the operator covers
+
+
+def _selected(name: str, target: str) -> bool:
+    if target == "baseline":
+        return name == BASELINE
+    if target == "milestones":
+        return name != BASELINE
+    return name == target
 
 
 def evaluate_run(
     spec: ContinuedPretrainSpec, storage: Storage, device: str | None = None, target: str | None = None
 ) -> dict[str, Any]:
-    """Evaluate every model not evaluated yet (only the baseline, or only the milestone exports, when `target`
-    says so); returns (and writes) the status summary of everything evaluated so far."""
+    """Evaluate every model not evaluated yet (only the baseline, the milestone exports or one export, when
+    `target` says so); returns (and writes) the status summary of everything evaluated so far."""
     from cpt_pipeline.evaluate.harness import run_tasks, scores
     from cpt_pipeline.evaluate.perplexity import evaluate_sets
 
     cfg = spec.evaluation
     local_data = _task_data(cfg.local_task_dir) if cfg.local_task_dir else None
     sets = {name: s for name, s in (("domain", cfg.perplexity.domain), ("general", cfg.perplexity.general)) if s}
-    for name, tokens, model, revision in targets(spec, storage):
-        if target is not None and (name == BASELINE) != (target == "baseline"):
+    found = targets(spec, storage)
+    if target not in (None, *TARGETS) and target not in {name for name, *_ in found}:
+        raise FileNotFoundError(
+            f"--target {target}: no complete export {storage.url('exports', target)} (training writes it at its "
+            "milestone; evaluation.atMilestones must be on)"
+        )
+    for name, tokens, model, revision in found:
+        if target is not None and not _selected(name, target):
             continue
         if storage.exists("eval", name, "summary.json"):
             log.info("evaluation of %s exists, skipped", name)

@@ -214,6 +214,8 @@ def train(spec: ContinuedPretrainSpec, storage: Storage) -> int:
                     rank,
                     done * plan.tokens_per_step,
                 )
+                if rank == 0:
+                    progress.exports = sorted({*progress.exports, f"tokens-{plan.milestones[done]:013d}"})
         if rank == 0:
             extra = {"sampleIds": _gather_ids(ids, world)} if os.environ.get(LOG_SAMPLE_IDS) else None
             progress.step(

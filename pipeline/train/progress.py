@@ -55,12 +55,14 @@ class Progress:
     interval: int
     tensorboard_dir: Path | None
     history: list[dict[str, Any]] = field(default_factory=list)
+    exports: list[str] = field(default_factory=list)  # complete milestone exports, reported in the status
     _recent: list[float] = field(default_factory=list)
     _writer: Any = None
     _trackers: list[Any] = field(default_factory=list)
 
     def start(self, resumed_step: int) -> None:
         """Keep the history up to the resumed step (a restart replays the steps after it)."""
+        self.exports = [n for n in self.storage.list("exports") if self.storage.exists("exports", n, "export.json")]
         if self.storage.exists("train", "metrics.jsonl"):
             lines = self.storage.read_bytes("train", "metrics.jsonl").decode().splitlines()
             self.history = [r for r in map(json.loads, lines) if r["step"] <= resumed_step]
@@ -112,6 +114,7 @@ class Progress:
             "latestCheckpoint": latest,
             "restarts": restarts,
             "totalSteps": self.total_steps,
+            "exports": list(self.exports),
             "lastUpdateTime": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
         print(json.dumps({"event": "train_step", **status, **(extra or {})}), flush=True)

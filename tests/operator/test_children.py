@@ -148,6 +148,7 @@ def test_names_are_deterministic_and_short_enough() -> None:
         "t-preprocess",
         "t-dedup",
         "t-train",
-        "t-eval-milestones",
+        "t-eval-tokens-0000400000000",
+        "t-eval-tokens-0001000000000",
         "t-report",
     ]

@@ -105,7 +105,12 @@ def test_cpt_render_output_is_accepted_by_the_api_server(crds: Cluster, namespac
         [str(Path(sys.executable).parent / "cpt"), "render", str(path)], capture_output=True, text=True, check=True
     ).stdout
     kinds = [obj["kind"] for obj in yaml.safe_load_all(rendered)]
-    assert kinds == ["ConfigMap", "ServiceAccount", "Role", "RoleBinding", "Job", "Job", "Job", "JobSet", "Job", "Job"]
+    assert kinds == [
+        "ConfigMap",
+        *["ServiceAccount", "Role", "RoleBinding"],
+        *["Job", "Job", "Job", "JobSet"],  # baseline evaluation, preprocess, dedup, training
+        *["Job", "Job", "Job"],  # the two milestone evaluations, the report
+    ]
     result = crds.kubectl("apply", "--dry-run=server", "-f", "-", input=rendered, check=False)
     assert result.returncode == 0, result.stderr
     assert "jobset.jobset.x-k8s.io/rendered-train created (server dry run)" in result.stdout
@@ -131,7 +136,8 @@ def test_a_run_goes_through_every_stage_to_complete(operator: Operator, namespac
         assert condition(run, kind) == "True", kind
     assert condition(run, "Reconciling") == "False" and condition(run, "Stalled") == "False"
     assert run["status"]["observedGeneration"] == run["metadata"]["generation"] and run["status"]["completionTime"]
-    children = ["flow-dedup", "flow-eval-baseline", "flow-eval-milestones", "flow-preprocess", "flow-report"]
+    evaluations = ["flow-eval-baseline", "flow-eval-tokens-0000400000000", "flow-eval-tokens-0001000000000"]
+    children = ["flow-dedup", *evaluations, "flow-preprocess", "flow-report"]
     assert names(cluster, namespace, "flow") == sorted([*children, "flow-spec", "flow-train"])
     jobset = get(cluster, namespace, "jobset", "flow-train")
     owner = jobset["metadata"]["ownerReferences"][0]

@@ -10,6 +10,7 @@ from cpt_operator.reconcile import Decision, child_key, reconcile
 from tests.cpt.test_spec import minimal
 
 CONFIG = OperatorConfig()
+FIRST, LAST = "tokens-0000400000000", "tokens-0001000000000"  # minimal(): a milestone at 400M, the budget 1B
 NOW = "2026-12-02T12:00:00Z"
 
 
@@ -58,9 +59,12 @@ def test_children_appear_in_stage_order_and_the_run_completes() -> None:
     run.finish("t-eval-baseline")
     assert run.created(run.step()) == ["t-train"]
     assert run.condition("DataReady") == "True" and run.status["phase"] == "Training"
+    run.status["training"] = {"exports": [FIRST]}  # the trainer pushed its first milestone export
+    assert run.created(run.step()) == [f"t-eval-{FIRST}"] and run.status["phase"] == "Training"  # while it trains
+    run.finish(f"t-eval-{FIRST}")
     run.finish("t-train")
-    assert run.created(run.step()) == ["t-eval-milestones"] and run.status["phase"] == "Evaluating"
-    run.finish("t-eval-milestones")
+    assert run.created(run.step()) == [f"t-eval-{LAST}"] and run.status["phase"] == "Evaluating"
+    run.finish(f"t-eval-{LAST}")
     assert run.created(run.step()) == ["t-report"]
     run.finish("t-report")
     decision = run.step()

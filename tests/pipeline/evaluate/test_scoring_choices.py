@@ -123,3 +123,31 @@ def test_metrics_reported_under_a_filter_name() -> None:
     assert (chosen[0]["score"], chosen[0]["stderr"]) == (0.5, 0.03)
     with pytest.raises(KeyError, match="no metric 'exact_match' with filter 'custom'"):
         scores(results, [Task(name="gsm8k", metric="exact_match", filter="custom")])
+
+
+def test_one_export_is_evaluated_by_name_and_a_missing_one_is_an_error(
+    tmp_path: Path, shared_data: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import shutil
+
+    monkeypatch.setattr(ppl, "perplexity", lambda *a, **k: {"perplexity": 1.0, "tokens": 1})
+    model = shared_data / "models" / "stories260K"
+    text = tmp_path / "general.txt"
+    text.write_text("Once upon a time there was a cat.")
+    for name in ("tokens-0000000000512", "tokens-0000000001024"):
+        shutil.copytree(model, tmp_path / "out" / "exports" / name)
+        (tmp_path / "out" / "exports" / name / "export.json").write_text("{}")
+    doc = {
+        "spec": {
+            "model": {"uri": str(model)},
+            "data": {"sources": [{"name": "s", "uri": "x"}], "tokenBudget": 1024, "sequenceLength": 16},
+            "training": {"microBatchSize": 1, "gradAccumulation": 1},
+            "evaluation": {"tasks": [], "perplexity": {"general": {"uri": str(text)}}},
+            "storage": {"uri": str(tmp_path / "out")},
+        }
+    }
+    spec = ContinuedPretrain.model_validate(doc).spec
+    status = evaluate_run(spec, Storage.from_spec(spec.storage), target="tokens-0000000001024")
+    assert [m["tokens"] for m in status["milestones"]] == [1024]  # neither the baseline nor the other export
+    with pytest.raises(FileNotFoundError, match="--target tokens-0000000002048: no complete export"):
+        evaluate_run(spec, Storage.from_spec(spec.storage), target="tokens-0000000002048")

@@ -129,6 +129,7 @@ def test_loss_decreases_and_milestones_are_exported(tmp_path: Path, prepared: Pa
     TrainingStatus.model_validate(progress)  # the operator copies this file into status.training as it is
     assert (progress["step"], progress["tokensSeen"], progress["totalSteps"]) == (STEPS, 512 * STEPS, STEPS)
     assert progress["tokensPerSecond"] > 0 and progress["latestCheckpoint"].endswith("step-00000012-milestone")
+    assert progress["exports"] == ["tokens-0000000003072", "tokens-0000000006144"]  # the operator evaluates each
     assert any(name.startswith("events.out.tfevents") for name in os.listdir(out / "train" / "tensorboard"))
 
 
