@@ -9,12 +9,14 @@ operator. Children carry ownerReferences, so the garbage collector deletes them 
 from __future__ import annotations
 
 import logging
+import threading
 from typing import Any
 
 import kopf
 
 from cpt import API_GROUP, API_VERSION, PLURAL
 from cpt.api import ContinuedPretrain
+from cpt_operator import metrics
 from cpt_operator.config import OperatorConfig
 from cpt_operator.kube import Kube
 from cpt_operator.names import RUN_LABEL
@@ -33,6 +35,7 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     settings.posting.level = logging.WARNING
     memo.kube = Kube.connect()
     memo.config = OperatorConfig.from_env()
+    metrics.serve()
 
 
 def run_pass(kube: Kube, config: OperatorConfig, body: dict[str, Any]) -> None:
@@ -44,7 +47,14 @@ def run_pass(kube: Kube, config: OperatorConfig, body: dict[str, Any]) -> None:
     )
     children = kube.children(namespace, name)
     status = dict(body.get("status") or {})
+    metrics.PASSES.inc()
     decision = reconcile(resource, children, status, int(meta.get("generation", 1)), config)
+    metrics.PHASES.set(namespace, name, decision.status["phase"])
+    for stage, seconds in decision.completed:
+        metrics.STAGE_SECONDS.labels(stage).observe(seconds)
+    restarts = decision.status.get("training", {}).get("restarts")
+    if restarts is not None:
+        metrics.RESTARTS.labels(namespace, name).set(restarts)
     for obj in decision.create:
         kopf.adopt(obj, owner=body)
         kube.create(namespace, obj)
@@ -63,18 +73,37 @@ def differs(current: Any, wanted: Any) -> bool:
     return current != wanted
 
 
+_LOCKS: dict[tuple[str, str], threading.Lock] = {}
+_LOCKS_GUARD = threading.Lock()
+
+
+def serialized_pass(memo: kopf.Memo, namespace: str, run: str) -> None:
+    """One pass at a time per run, on the run as it is now. kopf serializes events per object, but a run's
+    own events and its children's arrive concurrently; two passes on the same stale status would both take
+    the same transition (two events, two stage timings)."""
+    with _LOCKS_GUARD:
+        lock = _LOCKS.setdefault((namespace, run), threading.Lock())
+    with lock, metrics.ERRORS.count_exceptions():
+        body = memo.kube.get_run(namespace, run)
+        if body is not None and not body["metadata"].get("deletionTimestamp"):
+            run_pass(memo.kube, memo.config, body)
+
+
 @kopf.on.event(API_GROUP, API_VERSION, PLURAL)
 def on_run(event: dict[str, Any], body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
-    if event.get("type") == "DELETED" or body["metadata"].get("deletionTimestamp"):
+    meta = body["metadata"]
+    if event.get("type") == "DELETED" or meta.get("deletionTimestamp"):
+        metrics.PHASES.forget(meta["namespace"], meta["name"])
+        with _LOCKS_GUARD:
+            _LOCKS.pop((meta["namespace"], meta["name"]), None)
         return
-    run_pass(memo.kube, memo.config, dict(body))
+    serialized_pass(memo, meta["namespace"], meta["name"])
 
 
 def _owner_pass(labels: kopf.Labels, namespace: str | None, memo: kopf.Memo) -> None:
     run = labels.get(RUN_LABEL)
-    body = memo.kube.get_run(namespace or "", run) if run else None
-    if body is not None and not body["metadata"].get("deletionTimestamp"):
-        run_pass(memo.kube, memo.config, body)
+    if run and namespace:
+        serialized_pass(memo, namespace, run)
 
 
 @kopf.on.event("batch", "v1", "jobs", labels={RUN_LABEL: kopf.PRESENT})

@@ -26,7 +26,7 @@ from cpt_operator.children import (
 )
 from cpt_operator.config import OperatorConfig
 from cpt_operator.kube import CAUSE
-from cpt_operator.names import child_name
+from cpt_operator.names import STAGE_LABEL, child_name
 
 READY, RECONCILING, STALLED = "Ready", "Reconciling", "Stalled"
 COMPLETE, FAILED, SUSPENDED = "Complete", "Failed", "Suspended"
@@ -47,6 +47,7 @@ class Decision:
     set_suspend: list[tuple[str, str, bool]] = field(default_factory=list)  # (kind, name, suspend)
     status: dict[str, Any] = field(default_factory=dict)
     events: list[tuple[str, str, str]] = field(default_factory=list)  # (type Normal|Warning, reason, message)
+    completed: list[tuple[str, float]] = field(default_factory=list)  # (stage, seconds) that finished now
 
 
 def child_key(obj: dict[str, Any]) -> str:
@@ -137,6 +138,9 @@ def reconcile(
             fail(reason, f"{obj['kind']} {obj['metadata']['name']} failed: {message}")
         elif state == "complete" and condition and conditions.set(condition, True, "Succeeded"):
             decision.events.append(("Normal", condition, f"{obj['kind']} {obj['metadata']['name']} completed"))
+            observed = children[obj["metadata"]["name"]]
+            stage_name = obj["metadata"]["labels"].get(STAGE_LABEL, obj["kind"])
+            decision.completed.append((stage_name, _duration(observed, now)))
         return state
 
     terminal = conditions.true(COMPLETE) or conditions.true(FAILED)
@@ -202,6 +206,20 @@ def _stages(
         return
     if not conditions.true(REPORTED):
         stage(stage_job(resource, Stage.REPORT, config), REPORTED, "ReportFailed")
+
+
+def _duration(obj: dict[str, Any], now: str) -> float:
+    """Seconds from the child's creation to its completion (or now)."""
+    created = obj.get("metadata", {}).get("creationTimestamp")
+    ended = obj.get("status", {}).get("completionTime") or now
+    if not created:
+        return 0.0
+    return max(0.0, (_parse(ended) - _parse(created)).total_seconds())
+
+
+def _parse(text: str) -> datetime:
+    """RFC 3339 as the API serves it ("Z") or as the Python client renders it ("+00:00")."""
+    return datetime.fromisoformat(text.replace("Z", "+00:00"))
 
 
 def _deadline(seconds: int | None, start: str, now: str, fail: Any) -> None:

@@ -39,16 +39,28 @@ class Operator:
         self.cluster, self.namespace, self.log = cluster, namespace, log
         self.process: subprocess.Popen[bytes] | None = None
         self.liveness = f"http://127.0.0.1:{free_port()}/healthz"
+        self.metrics_port = free_port()
 
     def start(self) -> None:
         handle = self.log.open("ab")
         self.process = subprocess.Popen(
             [sys.executable, "-P", "-m", "cpt_operator", "--namespace", self.namespace, "--liveness", self.liveness],
             cwd=REPO,
-            env={**self.cluster.env(), "KUBECPT_WORKER_IMAGE": "kubecpt/worker:test"},
+            env={
+                **self.cluster.env(),
+                "KUBECPT_WORKER_IMAGE": "kubecpt/worker:test",
+                "KUBECPT_METRICS_PORT": str(self.metrics_port),
+            },
             stdout=handle,
             stderr=subprocess.STDOUT,
         )
+
+    def scrape(self, path: str = "/metrics") -> str:
+        import urllib.request
+
+        url = f"http://127.0.0.1:{self.metrics_port}{path}" if path == "/metrics" else path
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return response.read().decode()
 
     def alive(self) -> bool:
         """True while it runs; a crashed operator fails the test at once, with its log."""
@@ -152,6 +164,13 @@ def test_a_run_goes_through_every_stage_to_complete(operator: Operator, namespac
     assert {"Created", "DataReady", "BaselineEvaluated", "Trained", "Reported", "Complete"} <= {
         e["reason"] for e in events["items"]
     }
+
+    metrics = operator.scrape()
+    assert 'kubecpt_runs{phase="Succeeded"} 1.0' in metrics
+    for stage in ("dedup", "train", "evaluate", "report"):  # stages whose completion sets a condition
+        assert f'kubecpt_stage_duration_seconds_count{{stage="{stage}"}} 1.0' in metrics, stage
+    assert "kubecpt_reconcile_errors_total 0.0" in metrics
+    assert operator.scrape(operator.liveness) is not None  # kopf's liveness endpoint answers
 
     before = names(cluster, namespace, "flow")
     operator.stop()  # a restarted operator finds what exists and creates nothing twice

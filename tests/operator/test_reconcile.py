@@ -151,3 +151,11 @@ def test_condition_times_change_only_with_their_status() -> None:
     run.step(now="2026-12-02T12:05:00Z")
     ready = next(c for c in run.status["conditions"] if c["type"] == "Ready")
     assert ready["lastTransitionTime"] == "2026-12-02T12:00:00Z" and ready["observedGeneration"] == 1
+
+
+def test_stage_durations_are_read_in_both_time_formats() -> None:
+    from cpt_operator.reconcile import _duration
+
+    job = {"metadata": {"creationTimestamp": "2026-12-02T12:00:00Z"}, "status": {}}
+    assert _duration({**job, "status": {"completionTime": "2026-12-02T12:01:30+00:00"}}, NOW) == 90.0
+    assert _duration(job, "2026-12-02T12:00:10Z") == 10.0  # a JobSet has no completionTime: until now
