@@ -186,8 +186,6 @@ def stage_job(
         "manualSelector": False,
         "template": pod_template(resource, stage, config, argv=stage_argv(stage, extra=argv_extra)),
     }
-    if spec.run_policy.ttl_seconds_after_finished is not None:
-        job_spec["ttlSecondsAfterFinished"] = spec.run_policy.ttl_seconds_after_finished
     name = child_name(resource.metadata["name"], suffix or str(stage))
     metadata: dict[str, Any] = {"name": name, "labels": _child_labels(resource, str(stage))}
     return {"apiVersion": "batch/v1", "kind": "Job", "metadata": metadata, "spec": job_spec}
@@ -262,8 +260,6 @@ def training_jobset(resource: ContinuedPretrain, config: OperatorConfig) -> dict
         "replicatedJobs": [{"name": REPLICATED_JOB, "replicas": 1, "template": {"spec": job_spec}}],
         "startupPolicy": {"startupPolicyOrder": "AnyOrder"},
     }
-    if spec.run_policy.ttl_seconds_after_finished is not None:
-        jobset_spec["ttlSecondsAfterFinished"] = spec.run_policy.ttl_seconds_after_finished
     metadata = {"name": name, "labels": _child_labels(resource, str(Stage.TRAIN))}
     return {"apiVersion": "jobset.x-k8s.io/v1alpha2", "kind": "JobSet", "metadata": metadata, "spec": jobset_spec}
 

@@ -20,7 +20,7 @@ from cpt_operator import metrics
 from cpt_operator.config import OperatorConfig
 from cpt_operator.kube import Kube
 from cpt_operator.names import RUN_LABEL
-from cpt_operator.reconcile import reconcile
+from cpt_operator.reconcile import child_key, reconcile
 
 log = logging.getLogger(__name__)
 
@@ -37,15 +37,37 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     memo.config = OperatorConfig.from_env()
     metrics.serve()
 
+    pending: dict[tuple[str, str], threading.Timer] = {}
 
-def run_pass(kube: Kube, config: OperatorConfig, body: dict[str, Any]) -> None:
-    """Observe, decide, act: create children, (un)suspend them, post events, write the owned status."""
+    def requeue(namespace: str, run: str, seconds: float) -> None:
+        """One pass after `seconds` with no event to trigger it (in memory: a restarted operator recomputes it
+        from the run's completionTime on its first pass)."""
+        with _LOCKS_GUARD:
+            if (namespace, run) in pending and pending[(namespace, run)].is_alive():
+                return
+            timer = threading.Timer(seconds + 0.5, serialized_pass, args=(memo, namespace, run))
+            timer.daemon = True
+            pending[(namespace, run)] = timer
+        timer.start()
+
+    global _requeue
+    _requeue = requeue
+
+
+def run_pass(kube: Kube, config: OperatorConfig, body: dict[str, Any], seen: dict[str, Any] | None = None) -> None:
+    """Observe, decide, act: create children, (un)suspend them, post events, write the owned status.
+
+    `seen` is the child whose event started this pass, as that event last showed it: a Job or JobSet that a
+    TTL of 0 deleted the moment it finished is gone from the listing, but its final state still counts
+    (else the stage would run again)."""
     meta = body["metadata"]
     namespace, name = meta["namespace"], meta["name"]
     resource = ContinuedPretrain.model_validate(
         {"metadata": {"name": name, "namespace": namespace}, "spec": body.get("spec", {})}
     )
     children = kube.children(namespace, name)
+    if seen is not None:
+        children.setdefault(child_key(seen), seen)
     status = dict(body.get("status") or {})
     metrics.PASSES.inc()
     decision = reconcile(resource, children, status, int(meta.get("generation", 1)), config)
@@ -60,6 +82,11 @@ def run_pass(kube: Kube, config: OperatorConfig, body: dict[str, Any]) -> None:
         kube.create(namespace, obj)
     for kind, child, suspend in decision.set_suspend:
         kube.set_suspend(namespace, kind, child, suspend)
+    for kind, child in decision.delete:
+        kube.delete(namespace, kind, child)
+        kopf.event(body, type="Normal", reason="Expired", message=f"{kind} {child} deleted (ttlSecondsAfterFinished)")
+    if decision.requeue_after is not None and _requeue is not None:
+        _requeue(namespace, name, decision.requeue_after)
     for kind, reason, message in decision.events:
         kopf.event(body, type=kind, reason=reason, message=message)
     if differs(status, decision.status):
@@ -74,10 +101,11 @@ def differs(current: Any, wanted: Any) -> bool:
 
 
 _LOCKS: dict[tuple[str, str], threading.Lock] = {}
+_requeue: Any = None  # set at startup: schedule a pass for a run after some seconds
 _LOCKS_GUARD = threading.Lock()
 
 
-def serialized_pass(memo: kopf.Memo, namespace: str, run: str) -> None:
+def serialized_pass(memo: kopf.Memo, namespace: str, run: str, seen: dict[str, Any] | None = None) -> None:
     """One pass at a time per run, on the run as it is now. kopf serializes events per object, but a run's
     own events and its children's arrive concurrently; two passes on the same stale status would both take
     the same transition (two events, two stage timings)."""
@@ -86,7 +114,7 @@ def serialized_pass(memo: kopf.Memo, namespace: str, run: str) -> None:
     with lock, metrics.ERRORS.count_exceptions():
         body = memo.kube.get_run(namespace, run)
         if body is not None and not body["metadata"].get("deletionTimestamp"):
-            run_pass(memo.kube, memo.config, body)
+            run_pass(memo.kube, memo.config, body, seen)
 
 
 @kopf.on.event(API_GROUP, API_VERSION, PLURAL)
@@ -100,17 +128,18 @@ def on_run(event: dict[str, Any], body: kopf.Body, memo: kopf.Memo, **_: Any) ->
     serialized_pass(memo, meta["namespace"], meta["name"])
 
 
-def _owner_pass(labels: kopf.Labels, namespace: str | None, memo: kopf.Memo) -> None:
-    run = labels.get(RUN_LABEL)
+def _owner_pass(body: kopf.Body, kind: str, memo: kopf.Memo) -> None:
+    run = body["metadata"].get("labels", {}).get(RUN_LABEL)
+    namespace = body["metadata"].get("namespace")
     if run and namespace:
-        serialized_pass(memo, namespace, run)
+        serialized_pass(memo, namespace, run, seen={**dict(body), "kind": kind})
 
 
 @kopf.on.event("batch", "v1", "jobs", labels={RUN_LABEL: kopf.PRESENT})
-def on_job(labels: kopf.Labels, namespace: str | None, memo: kopf.Memo, **_: Any) -> None:
-    _owner_pass(labels, namespace, memo)
+def on_job(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    _owner_pass(body, "Job", memo)
 
 
 @kopf.on.event("jobset.x-k8s.io", "v1alpha2", "jobsets", labels={RUN_LABEL: kopf.PRESENT})
-def on_jobset(labels: kopf.Labels, namespace: str | None, memo: kopf.Memo, **_: Any) -> None:
-    _owner_pass(labels, namespace, memo)
+def on_jobset(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    _owner_pass(body, "JobSet", memo)

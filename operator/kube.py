@@ -111,6 +111,21 @@ class Kube:
             if error.status != 409:
                 raise
 
+    def delete(self, namespace: str, kind: str, name: str) -> None:
+        """Delete a child and, in the background, its pods; one already gone is fine."""
+        from kubernetes.client import V1DeleteOptions
+        from kubernetes.client.exceptions import ApiException
+
+        options = V1DeleteOptions(propagation_policy="Background")
+        try:
+            if kind == "Job":
+                self.batch.delete_namespaced_job(name, namespace, body=options)
+            else:
+                self.custom.delete_namespaced_custom_object(*JOBSET[:2], namespace, JOBSET[2], name, body=options)
+        except ApiException as error:
+            if error.status != 404:
+                raise
+
     def set_suspend(self, namespace: str, kind: str, name: str, suspend: bool) -> None:
         body = {"spec": {"suspend": suspend}}
         if kind == "Job":

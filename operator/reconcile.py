@@ -2,7 +2,7 @@
 children to (un)suspend, and the status the operator owns (conditions, phase, times).
 
 Pure: no API calls, so every transition is unit-tested and a restarted operator takes the same decision.
-Stage conditions (`DataReady`, `BaselineEvaluated`, `Trained`, `Evaluated`, `Reported`) are sticky: once
+Stage conditions (`Preprocessed`, `DataReady`, `BaselineEvaluated`, `Trained`, `Evaluated`, `Reported`) are sticky: once
 True, that stage's children are never recreated, even if a TTL or a person deleted them. `Complete` and
 `Failed` are terminal: nothing is created after them.
 """
@@ -30,7 +30,8 @@ from cpt_operator.names import STAGE_LABEL, child_name
 
 READY, RECONCILING, STALLED = "Ready", "Reconciling", "Stalled"
 COMPLETE, FAILED, SUSPENDED = "Complete", "Failed", "Suspended"
-DATA_READY, BASELINE_EVALUATED, TRAINED, EVALUATED, REPORTED = (
+PREPROCESSED, DATA_READY, BASELINE_EVALUATED, TRAINED, EVALUATED, REPORTED = (
+    "Preprocessed",
     "DataReady",
     "BaselineEvaluated",
     "Trained",
@@ -48,6 +49,8 @@ class Decision:
     status: dict[str, Any] = field(default_factory=dict)
     events: list[tuple[str, str, str]] = field(default_factory=list)  # (type Normal|Warning, reason, message)
     completed: list[tuple[str, float]] = field(default_factory=list)  # (stage, seconds) that finished now
+    delete: list[tuple[str, str]] = field(default_factory=list)  # (kind, name): finished children past the TTL
+    requeue_after: float | None = None  # seconds until a pass is due without any event (the TTL)
 
 
 def child_key(obj: dict[str, Any]) -> str:
@@ -159,7 +162,11 @@ def reconcile(
         for obj in (spec_configmap(resource), *status_writer(resource)):
             if child_key(obj) not in children:
                 decision.create.append(obj)
-        _stages(resource, config, conditions, stage, list((status.get("training") or {}).get("exports") or []))
+        evaluated = list(status.get("evaluatedExports") or [])
+        pushed = list((status.get("training") or {}).get("exports") or [])
+        _stages(resource, config, conditions, stage, pushed, evaluated)
+        if evaluated != list(status.get("evaluatedExports") or []):
+            out["evaluatedExports"] = evaluated
         if conditions.true(REPORTED):
             conditions.set(COMPLETE, True, "Succeeded", "every stage completed")
             decision.events.append(("Normal", COMPLETE, "the run completed"))
@@ -167,6 +174,7 @@ def reconcile(
         decision.create = []
         decision.set_suspend = []
         out.setdefault("completionTime", status.get("completionTime") or now)
+        _expire(spec.run_policy.ttl_seconds_after_finished, out["completionTime"], now, children, decision)
     gang = children.get(child_name(resource.metadata["name"], "train"))
     if gang is not None:  # gang restarts, as the JobSet controller counts them (preemptions included)
         restarts = int(gang.get("status", {}).get("restarts", 0))
@@ -180,7 +188,12 @@ def reconcile(
 
 
 def _stages(
-    resource: ContinuedPretrain, config: OperatorConfig, conditions: _Conditions, stage: Any, pushed: list[str]
+    resource: ContinuedPretrain,
+    config: OperatorConfig,
+    conditions: _Conditions,
+    stage: Any,
+    pushed: list[str],
+    evaluated: list[str],
 ) -> None:
     """Preprocess -> dedup -> train -> report. The baseline evaluation runs alongside from the start, and each
     milestone export is evaluated as soon as the trainer reports it (`pushed`), while training goes on."""
@@ -189,7 +202,9 @@ def _stages(
     if wants_baseline and not conditions.true(BASELINE_EVALUATED):
         stage(evaluation_job(resource, config, "baseline"), BASELINE_EVALUATED, "BaselineEvaluationFailed")
     if not conditions.true(DATA_READY):
-        if stage(stage_job(resource, Stage.PREPROCESS, config), None, "PreprocessFailed") == "complete":
+        if not conditions.true(PREPROCESSED):  # sticky: a TTL-deleted preprocess Job is not run again
+            stage(stage_job(resource, Stage.PREPROCESS, config), PREPROCESSED, "PreprocessFailed")
+        if conditions.true(PREPROCESSED):
             stage(stage_job(resource, Stage.DEDUP, config), DATA_READY, "DedupFailed")
         if not conditions.true(DATA_READY):
             return
@@ -198,8 +213,12 @@ def _stages(
     if not conditions.true(EVALUATED):
         expected = milestone_exports(resource)
         due = expected if conditions.true(TRAINED) else [e for e in expected if e in pushed]
-        states = [stage(evaluation_job(resource, config, export), None, "EvaluationFailed") for export in due]
-        done = len(due) == len(expected) and all(state == "complete" for state in states)
+        for export in due:
+            if export not in evaluated:  # sticky: a TTL-deleted evaluation Job is not run again
+                job = evaluation_job(resource, config, export)
+                if stage(job, None, "EvaluationFailed") == "complete":
+                    evaluated.append(export)
+        done = all(export in evaluated for export in expected)
         if conditions.true(TRAINED) and done and (conditions.true(BASELINE_EVALUATED) or not wants_baseline):
             conditions.set(EVALUATED, True, "Succeeded")
     if not conditions.true(EVALUATED):
@@ -220,6 +239,22 @@ def _duration(obj: dict[str, Any], now: str) -> float:
 def _parse(text: str) -> datetime:
     """RFC 3339 as the API serves it ("Z") or as the Python client renders it ("+00:00")."""
     return datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+def _expire(ttl: int | None, finished: str, now: str, children: dict[str, dict[str, Any]], decision: Decision) -> None:
+    """runPolicy.ttlSecondsAfterFinished counts from the run's end, not each child's: the Jobs and the JobSet
+    of a finished run are deleted once it elapsed (a child deleted while the run goes on could make its
+    stage run again, the bug Trainer had with JobSet TTLs)."""
+    if ttl is None:
+        return
+    left = ttl - (_parse(now) - _parse(finished)).total_seconds()
+    workloads = [
+        (obj["kind"], obj["metadata"]["name"]) for obj in children.values() if obj.get("kind") in ("Job", "JobSet")
+    ]
+    if left > 0:
+        decision.requeue_after = left if workloads else None
+    else:
+        decision.delete = workloads
 
 
 def _deadline(seconds: int | None, start: str, now: str, fail: Any) -> None:

@@ -31,7 +31,10 @@ class ConditionType(StrEnum):
     SUSPENDED = "Suspended"
     RECONCILING = "Reconciling"
     STALLED = "Stalled"
+    READY = "Ready"
+    PREPROCESSED = "Preprocessed"
     DATA_READY = "DataReady"
+    BASELINE_EVALUATED = "BaselineEvaluated"
     TRAINED = "Trained"
     EVALUATED = "Evaluated"
     REPORTED = "Reported"
@@ -119,7 +122,8 @@ class ContinuedPretrainStatus(ApiModel):
     phase: Phase = Field(Phase.PENDING, description="Display-only summary of the conditions.")
     conditions: list[Condition] = Field(
         default_factory=list,
-        description="Complete, Failed, Suspended, Reconciling, Stalled, DataReady, Trained, Evaluated, Reported.",
+        description="Ready, Reconciling, Stalled, Complete, Failed, Suspended, and per stage Preprocessed, DataReady, "
+        "BaselineEvaluated, Trained, Evaluated, Reported.",
         json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
     )
     start_time: str | None = Field(None, description="When the run started (RFC 3339).")
@@ -128,3 +132,8 @@ class ContinuedPretrainStatus(ApiModel):
     training: TrainingStatus | None = Field(None, description="Training progress.")
     evaluation: EvaluationStatus | None = Field(None, description="Evaluation results.")
     report_uri: str | None = Field(None, description="URI of the rendered report.")
+    evaluated_exports: list[str] = Field(
+        default_factory=list,
+        max_length=MAX_LIST,
+        description="Milestone exports whose evaluation Job completed (the operator's record: each runs once).",
+    )

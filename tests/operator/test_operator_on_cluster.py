@@ -301,3 +301,16 @@ def test_stage_pods_push_their_status_with_the_runs_own_token(
         urllib.request.urlopen(request, context=ssl.create_default_context(cafile=str(cluster.pki.ca_cert)))
     assert refused.value.code == 403  # its spec: forbidden too
     assert get(cluster, namespace, "cpt", "pushed")["status"]["training"]["step"] == 7
+
+
+def test_children_are_deleted_after_the_ttl_and_never_rerun(operator: Operator, namespace: str) -> None:
+    cluster = operator.cluster
+    doc = run_doc("short-lived", runPolicy={"ttlSecondsAfterFinished": 0})
+    cluster.apply({**doc, "metadata": {"name": "short-lived", "namespace": namespace}})
+    run = eventually(lambda: phase_is(cluster, namespace, "short-lived", "Succeeded"), timeout=180, what="Succeeded")
+    assert condition(run, "Preprocessed") == "True" and condition(run, "Complete") == "True"
+    remaining = ["short-lived-spec"]  # every Job and the JobSet went, ttlSecondsAfterFinished after the run
+    eventually(lambda: names(cluster, namespace, "short-lived") == remaining, timeout=60, what="TTL deletions")
+    events = get(cluster, namespace, "events", "--field-selector", "involvedObject.name=short-lived")["items"]
+    created = [e["message"] for e in events if e["reason"] == "Created"]
+    assert len(created) == len(set(created)), created  # each child created once: none re-run after its TTL

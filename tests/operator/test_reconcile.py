@@ -25,6 +25,14 @@ def finished(obj: dict[str, Any], kind: str = "Complete", message: str = "") -> 
     return {**obj, "status": {"conditions": [{"type": condition, "status": "True", "reason": "R", "message": message}]}}
 
 
+def merge_patch(current: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
+    """RFC 7386: maps merge key by key, anything else replaces."""
+    out = dict(current)
+    for key, value in patch.items():
+        out[key] = merge_patch(out.get(key) or {}, value) if isinstance(value, dict) else value
+    return out
+
+
 class Run:
     """A run driven pass by pass, with the created children kept as the 'cluster' state."""
 
@@ -35,7 +43,7 @@ class Run:
         decision = reconcile(self.run, self.children, self.status, 1, CONFIG, now)
         for obj in decision.create:
             self.children[child_key(obj)] = obj
-        self.status = {**self.status, **decision.status}
+        self.status = merge_patch(self.status, decision.status)  # as the API server applies the operator's patch
         return decision
 
     def created(self, decision: Decision) -> list[str]:
@@ -99,6 +107,32 @@ def test_a_stage_failure_fails_the_run_with_the_cause_and_nothing_is_recreated()
     assert run.step().create == [] and run.condition("Failed") == "True"
 
 
+def test_a_preprocess_job_deleted_by_its_ttl_is_not_run_again() -> None:
+    run = Run(resource(runPolicy={"ttlSecondsAfterFinished": 0}))
+    run.step()
+    run.finish("t-preprocess")
+    assert run.created(run.step()) == ["t-dedup"]
+    del run.children["t-preprocess"]  # the TTL controller deleted it at once
+    assert run.created(run.step()) == [] and run.condition("Preprocessed") == "True"
+
+
+def test_a_finished_export_evaluation_deleted_by_its_ttl_is_not_run_again() -> None:
+    run = Run(resource())
+    run.step()
+    for name in ("t-preprocess", "t-dedup", "t-eval-baseline"):
+        run.finish(name)
+        run.step()
+    run.status["training"] = {"exports": [FIRST]}
+    assert run.created(run.step()) == [f"t-eval-{FIRST}"]
+    run.finish(f"t-eval-{FIRST}")
+    run.step()
+    assert run.status["evaluatedExports"] == [FIRST]
+    del run.children[f"t-eval-{FIRST}"]  # its TTL
+    assert run.created(run.step()) == []
+    run.finish("t-train")
+    assert run.created(run.step()) == [f"t-eval-{LAST}"]  # only the one not evaluated yet
+
+
 def test_a_completed_stage_is_not_rerun_after_its_child_is_gone() -> None:
     run = Run(resource())
     run.step()
@@ -159,3 +193,20 @@ def test_stage_durations_are_read_in_both_time_formats() -> None:
     job = {"metadata": {"creationTimestamp": "2026-12-02T12:00:00Z"}, "status": {}}
     assert _duration({**job, "status": {"completionTime": "2026-12-02T12:01:30+00:00"}}, NOW) == 90.0
     assert _duration(job, "2026-12-02T12:00:10Z") == 10.0  # a JobSet has no completionTime: until now
+
+
+def test_children_are_deleted_ttl_seconds_after_the_run_finished() -> None:
+    run = Run(resource(runPolicy={"ttlSecondsAfterFinished": 600}))
+    for _ in range(8):
+        run.step(now="2026-12-02T12:00:00Z")
+        for name, obj in run.children.items():
+            if obj["kind"] in ("Job", "JobSet") and "status" not in obj:
+                run.finish(name)
+    assert run.condition("Complete") == "True" and run.status["completionTime"] == "2026-12-02T12:00:00Z"
+    waiting = run.step(now="2026-12-02T12:09:00Z")
+    assert waiting.delete == [] and waiting.requeue_after == 60.0
+    due = run.step(now="2026-12-02T12:10:00Z")
+    assert sorted(due.delete) == sorted(
+        (obj["kind"], obj["metadata"]["name"]) for obj in run.children.values() if obj["kind"] in ("Job", "JobSet")
+    )
+    assert len(due.delete) == 7 and due.create == []
