@@ -13,6 +13,26 @@ JOBSET = ("jobset.x-k8s.io", "v1alpha2", "jobsets")
 CAUSE = "kubecpt.dev/failedJobMessage"  # added to an observed JobSet: why its first failed Job failed
 
 
+CANNOT_START = {
+    "CreateContainerConfigError",
+    "CreateContainerError",
+    "InvalidImageName",
+    "ErrImagePull",
+    "ImagePullBackOff",
+}
+
+
+def _start_problem(pod: Any) -> str:
+    """Why a pod's containers cannot start (a missing Secret or ConfigMap, an image that cannot be pulled)."""
+    if pod.status is None or pod.status.phase != "Pending":
+        return ""
+    for status in [*(pod.status.init_container_statuses or []), *(pod.status.container_statuses or [])]:
+        waiting = status.state.waiting if status.state else None
+        if waiting is not None and waiting.reason in CANNOT_START:
+            return f"{waiting.reason}: {waiting.message or ''}".strip(": ")
+    return ""
+
+
 @dataclass
 class Kube:
     """API clients (in-cluster config, else the kubeconfig)."""
@@ -61,6 +81,14 @@ class Kube:
             for item in items:
                 obj = {**api.sanitize_for_serialization(item), "kind": kind}
                 found[child_key(obj)] = obj
+        for pod in self.core.list_namespaced_pod(namespace, label_selector=selector).items:
+            problem = _start_problem(pod)
+            if problem:  # only pods that cannot start matter to the decision
+                found[f"Pod:{pod.metadata.name}"] = {
+                    "kind": "Pod",
+                    "metadata": {"name": pod.metadata.name},
+                    "problem": problem,
+                }
         try:
             jobsets = self.custom.list_namespaced_custom_object(
                 *JOBSET[:2], namespace, JOBSET[2], label_selector=selector

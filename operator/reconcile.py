@@ -180,7 +180,14 @@ def reconcile(
         restarts = int(gang.get("status", {}).get("restarts", 0))
         if (status.get("training") or {}).get("restarts") != restarts:
             out["training"] = {"restarts": restarts}  # a merge patch: the trainer's fields stay
-    _summary_conditions(conditions, spec.suspend)
+    blocked = sorted(
+        f"pod {obj['metadata']['name']}: {obj['problem']}" for obj in children.values() if obj.get("kind") == "Pod"
+    )
+    if blocked and not (conditions.true(COMPLETE) or conditions.true(FAILED)):
+        message = "; ".join(blocked)
+        if conditions.by_type.get(STALLED, {}).get("message") != message:
+            decision.events.append(("Warning", "PodCannotStart", message))
+    _summary_conditions(conditions, spec.suspend, blocked)
     out["conditions"] = conditions.listed()
     out["phase"] = str(phase(conditions))
     decision.status = out
@@ -266,8 +273,9 @@ def _deadline(seconds: int | None, start: str, now: str, fail: Any) -> None:
         fail("DeadlineExceeded", f"the run exceeded spec.runPolicy.activeDeadlineSeconds ({seconds}s)")
 
 
-def _summary_conditions(conditions: _Conditions, suspended: bool) -> None:
-    """kstatus: Ready when complete, Reconciling while work goes on, Stalled when it cannot go on."""
+def _summary_conditions(conditions: _Conditions, suspended: bool, blocked: list[str]) -> None:
+    """kstatus: Ready when complete, Reconciling while work goes on, Stalled when it cannot go on (failed, or
+    a pod that cannot start, e.g. a missing Secret: no retry loop, it goes on once the cause is fixed)."""
     if conditions.true(FAILED):
         message = conditions.by_type[FAILED]["message"]
         conditions.set(STALLED, True, conditions.by_type[FAILED]["reason"], message)
@@ -281,7 +289,10 @@ def _summary_conditions(conditions: _Conditions, suspended: bool) -> None:
         current = phase(conditions)
         conditions.set(READY, False, str(current), f"the run is {str(current).lower()}")
         conditions.set(RECONCILING, not suspended, str(current), f"the run is {str(current).lower()}")
-        conditions.set(STALLED, False, str(current))
+        if blocked:
+            conditions.set(STALLED, True, "PodCannotStart", "; ".join(blocked))
+        else:
+            conditions.set(STALLED, False, str(current))
 
 
 def phase(conditions: _Conditions) -> Phase:

@@ -314,3 +314,22 @@ def test_children_are_deleted_after_the_ttl_and_never_rerun(operator: Operator, 
     events = get(cluster, namespace, "events", "--field-selector", "involvedObject.name=short-lived")["items"]
     created = [e["message"] for e in events if e["reason"] == "Created"]
     assert len(created) == len(set(created)), created  # each child created once: none re-run after its TTL
+
+
+def test_a_missing_secret_stalls_the_run_with_the_cause(operator: Operator, namespace: str) -> None:
+    cluster = operator.cluster
+    doc = run_doc(
+        "no-secret", storage={"uri": "s3://runs/no-secret", "credentialsSecret": {"name": "missing-credentials"}}
+    )
+    cluster.apply({**doc, "metadata": {"name": "no-secret", "namespace": namespace}})
+
+    def stalled() -> dict[str, Any] | None:
+        run = get(cluster, namespace, "cpt", "no-secret")
+        return run if condition(run, "Stalled") == "True" else None
+
+    run = eventually(stalled, timeout=120, what="Stalled")
+    message = next(c for c in run["status"]["conditions"] if c["type"] == "Stalled")["message"]
+    assert 'CreateContainerConfigError: secret "missing-credentials" not found' in message
+    assert run["status"]["phase"] == "Preprocessing" and condition(run, "Failed") is None
+    events = get(cluster, namespace, "events", "--field-selector", "involvedObject.name=no-secret")["items"]
+    assert any(e["reason"] == "PodCannotStart" and e["type"] == "Warning" for e in events)

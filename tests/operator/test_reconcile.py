@@ -210,3 +210,24 @@ def test_children_are_deleted_ttl_seconds_after_the_run_finished() -> None:
         (obj["kind"], obj["metadata"]["name"]) for obj in run.children.values() if obj["kind"] in ("Job", "JobSet")
     )
     assert len(due.delete) == 7 and due.create == []
+
+
+def test_a_pod_that_cannot_start_stalls_the_run_until_the_cause_is_fixed() -> None:
+    run = Run(resource(storage={"uri": "s3://runs/t", "credentialsSecret": {"name": "creds"}}))
+    run.step()
+    problem = 'CreateContainerConfigError: secret "creds" not found'
+    run.children["Pod:t-preprocess-0-abcde"] = {
+        "kind": "Pod",
+        "metadata": {"name": "t-preprocess-0-abcde"},
+        "problem": problem,
+    }
+    decision = run.step()
+    stalled = next(c for c in run.status["conditions"] if c["type"] == "Stalled")
+    assert (stalled["status"], stalled["reason"]) == ("True", "PodCannotStart")
+    assert stalled["message"] == f"pod t-preprocess-0-abcde: {problem}"
+    assert ("Warning", "PodCannotStart", stalled["message"]) in decision.events
+    assert run.condition("Failed") is None and run.status["phase"] == "Preprocessing"  # no failure, no retry loop
+    assert ("Warning", "PodCannotStart", stalled["message"]) not in run.step().events  # told once
+    del run.children["Pod:t-preprocess-0-abcde"]  # the Secret was created: the pod started
+    run.step()
+    assert run.condition("Stalled") == "False"
