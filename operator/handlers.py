@@ -8,8 +8,10 @@ operator. Children carry ownerReferences, so the garbage collector deletes them 
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import threading
+import time
 from typing import Any
 
 import kopf
@@ -37,17 +39,32 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     memo.config = OperatorConfig.from_env()
     metrics.serve()
 
-    pending: dict[tuple[str, str], threading.Timer] = {}
+    pending: dict[tuple[str, str], tuple[float, threading.Timer]] = {}
 
     def requeue(namespace: str, run: str, seconds: float) -> None:
-        """One pass after `seconds` with no event to trigger it (in memory: a restarted operator recomputes it
-        from the run's completionTime on its first pass)."""
+        """One pass after `seconds` with no event to trigger it (the deadline, the TTL). Kept in memory: a
+        restarted operator recomputes it from the run's times on its first pass. A sooner request replaces
+        a later one."""
+        due = time.monotonic() + seconds
         with _LOCKS_GUARD:
-            if (namespace, run) in pending and pending[(namespace, run)].is_alive():
+            current = pending.get((namespace, run))
+            if current is not None and current[1].is_alive() and current[0] <= due:
                 return
-            timer = threading.Timer(seconds + 0.5, serialized_pass, args=(memo, namespace, run))
+            if current is not None:
+                current[1].cancel()
+            # kopf's context (for posting events) travels with the timer: it fires outside kopf's threads
+            context = contextvars.copy_context()
+
+            def fire() -> None:
+                with _LOCKS_GUARD:
+                    pending.pop((namespace, run), None)  # this pass may ask for the next one
+                context.run(serialized_pass, memo, namespace, run)
+
+            # + 1 s: the run's times have a resolution of one second
+            timer = threading.Timer(seconds + 1.0, fire)
             timer.daemon = True
-            pending[(namespace, run)] = timer
+            pending[(namespace, run)] = (due, timer)
+        log.info("a pass for %s/%s is due in %.1fs", namespace, run, seconds)
         timer.start()
 
     global _requeue

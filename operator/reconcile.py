@@ -148,7 +148,8 @@ def reconcile(
 
     terminal = conditions.true(COMPLETE) or conditions.true(FAILED)
     if not terminal:
-        _deadline(spec.run_policy.active_deadline_seconds, status.get("startTime") or now, now, fail)
+        left = _deadline(spec.run_policy.active_deadline_seconds, status.get("startTime") or now, now, fail)
+        decision.requeue_after = left  # a pass at the deadline, even if no event comes
     if not terminal and not conditions.true(FAILED):
         if spec.scheduling.queue_name is None:  # with Kueue, Kueue owns `suspend`
             for name, obj in children.items():
@@ -264,13 +265,15 @@ def _expire(ttl: int | None, finished: str, now: str, children: dict[str, dict[s
         decision.delete = workloads
 
 
-def _deadline(seconds: int | None, start: str, now: str, fail: Any) -> None:
+def _deadline(seconds: int | None, start: str, now: str, fail: Any) -> float | None:
+    """Fail the run past activeDeadlineSeconds; else the seconds left (None: no deadline)."""
     if seconds is None:
-        return
-    started = datetime.strptime(start, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
-    current = datetime.strptime(now, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
-    if (current - started).total_seconds() > seconds:
+        return None
+    left = seconds - (_parse(now) - _parse(start)).total_seconds()
+    if left <= 0:
         fail("DeadlineExceeded", f"the run exceeded spec.runPolicy.activeDeadlineSeconds ({seconds}s)")
+        return None
+    return left
 
 
 def _summary_conditions(conditions: _Conditions, suspended: bool, blocked: list[str]) -> None:

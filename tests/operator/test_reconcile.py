@@ -172,7 +172,7 @@ def test_with_kueue_the_operator_never_touches_suspend() -> None:
 def test_the_deadline_fails_the_run() -> None:
     run = Run(resource(runPolicy={"activeDeadlineSeconds": 60}))
     run.step(now="2026-12-02T12:00:00Z")
-    run.step(now="2026-12-02T12:00:59Z")
+    assert run.step(now="2026-12-02T12:00:59Z").requeue_after == 1.0  # a pass is due at the deadline
     assert run.condition("Failed") is None
     run.step(now="2026-12-02T12:01:01Z")
     failed = next(c for c in run.status["conditions"] if c["type"] == "Failed")
