@@ -1,6 +1,6 @@
-"""The operator against the real control plane: kwok's fake GPU nodes run the stage pods (they succeed), the
-Job controller completes the Jobs, and the operator moves the run on. No JobSet controller runs here yet, so
-a run goes as far as its training gang, which must exist once, with the fields the builders set."""
+"""The operator process against the real control plane: kwok's fake GPU nodes run the stage pods, the Job and
+JobSet controllers complete the children, and the operator moves each run through its stages. kwok fails or
+evicts a JobSet's first attempt, or reports a missing Secret, when a test's run asks for it."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import json
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -345,3 +346,25 @@ def test_the_deadline_fails_a_quiet_run_on_time(operator: Operator, namespace: s
     )
     failed = next(c for c in run["status"]["conditions"] if c["type"] == "Failed")
     assert failed["reason"] == "DeadlineExceeded" and "activeDeadlineSeconds (5s)" in failed["message"]
+
+
+def test_an_operator_killed_again_and_again_creates_each_child_once(operator: Operator, namespace: str) -> None:
+    """The operator is killed (SIGKILL) and restarted every second while a run goes through its phases."""
+    cluster = operator.cluster
+    cluster.apply({**run_doc("crashy"), "metadata": {"name": "crashy", "namespace": namespace}})
+    phases = set()
+    deadline = time.monotonic() + 180
+    while not phase_is(cluster, namespace, "crashy", "Succeeded"):
+        assert time.monotonic() < deadline, "the run did not complete"
+        time.sleep(1.0)
+        run = get(cluster, namespace, "cpt", "crashy")
+        phases.add((run or {}).get("status", {}).get("phase"))
+        assert operator.process is not None
+        operator.process.kill()
+        operator.process.wait()
+        operator.start()
+    events = get(cluster, namespace, "events", "--field-selector", "involvedObject.name=crashy")["items"]
+    created = sorted(e["message"] for e in events if e["reason"] == "Created")
+    assert len(created) == len(set(created)) == 7, created  # 6 Jobs and the JobSet, each created once
+    assert len(names(cluster, namespace, "crashy")) == 8
+    assert len(phases - {None}) >= 2, phases  # it was killed in more than one phase
