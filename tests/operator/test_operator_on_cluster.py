@@ -288,6 +288,23 @@ def test_stage_pods_push_their_status_with_the_runs_own_token(
     managers = {(m["manager"], m.get("subresource")) for m in json.loads(shown)["metadata"]["managedFields"]}
     assert ("kubecpt-train", "status") in managers
 
+    scores = {  # what the evaluation stage pushes (its status_summary), with a delta against the baseline
+        "milestones": [
+            {"tokens": 0, "scores": [{"task": "piqa", "metric": "acc_norm", "score": 0.6}], "average": 0.6},
+            {
+                "tokens": 1024,
+                "scores": [{"task": "piqa", "metric": "acc_norm", "score": 0.62, "delta": 0.02}],
+                "average": 0.62,
+                "averageDelta": 0.02,
+            },
+        ],
+        "latestAverage": 0.62,
+    }
+    assert push_status("kubecpt-evaluate", {"evaluation": scores})
+    run = eventually(lambda: (r := get(cluster, namespace, "cpt", "pushed")) and "evaluation" in r["status"] and r)
+    assert run["status"]["evaluation"]["milestones"][1]["scores"][0]["delta"] == 0.02
+    assert run["status"]["training"]["step"] == 7  # the trainer's fields stay: one field manager each
+
     monkeypatch.setenv("KUBECPT_RUN", f"{namespace}/other")
     assert not push_status("kubecpt-train", {"training": {"step": 1}})  # another run: forbidden
     request = urllib.request.Request(
