@@ -77,7 +77,7 @@ def main() -> int:
                 f"http://127.0.0.1:{free_port()}/healthz",
             ],
             cwd=REPO,
-            env={**cluster.env(), "KUBECPT_METRICS_PORT": str(free_port())},
+            env={**cluster.env(), "KUBECPT_METRICS_PORT": str(free_port()), "KUBECPT_METRICS_ADDRESS": "127.0.0.1"},
             stdout=log,
             stderr=subprocess.STDOUT,
         )

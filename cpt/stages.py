@@ -22,6 +22,12 @@ class Stage(StrEnum):
 SPEC_PATH = "/etc/kubecpt/spec.json"
 
 
+def export_name(milestone: int) -> str:
+    """`tokens-<13 digits>`: the export the trainer writes at a token milestone (`exports/<name>/`), and the
+    name the operator gives that export's evaluation Job; both sides use this one rule."""
+    return f"tokens-{milestone:013d}"
+
+
 def stage_argv(
     stage: Stage, spec_path: str = SPEC_PATH, python: str = "python", extra: list[str] | None = None
 ) -> list[str]:

@@ -15,7 +15,7 @@ from typing import Any
 from cpt import API_GROUP, API_VERSION, KIND, PLURAL
 from cpt.api import ContinuedPretrain
 from cpt.exit_codes import EXIT_PREEMPTED, PERMANENT
-from cpt.stages import SPEC_PATH, Stage, stage_argv
+from cpt.stages import SPEC_PATH, Stage, export_name, stage_argv
 from cpt_operator.config import OperatorConfig
 from cpt_operator.names import TARGET_LABEL, child_name, labels
 
@@ -269,7 +269,7 @@ def milestone_exports(resource: ContinuedPretrain) -> list[str]:
     evaluation.atMilestones is off."""
     if not resource.spec.evaluation.at_milestones:
         return []
-    return [f"tokens-{m:013d}" for m in resource.spec.data.milestones_with_budget]
+    return [export_name(m) for m in resource.spec.data.milestones_with_budget]
 
 
 def every_child(resource: ContinuedPretrain, config: OperatorConfig) -> list[dict[str, Any]]:

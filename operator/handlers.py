@@ -39,15 +39,22 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     memo.config = OperatorConfig.from_env()
     metrics.serve()
 
-    pending: dict[tuple[str, str], tuple[float, threading.Timer]] = {}
+    memo.requeue = Requeue(memo)
 
-    def requeue(namespace: str, run: str, seconds: float) -> None:
-        """One pass after `seconds` with no event to trigger it (the deadline, the TTL). Kept in memory: a
-        restarted operator recomputes it from the run's times on its first pass. A sooner request replaces
-        a later one."""
+
+class Requeue:
+    """Passes due after some seconds with no event to trigger them (the deadline, the TTL). Kept in memory: a
+    restarted operator recomputes them from the run's times on its first pass. A sooner request replaces a
+    later one; a firing timer frees its slot, so its own pass may ask for the next."""
+
+    def __init__(self, memo: kopf.Memo) -> None:
+        self.memo = memo
+        self.pending: dict[tuple[str, str], tuple[float, threading.Timer]] = {}
+
+    def __call__(self, namespace: str, run: str, seconds: float) -> None:
         due = time.monotonic() + seconds
         with _LOCKS_GUARD:
-            current = pending.get((namespace, run))
+            current = self.pending.get((namespace, run))
             if current is not None and current[1].is_alive() and current[0] <= due:
                 return
             if current is not None:
@@ -57,26 +64,23 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
 
             def fire() -> None:
                 with _LOCKS_GUARD:
-                    pending.pop((namespace, run), None)  # this pass may ask for the next one
-                context.run(serialized_pass, memo, namespace, run)
+                    self.pending.pop((namespace, run), None)
+                context.run(serialized_pass, self.memo, namespace, run)
 
-            # + 1 s: the run's times have a resolution of one second
-            timer = threading.Timer(seconds + 1.0, fire)
+            timer = threading.Timer(seconds + 1.0, fire)  # + 1 s: the run's times have a resolution of 1 s
             timer.daemon = True
-            pending[(namespace, run)] = (due, timer)
+            self.pending[(namespace, run)] = (due, timer)
         log.info("a pass for %s/%s is due in %.1fs", namespace, run, seconds)
         timer.start()
 
-    global _requeue
-    _requeue = requeue
 
-
-def run_pass(kube: Kube, config: OperatorConfig, body: dict[str, Any], seen: dict[str, Any] | None = None) -> None:
+def run_pass(memo: kopf.Memo, body: dict[str, Any], seen: dict[str, Any] | None = None) -> None:
     """Observe, decide, act: create children, (un)suspend them, post events, write the owned status.
 
     `seen` is the child whose event started this pass, as that event last showed it: a Job or JobSet that a
     TTL of 0 deleted the moment it finished is gone from the listing, but its final state still counts
     (else the stage would run again)."""
+    kube: Kube = memo.kube
     meta = body["metadata"]
     namespace, name = meta["namespace"], meta["name"]
     resource = ContinuedPretrain.model_validate(
@@ -87,7 +91,7 @@ def run_pass(kube: Kube, config: OperatorConfig, body: dict[str, Any], seen: dic
         children.setdefault(child_key(seen), seen)
     status = dict(body.get("status") or {})
     metrics.PASSES.inc()
-    decision = reconcile(resource, children, status, int(meta.get("generation", 1)), config)
+    decision = reconcile(resource, children, status, int(meta.get("generation", 1)), memo.config)
     metrics.PHASES.set(namespace, name, decision.status["phase"])
     for stage, seconds in decision.completed:
         metrics.STAGE_SECONDS.labels(stage).observe(seconds)
@@ -102,8 +106,8 @@ def run_pass(kube: Kube, config: OperatorConfig, body: dict[str, Any], seen: dic
     for kind, child in decision.delete:
         kube.delete(namespace, kind, child)
         kopf.event(body, type="Normal", reason="Expired", message=f"{kind} {child} deleted (ttlSecondsAfterFinished)")
-    if decision.requeue_after is not None and _requeue is not None:
-        _requeue(namespace, name, decision.requeue_after)
+    if decision.requeue_after is not None:
+        memo.requeue(namespace, name, decision.requeue_after)
     for kind, reason, message in decision.events:
         kopf.event(body, type=kind, reason=reason, message=message)
     if differs(status, decision.status):
@@ -118,7 +122,6 @@ def differs(current: Any, wanted: Any) -> bool:
 
 
 _LOCKS: dict[tuple[str, str], threading.Lock] = {}
-_requeue: Any = None  # set at startup: schedule a pass for a run after some seconds
 _LOCKS_GUARD = threading.Lock()
 
 
@@ -131,7 +134,7 @@ def serialized_pass(memo: kopf.Memo, namespace: str, run: str, seen: dict[str, A
     with lock, metrics.ERRORS.count_exceptions():
         body = memo.kube.get_run(namespace, run)
         if body is not None and not body["metadata"].get("deletionTimestamp"):
-            run_pass(memo.kube, memo.config, body, seen)
+            run_pass(memo, body, seen)
 
 
 @kopf.on.event(API_GROUP, API_VERSION, PLURAL)

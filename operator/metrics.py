@@ -1,4 +1,5 @@
-"""Prometheus metrics of the operator (prometheus_client), served on `KUBECPT_METRICS_PORT` (default 8000).
+"""Prometheus metrics of the operator (prometheus_client), served on `KUBECPT_METRICS_PORT` (default 8000) at
+`KUBECPT_METRICS_ADDRESS` (default all interfaces, as a pod needs; the tests use 127.0.0.1).
 
 - `kubecpt_runs{phase}`: runs this operator has seen, by phase (a custom collector over the last pass of each)
 - `kubecpt_stage_duration_seconds{stage}`: from a stage's child creation to its completion
@@ -63,5 +64,5 @@ def serve() -> int | None:
     """Start the metrics endpoint (once); returns its port, or None when KUBECPT_METRICS_PORT is 0."""
     port = int(os.environ.get("KUBECPT_METRICS_PORT", "8000"))
     if port:
-        start_http_server(port)
+        start_http_server(port, addr=os.environ.get("KUBECPT_METRICS_ADDRESS", "0.0.0.0"))
     return port or None

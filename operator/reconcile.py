@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from cpt.api import ContinuedPretrain
-from cpt.api.status import Phase
+from cpt.api.status import ConditionType, Phase
 from cpt.stages import Stage
 from cpt_operator.children import (
     evaluation_job,
@@ -28,16 +28,15 @@ from cpt_operator.config import OperatorConfig
 from cpt_operator.kube import CAUSE
 from cpt_operator.names import STAGE_LABEL, child_name
 
-READY, RECONCILING, STALLED = "Ready", "Reconciling", "Stalled"
-COMPLETE, FAILED, SUSPENDED = "Complete", "Failed", "Suspended"
-PREPROCESSED, DATA_READY, BASELINE_EVALUATED, TRAINED, EVALUATED, REPORTED = (
-    "Preprocessed",
-    "DataReady",
-    "BaselineEvaluated",
-    "Trained",
-    "Evaluated",
-    "Reported",
+# The condition types of the API (cpt/api/status.py), under short names
+READY, RECONCILING, STALLED = ConditionType.READY, ConditionType.RECONCILING, ConditionType.STALLED
+COMPLETE, FAILED, SUSPENDED = ConditionType.COMPLETE, ConditionType.FAILED, ConditionType.SUSPENDED
+PREPROCESSED, DATA_READY, BASELINE_EVALUATED = (
+    ConditionType.PREPROCESSED,
+    ConditionType.DATA_READY,
+    ConditionType.BASELINE_EVALUATED,
 )
+TRAINED, EVALUATED, REPORTED = ConditionType.TRAINED, ConditionType.EVALUATED, ConditionType.REPORTED
 
 
 @dataclass
@@ -106,6 +105,10 @@ class _Conditions:
         }
         return changed and status
 
+    def finished(self) -> bool:
+        """Complete or Failed: terminal, nothing is created any more."""
+        return self.true(COMPLETE) or self.true(FAILED)
+
     def listed(self) -> list[dict[str, Any]]:
         return [self.by_type[k] for k in sorted(self.by_type)]
 
@@ -146,11 +149,10 @@ def reconcile(
             decision.completed.append((stage_name, _duration(observed, now)))
         return state
 
-    terminal = conditions.true(COMPLETE) or conditions.true(FAILED)
-    if not terminal:
+    if not conditions.finished():
         left = _deadline(spec.run_policy.active_deadline_seconds, status.get("startTime") or now, now, fail)
         decision.requeue_after = left  # a pass at the deadline, even if no event comes
-    if not terminal and not conditions.true(FAILED):
+    if not conditions.finished():  # (the deadline may have just failed the run)
         if spec.scheduling.queue_name is None:  # with Kueue, Kueue owns `suspend`
             for name, obj in children.items():
                 active = obj.get("kind") in ("Job", "JobSet") and child_state(obj)[0] in ("running", "suspended")
@@ -171,7 +173,7 @@ def reconcile(
         if conditions.true(REPORTED):
             conditions.set(COMPLETE, True, "Succeeded", "every stage completed")
             decision.events.append(("Normal", COMPLETE, "the run completed"))
-    if conditions.true(COMPLETE) or conditions.true(FAILED):
+    if conditions.finished():
         decision.create = []
         decision.set_suspend = []
         out.setdefault("completionTime", status.get("completionTime") or now)
@@ -184,7 +186,7 @@ def reconcile(
     blocked = sorted(
         f"pod {obj['metadata']['name']}: {obj['problem']}" for obj in children.values() if obj.get("kind") == "Pod"
     )
-    if blocked and not (conditions.true(COMPLETE) or conditions.true(FAILED)):
+    if blocked and not conditions.finished():
         message = "; ".join(blocked)
         if conditions.by_type.get(STALLED, {}).get("message") != message:
             decision.events.append(("Warning", "PodCannotStart", message))

@@ -62,7 +62,7 @@ def _with_present_splits(text: str, name: str, data_dir: Path) -> str:
     lines = []
     for line in text.splitlines():
         stripped = line.strip()
-        split = next((s for s in SPLIT_KEYS if stripped in (f"{s}: {PLACEHOLDER}/{name}/{s}.jsonl",)), None)
+        split = next((s for s in SPLIT_KEYS if stripped == f"{s}: {PLACEHOLDER}/{name}/{s}.jsonl"), None)
         split = split or next((s for s, key in SPLIT_KEYS.items() if stripped == f"{key}: {s}"), None)
         if split is None or split in present:
             lines.append(line)

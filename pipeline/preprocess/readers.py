@@ -33,11 +33,11 @@ from cpt_pipeline.storage import storage_options
 
 log = logging.getLogger(__name__)
 MIN_CHUNK = 1 << 20
-READ_RETRIES = 5
-RETRY_DELAY_SECONDS = 1.0  # doubled after each failed attempt
 MAX_CHUNK = 64 << 20
 UNITS_PER_WORKER = 4
 COMPRESSED = (".gz", ".zst", ".zstd")
+READ_RETRIES = 5
+RETRY_DELAY_SECONDS = 1.0  # doubled after each failed attempt
 
 try:  # orjson is 3-5x faster than json for this loop
     from orjson import loads as _loads
@@ -222,15 +222,19 @@ def _open_jsonl(unit: WorkUnit) -> io.BufferedIOBase:
 
 
 def _transient(error: BaseException) -> bool:
+    """A transport error: the file is fine, another read may succeed."""
     return (
         isinstance(error, OSError)
         and not isinstance(error, FileNotFoundError | PermissionError)
-        and not (_is_corrupt(error))
+        and not _is_corrupt(error)
     )
 
 
-def _retry_or_fail(error: BaseException, attempt: int, unit: WorkUnit, where: str) -> None:
-    """Wait before the next attempt, or raise SourceReadError once the retries are spent."""
+def _retry_or_raise(error: Exception, attempt: int, unit: WorkUnit, where: str) -> None:
+    """Wait before the next attempt after a transport error; re-raise any other error, and raise
+    SourceReadError once the retries are spent."""
+    if not _transient(error):
+        raise error
     if attempt >= READ_RETRIES:
         raise SourceReadError(
             f"{unit.path}: read failed {attempt + 1} times ({where}), last error {type(error).__name__}: {error}; "
@@ -270,9 +274,7 @@ def _read_jsonl(unit: WorkUnit, source: Source, stats: Stats) -> Iterator[Docume
                     index += 1
                 return
         except Exception as error:
-            if not _transient(error):
-                raise
-            _retry_or_fail(error, attempt, unit, f"at byte {max(position, 0)}")
+            _retry_or_raise(error, attempt, unit, f"at byte {max(position, 0)}")
             attempt += 1
 
 
@@ -325,9 +327,7 @@ def _read_parquet(unit: WorkUnit, source: Source, stats: Stats) -> Iterator[Docu
                 table = parquet.read_row_group(unit.row_group, columns=[source.text_field])
             break
         except Exception as error:
-            if not _transient(error):
-                raise
-            _retry_or_fail(error, attempt, unit, f"row group {unit.row_group}")
+            _retry_or_raise(error, attempt, unit, f"row group {unit.row_group}")
             attempt += 1
     texts = table.column(0).slice(unit.start, unit.end - unit.start).to_pylist()
     for i, text in enumerate(texts):

@@ -127,19 +127,17 @@ class _RankWriter:
         self.handle = self.path.open("wb")
         self.dtype = np.dtype(dtype).newbyteorder("<")
         self.tokens = 0
-        self.source_tokens: Counter[str] = Counter()
+        self.source_tokens: Counter[int] = Counter()  # by source index
         self.columns: dict[str, list[Any]] = {k: [] for k in ("ends", "units", "positions", "sources", "exact")}
         self.minhash_perm = minhash_perm
         self.signatures: list[np.ndarray] | None = [] if minhash_perm else None
 
-    def add(
-        self, doc: Document, source: int, source_name: str, ids: list[int], eos: int, signature: np.ndarray | None
-    ) -> None:
+    def add(self, doc: Document, source: int, ids: list[int], eos: int, signature: np.ndarray | None) -> None:
         array = np.fromiter(ids, dtype=self.dtype, count=len(ids))
         self.handle.write(array.tobytes())
         self.handle.write(np.array([eos], dtype=self.dtype).tobytes())
         self.tokens += len(ids) + 1
-        self.source_tokens[source_name] += len(ids) + 1
+        self.source_tokens[source] += len(ids) + 1
         for key, value in (
             ("ends", self.tokens),
             ("units", doc.unit),
@@ -204,23 +202,22 @@ def prepare(spec: ContinuedPretrainSpec, storage: Storage, rank: int, world_size
             # dropped documents stream to a scratch file, uploaded (streamed) with the rank's other outputs
             dropped = (Path(scratch) / "dropped.jsonl").open("wb") if spec.data.filters.write_dropped else None
             for unit in units[rank::world_size]:
-                cap = caps[unit.source]
-                if writer.source_tokens[unit.source] >= cap:
+                cap, source = caps[unit.source], source_index[unit.source]
+                if writer.source_tokens[source] >= cap:
                     continue  # this source's share is covered; the next units may belong to other sources
                 for batch in _batches(read_unit(unit, by_name[unit.source], stats), batch_docs):
                     kept = _keep(batch, chain, decontaminator, stats, dropped)
                     for doc, ids in zip(kept, tokenizer.encode_batch([d.text for d in kept]), strict=True):
-                        if writer.source_tokens[unit.source] >= cap:  # covered: stop at a document boundary
+                        if writer.source_tokens[source] >= cap:  # covered: stop at a document boundary
                             break
                         writer.add(
                             doc,
-                            source_index[unit.source],
-                            unit.source,
+                            source,
                             ids,
                             tokenizer.info.eos_id,
                             hasher.signature(doc.text) if hasher else None,
                         )
-                    if writer.source_tokens[unit.source] >= cap:
+                    if writer.source_tokens[source] >= cap:
                         break
             arrays = writer.arrays()
             stats.add(keys.TOKENS, writer.tokens)

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from cpt.api import ContinuedPretrainSpec
+from cpt.stages import export_name
 from cpt_pipeline.errors import exit_code_for, one_line
 from cpt_pipeline.storage import Storage
 from cpt_pipeline.train.checkpoint import Checkpointer, export_hf
@@ -205,17 +206,18 @@ def train(spec: ContinuedPretrainSpec, storage: Storage) -> int:
                 engine, done, {"step": done, "tokens": done * plan.tokens_per_step, "restarts": restarts}, milestone
             )
             if milestone:
+                name = export_name(plan.milestones[done])
                 export_hf(
                     engine,
                     tcfg.deepspeed.zero_stage,
                     _tokenizer_dir(spec),
                     storage,
-                    f"tokens-{plan.milestones[done]:013d}",
+                    name,
                     rank,
                     done * plan.tokens_per_step,
                 )
                 if rank == 0:
-                    progress.exports = sorted({*progress.exports, f"tokens-{plan.milestones[done]:013d}"})
+                    progress.exports = sorted({*progress.exports, name})
         if rank == 0:
             extra = {"sampleIds": _gather_ids(ids, world)} if os.environ.get(LOG_SAMPLE_IDS) else None
             progress.step(

@@ -51,6 +51,7 @@ class Operator:
                 **self.cluster.env(),
                 "KUBECPT_WORKER_IMAGE": "kubecpt/worker:test",
                 "KUBECPT_METRICS_PORT": str(self.metrics_port),
+                "KUBECPT_METRICS_ADDRESS": "127.0.0.1",
             },
             stdout=handle,
             stderr=subprocess.STDOUT,
