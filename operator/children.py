@@ -16,6 +16,7 @@ from cpt import API_GROUP, API_VERSION, KIND, PLURAL
 from cpt.api import ContinuedPretrain
 from cpt.exit_codes import EXIT_PREEMPTED, PERMANENT
 from cpt.stages import SPEC_PATH, Stage, export_name, stage_argv
+from cpt_operator import pod_template as platform_template
 from cpt_operator.config import OperatorConfig
 from cpt_operator.names import TARGET_LABEL, child_name, labels
 
@@ -127,6 +128,7 @@ def pod_template(
     if scheduling.priority_class_name:
         pod["priorityClassName"] = scheduling.priority_class_name
     pod["serviceAccountName"] = scheduling.service_account_name or status_writer_name(resource)
+    pod = platform_template.apply(pod, config.worker_pod_template)
     return {"metadata": {"labels": labels(resource.metadata["name"], str(stage))}, "spec": pod}
 
 

@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -52,25 +60,18 @@ def namespace(cluster, request: pytest.FixtureRequest):
     cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
 
 
-@pytest.fixture(scope="session")
-def s3_server(tmp_path_factory: pytest.TempPathFactory):
-    """A real S3-compatible server (moto in server mode) on 127.0.0.1; yields its endpoint URL."""
-    import shutil
-    import socket
-    import subprocess
-    import sys
-    import time
-    import urllib.request
-
+@contextlib.contextmanager
+def start_moto(host: str, logdir: Path) -> Iterator[str]:
+    """A real S3-compatible server (moto in server mode) on `host`; yields its endpoint URL."""
     exe = shutil.which("moto_server", path=str(Path(sys.executable).parent))
     if exe is None:
         pytest.fail("moto_server is not installed (pip install -e .[dev])")
     with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
+        sock.bind((host, 0))
         port = sock.getsockname()[1]
-    log = (tmp_path_factory.mktemp("moto") / "moto.log").open("wb")
-    process = subprocess.Popen([exe, "-H", "127.0.0.1", "-p", str(port)], stdout=log, stderr=subprocess.STDOUT)
-    endpoint = f"http://127.0.0.1:{port}"
+    log = (logdir / "moto.log").open("wb")
+    process = subprocess.Popen([exe, "-H", host, "-p", str(port)], stdout=log, stderr=subprocess.STDOUT)
+    endpoint = f"http://{host}:{port}"
     deadline = time.monotonic() + 30
     while True:
         try:
@@ -81,9 +82,18 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory):
                 process.kill()
                 pytest.fail(f"moto server did not start on {endpoint} (see {log.name})")
             time.sleep(0.2)
-    yield endpoint
-    process.terminate()
-    process.wait(10)
+    try:
+        yield endpoint
+    finally:
+        process.terminate()
+        process.wait(10)
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory):
+    """A real S3-compatible server (moto in server mode) on 127.0.0.1; yields its endpoint URL."""
+    with start_moto("127.0.0.1", tmp_path_factory.mktemp("moto")) as endpoint:
+        yield endpoint
 
 
 @pytest.fixture

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Build the real control-plane binaries for the tests (etcd, kube-apiserver, kube-controller-manager,
-# kube-scheduler, kubectl from tools/go.mod; kwok and helm at their pinned releases) into a cache
+# kube-scheduler, kubectl, and the node's kubelet, kube-proxy and pause from tools/go.mod; CoreDNS; kwok and helm at their pinned releases) into a cache
 # directory keyed by the pinned versions and the build inputs. A warm cache returns in about a second.
 # Logs go to stderr; the last stdout line is the directory that holds the binaries.
 set -euo pipefail
@@ -10,10 +10,11 @@ TOOLS=$HERE/tools
 source "$HERE/versions.env"
 CACHE=${CPT_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/kubecpt}
 KEY=$(cat "$HERE/versions.env" "$HERE/build.sh" "$TOOLS/go.mod" "$TOOLS/go.sum" "$TOOLS"/cmd/*/main.go \
-      "$HERE/jobset/go.mod" "$HERE/jobset/go.sum" \
+      "$HERE/jobset/go.mod" "$HERE/jobset/go.sum" "$HERE/coredns/go.mod" "$HERE/coredns/go.sum" "$HERE/coredns/main.go" \
       | sha256sum | cut -c1-12)
 BIN=$CACHE/bin/k8s-$K8S_VERSION-$KEY
-NAMES=(etcd kube-apiserver kube-controller-manager kube-scheduler kubectl kwok helm jobset)
+# kubelet, kube-proxy, pause and coredns make the end-to-end tests' real node (tests/e2e).
+NAMES=(etcd kube-apiserver kube-controller-manager kube-scheduler kubectl kwok helm jobset kubelet kube-proxy pause coredns)
 # kwok ships no default stages in its binary: take its node stages from the pinned release's sources.
 NODE_STAGES=(fast/node-initialize.yaml heartbeat-with-lease/node-heartbeat-with-lease.yaml)
 # CRDs of the controllers our children use, from their pinned modules (the JobSet CRD: `cpt render` output
@@ -56,6 +57,8 @@ GOBIN=$TMP go install -trimpath -ldflags "-s -w -X helm.sh/helm/v3/internal/vers
     "helm.sh/helm/v3/cmd/helm@$HELM_VERSION"
 echo "building the JobSet controller $JOBSET_VERSION (pinned by jobset/go.mod)" >&2
 (cd "$HERE/jobset" && go build -trimpath -ldflags "-s -w" -o "$TMP/jobset" sigs.k8s.io/jobset)
+echo "building CoreDNS (pinned by coredns/go.mod, with the plugins the tests use)" >&2
+(cd "$HERE/coredns" && go build -trimpath -ldflags "-s -w" -o "$TMP/coredns" .)
 mkdir -p "$TMP/crds"
 install -m 0644 "$GOMODCACHE/sigs.k8s.io/jobset@$JOBSET_VERSION/config/components/crd/bases/jobset.x-k8s.io_jobsets.yaml" \
     "$TMP/crds/"

@@ -119,6 +119,7 @@ class Cluster:
     workdir: Path
     bin_dir: Path
     gpu_nodes: int = 2
+    address: str = "127.0.0.1"  # where the API server listens; a real node's pods need a non-loopback one
     components: list[Component] = field(default_factory=list)
     api_port: int = 0
     pki: Pki | None = None
@@ -126,7 +127,7 @@ class Cluster:
     # -- paths and clients -------------------------------------------------------------------------
     @property
     def server(self) -> str:
-        return f"https://127.0.0.1:{self.api_port}"
+        return f"https://{self.address}:{self.api_port}"
 
     @property
     def kubeconfig(self) -> Path:
@@ -194,7 +195,7 @@ class Cluster:
     def start(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
         (self.workdir / "home").mkdir(exist_ok=True)
-        self.pki = make_pki(self.workdir / "pki")
+        self.pki = make_pki(self.workdir / "pki", self.address)
         try:
             self._start_etcd()
             self._start_apiserver()
@@ -253,8 +254,8 @@ class Cluster:
             [
                 self.binary("kube-apiserver"),
                 f"--etcd-servers={self.etcd_url}",
-                "--bind-address=127.0.0.1",
-                "--advertise-address=127.0.0.1",
+                f"--bind-address={self.address}",
+                f"--advertise-address={self.address}",
                 f"--secure-port={self.api_port}",
                 f"--cert-dir={self.workdir / 'apiserver-certs'}",
                 f"--tls-cert-file={self.pki.serving_cert}",
@@ -268,7 +269,12 @@ class Cluster:
                 "--allow-privileged=true",
                 "--enable-priority-and-fairness=false",
                 "--profiling=false",
-                "--endpoint-reconciler-type=none",
+                # On loopback no pod could reach the endpoint; on a real address the kubernetes Service gets it.
+                f"--endpoint-reconciler-type={'none' if self.address == '127.0.0.1' else 'lease'}",
+                # `kubectl logs` on a real node: the kubelet is reached at its InternalIP with the admin cert.
+                "--kubelet-preferred-address-types=InternalIP",
+                f"--kubelet-client-certificate={self.pki.admin_cert}",
+                f"--kubelet-client-key={self.pki.admin_key}",
             ],
         )
         wait_for("kube-apiserver /readyz", lambda: self.raw_get("/readyz") == "ok", 120, apiserver.check_alive)
@@ -395,6 +401,8 @@ class Cluster:
         wait_for("jobset controller /healthz", healthy, 60, jobset.check_alive)
 
     def _create_gpu_nodes(self) -> None:
+        if not self.gpu_nodes:
+            return
         self.apply([gpu_node(f"gpu-node-{i}") for i in range(self.gpu_nodes)])
 
         def all_ready() -> bool:

@@ -92,8 +92,9 @@ def self_signed(directory: Path, address: str) -> None:
     )
 
 
-def make_pki(directory: Path) -> Pki:
-    """Create all certificates and keys under directory."""
+def make_pki(directory: Path, address: str = "127.0.0.1") -> Pki:
+    """Create all certificates and keys under directory; the serving certificate names loopback, the
+    kubernetes Service IP and `address` (the API server's address when pods on a real node reach it)."""
     directory.mkdir(parents=True, exist_ok=True)
     paths = Pki(
         *(
@@ -124,7 +125,7 @@ def make_pki(directory: Path) -> Pki:
             "kubernetes.default.svc.cluster.local",
         )
     ]
-    sans += [x509.IPAddress(ipaddress.ip_address(a)) for a in ("127.0.0.1", KUBERNETES_SERVICE_IP)]
+    sans += [x509.IPAddress(ipaddress.ip_address(a)) for a in sorted({"127.0.0.1", address, KUBERNETES_SERVICE_IP})]
     serving = _sign(
         _name("kube-apiserver"), serving_key, ca_name, ca_key, usage=[ExtendedKeyUsageOID.SERVER_AUTH], sans=sans
     )
