@@ -224,6 +224,7 @@ def training_jobset(resource: ContinuedPretrain, config: OperatorConfig) -> dict
         },
         {"name": "PET_MASTER_ADDR", "value": master},
         {"name": "PET_MASTER_PORT", "value": str(MASTER_PORT)},
+        {"name": "PET_RUN_ID", "value": name},
         *({"name": k, "value": v} for k, v in sorted(training.extra_env.items())),
     ]
     compute = {key: value for key, value in training.resources.to_api().items() if value}

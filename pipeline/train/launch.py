@@ -3,7 +3,9 @@
 Node rank: `JOB_COMPLETION_INDEX` (an Indexed Job pod) or `PET_NODE_RANK`, else 0. Nodes and processes per
 node: `PET_NNODES` / `PET_NPROC_PER_NODE` (Kubeflow Trainer names), else the spec. Rendezvous:
 `PET_MASTER_ADDR`/`MASTER_ADDR` and `PET_MASTER_PORT`/`MASTER_PORT`. On one node with none of these set,
-127.0.0.1 and a free port are used. The workers' exit codes are passed on: preemption (75), a non-finite
+127.0.0.1 and a free port are used. Run id: `PET_RUN_ID` (the operator sets the JobSet's name); without it, every
+node of a gang derives the same id from the rendezvous endpoint, since nodes that drew their own would never
+meet. The workers' exit codes are passed on: preemption (75), a non-finite
 loss (3) and bad input (4) stay distinguishable from a crash.
 """
 
@@ -31,6 +33,13 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
+def _run_id(nodes: int, address: str, port: int) -> str:
+    """One id per gang: PET_RUN_ID, else one every node derives alike (several nodes), else a fresh one."""
+    if os.environ.get("PET_RUN_ID"):
+        return os.environ["PET_RUN_ID"]
+    return f"{address}-{port}" if nodes > 1 else uuid.uuid4().hex
+
+
 def launch(spec: ContinuedPretrainSpec, worker_args: list[str]) -> int:
     from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
@@ -48,7 +57,7 @@ def launch(spec: ContinuedPretrainSpec, worker_args: list[str]) -> int:
         min_nodes=nodes,
         max_nodes=nodes,
         nproc_per_node=procs,
-        run_id=os.environ.get("PET_RUN_ID", uuid.uuid4().hex),
+        run_id=_run_id(nodes, address, port),
         rdzv_backend="static",
         rdzv_endpoint=f"{address}:{port}",
         rdzv_configs={"rank": node_rank},
