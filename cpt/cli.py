@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from importlib.metadata import entry_points
 from pathlib import Path
 
-from cpt.crd import render_crd
+from cpt.crd import render_crd, render_helm_crd
 from cpt.validation import validate_file
 
 # Packages that add subcommands register `add(subparsers)` under this entry-point group, so this module never
@@ -31,7 +31,7 @@ def _validate(args: argparse.Namespace) -> int:
 
 
 def _crd(args: argparse.Namespace) -> int:
-    text = render_crd()
+    text = render_helm_crd() if args.helm else render_crd()
     if args.output:
         Path(args.output).write_text(text, encoding="utf-8")
     else:
@@ -47,6 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     validate.set_defaults(func=_validate)
     crd = sub.add_parser("crd", help="print the CustomResourceDefinition")
     crd.add_argument("-o", "--output", help="write to this file instead of stdout")
+    crd.add_argument("--helm", action="store_true", help="as the Helm chart's template (charts/kubecpt/templates)")
     crd.set_defaults(func=_crd)
     for plugin in entry_points(group=PLUGIN_GROUP):  # e.g. `cpt report`, when the pipeline is installed
         plugin.load()(sub)
