@@ -36,17 +36,22 @@ def build_images(bin_dir: Path, out: Path) -> list[Path]:
     return [pause, worker]
 
 
-def worker_pod_template() -> dict:
-    """What the worker image leaves to the node: /usr, the Python installation, the venv and the checkout,
-    read-only from the host (the production image carries them; see images/README.md)."""
-    paths = ["/usr", sys.base_prefix, str(REPO)]
+def worker_pod_template(extensions: Path) -> dict:
+    """What the worker image leaves to the node: /usr and /etc/alternatives (the compiler DeepSpeed's CPU
+    communication op is built with), the Python installation, the venv and the checkout, read-only from the
+    host (the production image carries them; see images/README.md). The op, compiled once by the first pod,
+    is cached in `extensions` for the others (TORCH_EXTENSIONS_DIR; torch locks it while one pod builds)."""
+    paths = ["/usr", "/etc/alternatives", sys.base_prefix, str(REPO)]
     if not Path(sys.prefix).is_relative_to(REPO):
         paths.append(sys.prefix)
     volumes, mounts = [], []
     for index, path in enumerate(paths):
         volumes.append({"name": f"host-{index}", "hostPath": {"path": path, "type": "Directory"}})
         mounts.append({"name": f"host-{index}", "mountPath": path, "readOnly": True})
-    return {"volumes": volumes, "container": {"volumeMounts": mounts}}
+    volumes.append({"name": "torch-extensions", "hostPath": {"path": str(extensions), "type": "Directory"}})
+    mounts.append({"name": "torch-extensions", "mountPath": "/torch-extensions"})
+    env = [{"name": "TORCH_EXTENSIONS_DIR", "value": "/torch-extensions"}]
+    return {"volumes": volumes, "container": {"volumeMounts": mounts, "env": env}}
 
 
 @pytest.fixture(scope="session")
@@ -77,5 +82,5 @@ def pod_s3(tmp_path_factory: pytest.TempPathFactory):
 @pytest.fixture(scope="session")
 def template_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("operator") / "worker-pod-template.yaml"
-    path.write_text(yaml.safe_dump(worker_pod_template()))
+    path.write_text(yaml.safe_dump(worker_pod_template(tmp_path_factory.mktemp("torch-extensions"))))
     return path

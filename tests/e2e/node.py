@@ -30,6 +30,7 @@ from tests.cluster.cluster import Cluster, ClusterError, Component, free_port, w
 
 BRIDGE = "kubecpt0"
 NODE_ADDRESS = "198.18.128.1"
+BRIDGE_MAC = "02:00:c6:12:80:01"  # locally administered, from NODE_ADDRESS
 POD_SUBNET = "198.18.128.0/24"
 TEST_RANGE = "198.18.0.0/15"
 NODE_NAME = "kubecpt-node"
@@ -212,7 +213,10 @@ class RealNode:
 
     def _network(self) -> None:
         self.started_network = True
-        run("ip", "link", "add", BRIDGE, "type", "bridge")
+        # A fixed address: a bridge without one takes the lowest MAC of its ports, so it changes whenever a pod's
+        # veth comes or goes, and pods keep the gateway's old MAC in their ARP cache: for up to a minute they
+        # cannot reach the API server, DNS or S3 on the node address (a connect timeout killed a trainer).
+        run("ip", "link", "add", BRIDGE, "address", BRIDGE_MAC, "type", "bridge")
         run("ip", "addr", "add", f"{NODE_ADDRESS}/24", "dev", BRIDGE)
         run("ip", "link", "set", BRIDGE, "up")
         run("iptables", "-N", GUARD)

@@ -1,0 +1,313 @@
+"""The whole product once, the way a user meets it: `kubectl apply` two ContinuedPretrains, real containers run
+every stage on the real node, and the scores land in the resources' status.
+
+Both runs train the shared stories model with world size 2 on the same data: `gang` as 2 pods x 1 process,
+`single` as 1 pod x 2 processes. One of `gang`'s training pods is deleted after its first checkpoint: the
+JobSet restarts the gang, training resumes from the checkpoint in S3, and every step's loss equals the
+uninterrupted `single` run's.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import threading
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+import s3fs
+
+from cpt.kube_yaml import dump
+from tests.cluster.cluster import Cluster
+from tests.cluster.helpers import eventually
+from tests.conftest import REPO, shared_data_dir
+from tests.e2e.conftest import WORKER_IMAGE
+from tests.operator.process import Operator
+
+NAMESPACE = "e2e"
+BUCKET = "kubecpt-e2e"
+STEP_TOKENS = 2 * 16 * 256  # world size x microBatchSize x sequenceLength
+STEPS = 24
+CHECKPOINT_STEPS = 4
+CRD = REPO / "manifests" / "crd" / "continuedpretrains.cpt.kubecpt.dev.yaml"
+CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
+
+
+def resource(name: str, endpoint: str, nodes: int, procs: int) -> dict[str, Any]:
+    data = f"s3://{BUCKET}/inputs"
+    return {
+        "apiVersion": "cpt.kubecpt.dev/v1alpha1",
+        "kind": "ContinuedPretrain",
+        "metadata": {"name": name, "namespace": NAMESPACE},
+        "spec": {
+            "model": {"uri": f"{data}/models/stories260K"},
+            "data": {
+                "sources": [{"name": "stem", "uri": f"{data}/corpora/openstax_stem.jsonl"}],
+                "replay": {
+                    "source": {"name": "stories", "uri": f"{data}/corpora/stories260k_samples.jsonl"},
+                    "fraction": "0.25",
+                },
+                "sequenceLength": 256,
+                "tokenBudget": STEP_TOKENS * STEPS,
+                "milestones": [STEP_TOKENS * STEPS // 2],
+                "preprocessing": {"workers": 2},
+            },
+            "training": {
+                "nodes": nodes,
+                "procsPerNode": procs,
+                "microBatchSize": 16,
+                "gradAccumulation": 1,
+                "deepspeed": {"zeroStage": 3, "precision": "fp32", "gradientCheckpointing": False},
+                "optimizer": {"lr": "1e-3"},
+                "checkpoint": {"intervalSteps": CHECKPOINT_STEPS, "keepLast": 2},
+                "logIntervalSteps": 1,
+                "extraEnv": {"CPT_LOG_SAMPLE_IDS": "1"},  # every step's sample ids, to compare data order
+            },
+            "evaluation": {
+                "localTaskDir": f"{data}/benchmarks",
+                "tasks": [
+                    {"name": "arc_easy", "metric": "acc_norm", "limit": 20},
+                    {"name": "piqa", "metric": "acc_norm", "limit": 20},
+                ],
+                "perplexity": {
+                    "domain": {"uri": f"{data}/corpora/openstax_heldout.jsonl", "maxDocuments": 10},
+                    "general": {"uri": f"{data}/corpora/stories_heldout.jsonl", "maxDocuments": 20},
+                },
+            },
+            "storage": {
+                "uri": f"s3://{BUCKET}/runs/{name}",
+                "endpoint": endpoint,
+                "credentialsSecret": {"name": "s3-credentials"},
+            },
+            "runPolicy": {"maxRestarts": 2},
+        },
+    }
+
+
+def upload_inputs(fs: s3fs.S3FileSystem) -> None:
+    """The model, a slice of the corpora (held-out documents kept apart) and two benchmarks, into the bucket."""
+    shared = shared_data_dir()
+    fs.mkdir(BUCKET)
+    fs.put(str(shared / "models" / "stories260K") + "/", f"{BUCKET}/inputs/models/stories260K/", recursive=True)
+    for task in ("arc_easy", "piqa"):
+        fs.put(str(shared / "benchmarks" / task) + "/", f"{BUCKET}/inputs/benchmarks/{task}/", recursive=True)
+    stem = (shared / "corpora" / "openstax_stem.jsonl").read_text().splitlines()
+    stories = (shared / "corpora" / "stories260k_samples.jsonl").read_text().splitlines()
+    for name, lines in (
+        ("openstax_stem.jsonl", stem[:150]),
+        ("openstax_heldout.jsonl", stem[-10:]),
+        ("stories260k_samples.jsonl", stories[:1900]),
+        ("stories_heldout.jsonl", stories[-20:]),
+    ):
+        fs.pipe_file(f"{BUCKET}/inputs/corpora/{name}", ("\n".join(lines) + "\n").encode())
+
+
+@pytest.fixture(scope="module")
+def setup(node, pod_s3: str, template_file: Path, tmp_path_factory: pytest.TempPathFactory):
+    cluster: Cluster = node.cluster
+    cluster.kubectl("apply", "--server-side", "-f", str(CRD))
+    cluster.kubectl("apply", "--server-side", "-f", str(cluster.bin_dir / "crds" / "jobset.x-k8s.io_jobsets.yaml"))
+    for crd in ("continuedpretrains.cpt.kubecpt.dev", "jobsets.jobset.x-k8s.io"):
+        cluster.kubectl("wait", "--for=condition=Established", f"crd/{crd}", "--timeout=60s")
+    cluster.kubectl("create", "namespace", NAMESPACE)
+    secret = ["create", "secret", "generic", "s3-credentials", "-n", NAMESPACE]
+    cluster.kubectl(*secret, *(f"--from-literal={k}={v}" for k, v in CREDENTIALS.items()))
+    fs = s3fs.S3FileSystem(key="testing", secret="testing", client_kwargs={"endpoint_url": pod_s3})
+    upload_inputs(fs)
+    logs = tmp_path_factory.mktemp("operator")
+    env = {
+        "KUBECPT_WORKER_IMAGE": WORKER_IMAGE,
+        "KUBECPT_PULL_POLICY": "Never",
+        "KUBECPT_WORKER_POD_TEMPLATE": str(template_file),
+    }
+    operator = Operator(cluster, NAMESPACE, logs / "operator.log", env=env)
+    operator.start()
+    follower = LogFollower(cluster, logs / "pods")
+    follower.start()
+    yield cluster, fs, pod_s3, operator, logs
+    follower.stop()
+    keep_pod_logs(cluster, logs / "pods")
+    operator.stop()
+    print(operator.log.read_text()[-3000:])
+
+
+class LogFollower(threading.Thread):
+    """`kubectl logs -f` of every training pod into `out`, so a pod the JobSet deletes on restart keeps its
+    last words for the post-mortem."""
+
+    def __init__(self, cluster: Cluster, out: Path) -> None:
+        super().__init__(daemon=True)
+        self.cluster, self.out, self.done = cluster, out, threading.Event()
+        self.followed: dict[str, subprocess.Popen[bytes]] = {}
+        out.mkdir(parents=True, exist_ok=True)
+
+    def run(self) -> None:
+        while not self.done.wait(1):
+            pods = get(self.cluster, "pods", "-l", "cpt.kubecpt.dev/stage=train") or {"items": []}
+            for pod in pods["items"]:
+                name = pod["metadata"]["name"]
+                if name in self.followed or pod.get("status", {}).get("phase") != "Running":
+                    continue
+                with (self.out / f"{name}.follow.log").open("wb") as handle:
+                    argv = [self.cluster.binary("kubectl"), "logs", "-f", "--timestamps", name, "-n", NAMESPACE]
+                    self.followed[name] = subprocess.Popen(
+                        argv, stdout=handle, stderr=subprocess.STDOUT, env=self.cluster.env()
+                    )
+
+    def stop(self) -> None:
+        self.done.set()
+        self.join(10)
+        for process in self.followed.values():
+            process.terminate()
+
+
+def keep_pod_logs(cluster: Cluster, out: Path) -> None:
+    """Every pod's description and logs (also of the previous container), kept for a failure's post-mortem."""
+    out.mkdir(exist_ok=True)
+    (out / "pods.txt").write_text(cluster.kubectl("get", "pods", "-n", NAMESPACE, "-o", "wide", check=False).stdout)
+    for pod in (get(cluster, "pods") or {}).get("items", []):
+        name = pod["metadata"]["name"]
+        parts = [cluster.kubectl("describe", "pod", name, "-n", NAMESPACE, check=False).stdout]
+        for flag in ("--previous", "--timestamps"):
+            parts.append(cluster.kubectl("logs", name, "-n", NAMESPACE, flag, check=False).stdout)
+        (out / f"{name}.log").write_text("\n".join(parts))
+    print(f"\npod logs kept in {out}")
+
+
+def get(cluster: Cluster, *what: str) -> Any:
+    result = cluster.kubectl("get", *what, "-n", NAMESPACE, "-o", "json", check=False)
+    return json.loads(result.stdout) if result.returncode == 0 else None
+
+
+def training_pods(cluster: Cluster, run: str) -> list[dict[str, Any]]:
+    pods = get(cluster, "pods", "-l", f"jobset.sigs.k8s.io/jobset-name={run}-train")
+    return [p for p in (pods or {}).get("items", []) if "deletionTimestamp" not in p["metadata"]]
+
+
+def stage_seconds(cluster: Cluster, run: str) -> dict[str, float]:
+    """Wall time of each stage Job of a run (first pod start to completion), from the Jobs' status."""
+    jobs = get(cluster, "jobs", "-l", f"cpt.kubecpt.dev/run={run}") or {"items": []}
+    seconds: dict[str, float] = {}
+    for job in jobs["items"]:
+        status = job.get("status", {})
+        if "startTime" in status and "completionTime" in status:
+            start, end = (_time(status[k]) for k in ("startTime", "completionTime"))
+            name = job["metadata"]["name"].removeprefix(f"{run}-")
+            seconds[name] = seconds.get(name, 0.0) + (end - start).total_seconds()
+    jobset = get(cluster, "jobset", f"{run}-train")
+    done = [c for c in jobset["status"]["conditions"] if c["type"] == "Completed" and c["status"] == "True"]
+    seconds["train (JobSet, restarts included)"] = (
+        _time(done[0]["lastTransitionTime"]) - _time(jobset["metadata"]["creationTimestamp"])
+    ).total_seconds()
+    return seconds
+
+
+def _time(stamp: str) -> datetime:
+    return datetime.fromisoformat(stamp.replace("Z", "+00:00"))
+
+
+def test_apply_runs_every_stage_in_real_pods_and_a_killed_gang_resumes_exactly(setup) -> None:
+    cluster, fs, endpoint, operator, logs = setup
+    docs = [resource("gang", endpoint, nodes=2, procs=1), resource("single", endpoint, nodes=1, procs=2)]
+    manifest = logs / "runs.yaml"
+    manifest.write_text("---\n".join(dump(doc) for doc in docs))
+    applied = time.monotonic()
+    cluster.kubectl("apply", "-f", str(manifest))
+
+    def checkpointed_gang() -> dict[str, Any] | None:
+        operator.alive()
+        training = ((get(cluster, "cpt", "gang") or {}).get("status") or {}).get("training") or {}
+        # past the first checkpoint, so the restarted gang replays the steps after it
+        step = training.get("step", 0)
+        return training if training.get("latestCheckpoint") and CHECKPOINT_STEPS < step < STEPS - 2 else None
+
+    eventually(
+        lambda: (
+            operator.alive()
+            and (((get(cluster, "cpt", "gang") or {}).get("status") or {}).get("training") or {}).get("step")
+        ),
+        timeout=900,
+        interval=1,
+        what="gang's first training step",
+    )
+    to_first_step = time.monotonic() - applied
+    training = eventually(checkpointed_gang, timeout=600, interval=0.5, what="gang's first checkpoint")
+    victim = next(p for p in training_pods(cluster, "gang") if p["metadata"]["name"].startswith("gang-train-node-0-1"))
+    cluster.kubectl("delete", "pod", victim["metadata"]["name"], "-n", NAMESPACE, "--grace-period=0", "--force")
+    killed_at = training["step"]
+
+    def finished(run: str) -> dict[str, Any] | None:
+        operator.alive()
+        obj = get(cluster, "cpt", run)
+        phase = (obj or {}).get("status", {}).get("phase")
+        assert phase != "Failed", json.dumps(obj["status"], indent=1)
+        return obj if phase == "Succeeded" else None
+
+    for run in ("gang", "single"):
+        cluster.kubectl(
+            "wait", f"cpt/{run}", "-n", NAMESPACE, "--for=condition=Complete", "--timeout=1500s", timeout=1510
+        )
+    runs = {
+        run: eventually(lambda r=run: finished(r), timeout=60, what=f"{run} Succeeded") for run in ("gang", "single")
+    }
+    wall = time.monotonic() - applied
+
+    # What a user sees: kubectl get shows tokens, step and the average score.
+    table = cluster.kubectl("get", "cpt", "-n", NAMESPACE).stdout
+    row = next(line.split() for line in table.splitlines() if line.startswith("gang "))
+    header = table.splitlines()[0].split()
+    assert header[:6] == ["NAME", "PHASE", "COMPLETE", "TOKENS", "STEP", "AVG"], header
+    assert row[1:5] == ["Succeeded", "True", str(STEP_TOKENS * STEPS), str(STEPS)], row
+    assert 0.0 <= float(row[5]) <= 1.0
+
+    for run, obj in runs.items():
+        status = obj["status"]
+        milestones = status["evaluation"]["milestones"]
+        assert [m["tokens"] for m in milestones] == [0, STEP_TOKENS * STEPS // 2, STEP_TOKENS * STEPS], milestones
+        for milestone in milestones:
+            assert {s["task"] for s in milestone["scores"]} == {"arc_easy", "piqa"}
+            assert milestone["domainPerplexity"] > 1 and milestone["generalPerplexity"] > 1
+        for milestone in milestones[1:]:
+            assert all(s["delta"] is not None for s in milestone["scores"]) and milestone["averageDelta"] is not None
+        # continued pre-training on the domain lowers the domain perplexity
+        assert milestones[-1]["domainPerplexity"] < milestones[0]["domainPerplexity"]
+        assert status["training"]["restarts"] == (1 if run == "gang" else 0)
+        assert status["preprocess"]["shards"] >= 2 and status["reportUri"].endswith("index.html")
+        root = f"{BUCKET}/runs/{run}"
+        assert fs.find(f"{root}/data"), "no shards in the bucket"
+        assert fs.cat_file(f"{root}/checkpoints/latest").decode().strip()
+        for export in status["training"]["exports"]:
+            assert fs.exists(f"{root}/exports/{export}/config.json")
+            assert fs.exists(f"{root}/exports/{export}/model.safetensors")
+        assert fs.exists(f"{root}/report/index.html")
+
+    # kubectl logs of a training pod shows the progress lines
+    pod = training_pods(cluster, "single")[0]["metadata"]["name"]
+    log = cluster.kubectl("logs", pod, "-n", NAMESPACE).stdout
+    events = [json.loads(line) for line in log.splitlines() if line.startswith('{"event": "train_step"')]
+    assert [e["step"] for e in events][-1] == STEPS and all("loss" in e for e in events), log[-2000:]
+
+    # The killed gang resumed from its checkpoint in S3 with the uninterrupted run's data order and losses.
+    def curve(run: str) -> list[dict[str, Any]]:
+        return [
+            json.loads(line) for line in fs.cat_file(f"{BUCKET}/runs/{run}/train/metrics.jsonl").decode().splitlines()
+        ]
+
+    gang, single = curve("gang"), curve("single")
+    assert [r["step"] for r in gang] == list(range(1, STEPS + 1))
+    for want, have in zip(single, gang, strict=True):
+        assert have["sampleIds"] == want["sampleIds"], have["step"]
+        assert abs(have["loss"] - want["loss"]) <= 1e-5, (have["step"], have["loss"], want["loss"])
+
+    timings = {run: stage_seconds(cluster, run) for run in runs}
+    report = {
+        "apply_to_first_training_step_s": round(to_first_step, 1),
+        "apply_to_both_complete_s": round(wall, 1),
+        "gang_killed_after_step": killed_at,
+        "stage_seconds": timings,
+    }
+    (logs / "timings.json").write_text(json.dumps(report, indent=1))
+    print("\nend-to-end timings:", json.dumps(report, indent=1))
