@@ -18,10 +18,9 @@ from cpt.exit_codes import EXIT_PREEMPTED, PERMANENT
 from cpt.stages import SPEC_PATH, Stage, export_name, stage_argv
 from cpt_operator import pod_template as platform_template
 from cpt_operator.config import OperatorConfig
-from cpt_operator.names import TARGET_LABEL, child_name, labels
+from cpt_operator.names import QUEUE_LABEL, TARGET_LABEL, child_name, labels
 
 RUN_ENV = "KUBECPT_RUN"  # where a stage pod pushes its status (cpt_pipeline.status_push reads it)
-QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 PRIORITY_LABEL = "kueue.x-k8s.io/priority-class"
 SPEC_VOLUME = "spec"
 SPEC_KEY = posixpath.basename(SPEC_PATH)
@@ -202,6 +201,9 @@ def evaluation_job(resource: ContinuedPretrain, config: OperatorConfig, target: 
     return job
 
 
+SHM_VOLUME = "dshm"
+
+
 def training_jobset(resource: ContinuedPretrain, config: OperatorConfig) -> dict[str, Any]:
     """The training gang: one replicated Job of `nodes` Indexed pods running the torchrun launcher.
 
@@ -231,6 +233,10 @@ def training_jobset(resource: ContinuedPretrain, config: OperatorConfig) -> dict
     template = pod_template(
         resource, Stage.TRAIN, config, argv=stage_argv(Stage.TRAIN), container=TRAINER, env=env, compute=compute
     )
+    # /dev/shm is 64 MiB in a container: NCCL's intra-node transport, DeepSpeed's CPU all-reduce and data loader
+    # workers need more. A memory-backed emptyDir (counted against the pod's memory limit) gives them room.
+    template["spec"]["volumes"].append({"name": SHM_VOLUME, "emptyDir": {"medium": "Memory"}})
+    template["spec"]["containers"][0]["volumeMounts"].append({"name": SHM_VOLUME, "mountPath": "/dev/shm"})
     job_spec: dict[str, Any] = {
         "completions": training.nodes,
         "parallelism": training.nodes,

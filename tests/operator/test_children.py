@@ -92,6 +92,8 @@ def test_the_training_gang_is_a_jobset_with_torchrun_environment_and_failure_rul
     assert env["PET_NNODES"] == "3" and env["PET_NPROC_PER_NODE"] == "8" and env["PET_MASTER_PORT"] == "29500"
     assert env["PET_MASTER_ADDR"] == f"{name}-node-0-0.{name}" and env["NCCL_DEBUG"] == "INFO"
     assert env["PET_RUN_ID"] == name  # every pod of the gang names the same rendezvous
+    shm = next(m for m in container["volumeMounts"] if m["mountPath"] == "/dev/shm")
+    assert {"name": shm["name"], "emptyDir": {"medium": "Memory"}} in pod["volumes"]  # not the runtime's 64 MiB
     assert "job-completion-index" in env["PET_NODE_RANK"]["fieldRef"]["fieldPath"]
     assert container["command"] == stage_argv(Stage.TRAIN) and container["image"] == "registry.example/worker:1"
     assert container["resources"] == {"limits": {"nvidia.com/gpu": 8}}
