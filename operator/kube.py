@@ -7,9 +7,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from cpt import API_GROUP, API_VERSION, PLURAL
-from cpt_operator.names import RUN_LABEL
+from cpt_operator.names import QUEUE_LABEL, RUN_LABEL
 
 JOBSET = ("jobset.x-k8s.io", "v1alpha2", "jobsets")
+WORKLOAD = ("kueue.x-k8s.io", "v1beta2", "workloads")
 CAUSE = "kubecpt.dev/failedJobMessage"  # added to an observed JobSet: why its first failed Job failed
 
 
@@ -20,6 +21,22 @@ CANNOT_START = {
     "ErrImagePull",
     "ImagePullBackOff",
 }
+
+
+def workload_summary(workload: dict[str, Any], owner: str) -> dict[str, Any]:
+    """What a pass needs of a Kueue Workload: its owner child, whether it holds quota, and Kueue's message."""
+    conditions = {c["type"]: c for c in workload.get("status", {}).get("conditions", [])}
+    admitted = conditions.get("Admitted", {}).get("status") == "True"
+    pending = conditions.get("QuotaReserved", {})
+    return {
+        "kind": "Workload",
+        "metadata": {"name": workload["metadata"]["name"]},
+        "owner": owner,
+        "queue": workload.get("spec", {}).get("queueName", ""),
+        "admitted": admitted,
+        "finished": conditions.get("Finished", {}).get("status") == "True",
+        "message": pending.get("message", "") if not admitted else "",
+    }
 
 
 def _start_problem(pod: Any) -> str:
@@ -99,6 +116,32 @@ class Kube:
             jobsets = {"items": []}
         for obj in jobsets["items"]:
             found[obj["metadata"]["name"]] = {**obj, "kind": "JobSet", CAUSE: self._failed_job_message(namespace, obj)}
+        found.update(self._workloads(namespace, found))
+        return found
+
+    def _workloads(self, namespace: str, children: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        """Kueue's Workloads of queue-labelled children, keyed `Workload:<name>`, as workload_summary gives them."""
+        from kubernetes.client.exceptions import ApiException
+
+        owners = {
+            obj["metadata"].get("uid"): name
+            for name, obj in children.items()
+            if obj.get("kind") in ("Job", "JobSet") and QUEUE_LABEL in obj["metadata"].get("labels", {})
+        }
+        if not owners:
+            return {}
+        try:
+            items = self.custom.list_namespaced_custom_object(*WORKLOAD[:2], namespace, WORKLOAD[2])["items"]
+        except ApiException as error:
+            if error.status == 404:  # Kueue is not installed: the children wait suspended, Stalled says why
+                return {}
+            raise
+        found = {}
+        for workload in items:
+            references = workload["metadata"].get("ownerReferences", [])
+            owner = next((owners[r["uid"]] for r in references if r["uid"] in owners), None)
+            if owner is not None:
+                found[f"Workload:{workload['metadata']['name']}"] = workload_summary(workload, owner)
         return found
 
     def _failed_job_message(self, namespace: str, jobset: dict[str, Any]) -> str:

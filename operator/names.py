@@ -7,6 +7,8 @@ import hashlib
 
 from cpt import API_GROUP
 
+QUEUE_LABEL = "kueue.x-k8s.io/queue-name"  # Kueue: the LocalQueue a child waits in
+
 RUN_LABEL = f"{API_GROUP}/run"  # every child and every pod: the ContinuedPretrain's name
 STAGE_LABEL = f"{API_GROUP}/stage"  # preprocess, dedup, train, evaluate, report
 TARGET_LABEL = f"{API_GROUP}/target"  # evaluation Jobs: baseline or an export

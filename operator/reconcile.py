@@ -31,6 +31,7 @@ from cpt_operator.names import STAGE_LABEL, child_name
 # The condition types of the API (cpt/api/status.py), under short names
 READY, RECONCILING, STALLED = ConditionType.READY, ConditionType.RECONCILING, ConditionType.STALLED
 COMPLETE, FAILED, SUSPENDED = ConditionType.COMPLETE, ConditionType.FAILED, ConditionType.SUSPENDED
+QUEUED = ConditionType.QUEUED
 PREPROCESSED, DATA_READY, BASELINE_EVALUATED = (
     ConditionType.PREPROCESSED,
     ConditionType.DATA_READY,
@@ -190,6 +191,7 @@ def reconcile(
         message = "; ".join(blocked)
         if conditions.by_type.get(STALLED, {}).get("message") != message:
             decision.events.append(("Warning", "PodCannotStart", message))
+    _queued(conditions, children, decision, active=not conditions.finished() and not spec.suspend)
     _summary_conditions(conditions, spec.suspend, blocked)
     out["conditions"] = conditions.listed()
     out["phase"] = str(phase(conditions))
@@ -278,6 +280,30 @@ def _deadline(seconds: int | None, start: str, now: str, fail: Any) -> float | N
     return left
 
 
+def _queued(conditions: _Conditions, children: dict[str, Any], decision: Decision, active: bool) -> None:
+    """Queued while Kueue holds a workload of an unfinished child without admitting it; the message names it."""
+    waiting = sorted(
+        (
+            obj
+            for obj in children.values()
+            if obj.get("kind") == "Workload"
+            and not obj["admitted"]
+            and not obj["finished"]
+            and child_state(children.get(obj["owner"]))[0] not in ("complete", "failed")
+        ),
+        key=lambda obj: obj["metadata"]["name"],
+    )
+    if active and waiting:
+        first = waiting[0]
+        message = f"Workload {first['metadata']['name']} ({first['owner']}) waits for admission in {first['queue']}"
+        if first["message"]:
+            message += f": {first['message']}"
+        if conditions.set(QUEUED, True, "WaitingForAdmission", message):
+            decision.events.append(("Normal", "Queued", message))
+    elif conditions.true(QUEUED):
+        conditions.set(QUEUED, False, "Admitted", "Kueue admitted the run's workloads")
+
+
 def _summary_conditions(conditions: _Conditions, suspended: bool, blocked: list[str]) -> None:
     """kstatus: Ready when complete, Reconciling while work goes on, Stalled when it cannot go on (failed, or
     a pod that cannot start, e.g. a missing Secret: no retry loop, it goes on once the cause is fixed)."""
@@ -308,6 +334,8 @@ def phase(conditions: _Conditions) -> Phase:
         return Phase.SUCCEEDED
     if conditions.true(SUSPENDED):
         return Phase.SUSPENDED
+    if conditions.true(QUEUED):
+        return Phase.QUEUED
     for condition, current in (
         (DATA_READY, Phase.PREPROCESSING),
         (TRAINED, Phase.TRAINING),

@@ -19,6 +19,7 @@ class Phase(StrEnum):
     EVALUATING = "Evaluating"
     REPORTING = "Reporting"
     SUSPENDED = "Suspended"
+    QUEUED = "Queued"
     SUCCEEDED = "Succeeded"
     FAILED = "Failed"
 
@@ -29,6 +30,7 @@ class ConditionType(StrEnum):
     COMPLETE = "Complete"
     FAILED = "Failed"
     SUSPENDED = "Suspended"
+    QUEUED = "Queued"
     RECONCILING = "Reconciling"
     STALLED = "Stalled"
     READY = "Ready"

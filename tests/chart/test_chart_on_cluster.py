@@ -44,6 +44,7 @@ ALLOWED = [  # every call of cpt_operator/kube.py and kopf, in a user's namespac
     ("create", "roles.rbac.authorization.k8s.io"),
     ("create", "rolebindings.rbac.authorization.k8s.io"),
     ("list", "pods"),
+    ("list", "workloads.kueue.x-k8s.io"),
     ("create", "events"),
     ("list", "namespaces"),
     ("watch", "customresourcedefinitions.apiextensions.k8s.io"),

@@ -58,6 +58,7 @@ KSTATUS = {  # Flux with no configuration: sigs.k8s.io/cli-utils kstatus
     "failed.yaml": "Failed",
     "stalled.yaml": "Failed",
     "suspended.yaml": "InProgress",
+    "queued.yaml": "InProgress",
 }
 
 
@@ -74,6 +75,7 @@ FLUX_CEL = {  # the healthCheckExprs snippet: Current once the operator accepted
     "failed.yaml": "Failed",
     "stalled.yaml": "Failed",
     "suspended.yaml": "Current",
+    "queued.yaml": "Current",  # accepted: waiting in the queue is not a failure
 }
 
 

@@ -231,3 +231,68 @@ def test_a_pod_that_cannot_start_stalls_the_run_until_the_cause_is_fixed() -> No
     del run.children["Pod:t-preprocess-0-abcde"]  # the Secret was created: the pod started
     run.step()
     assert run.condition("Stalled") == "False"
+
+
+def workload(owner: str, admitted: bool, message: str = "", finished: bool = False) -> dict[str, Any]:
+    """A Workload as Kube.children summarizes it (kube.workload_summary)."""
+    return {
+        "kind": "Workload",
+        "metadata": {"name": f"jobset-{owner}-1a2b3"},
+        "owner": owner,
+        "queue": "gpu",
+        "admitted": admitted,
+        "finished": finished,
+        "message": message,
+    }
+
+
+def test_a_gang_kueue_has_not_admitted_is_queued_with_its_workload_named() -> None:
+    run = Run(resource(scheduling={"queueName": "gpu"}))
+    run.step()
+    for name in ("t-preprocess", "t-eval-baseline"):
+        run.finish(name)
+    run.step()
+    run.finish("t-dedup")
+    run.step()
+    assert "t-train" in run.children
+    pending = "couldn't assign flavors to pod set node: insufficient quota for nvidia.com/gpu in flavor default"
+    run.children["Workload:jobset-t-train-1a2b3"] = workload("t-train", admitted=False, message=pending)
+    decision = run.step()
+    assert run.condition("Queued") == "True" and run.status["phase"] == "Queued"
+    queued = next(c for c in run.status["conditions"] if c["type"] == "Queued")
+    assert "jobset-t-train-1a2b3" in queued["message"] and pending in queued["message"]
+    assert ("Normal", "Queued", queued["message"]) in decision.events
+    assert run.step().events == []  # said once
+    run.children["Workload:jobset-t-train-1a2b3"] = workload("t-train", admitted=True)
+    run.step()
+    assert run.condition("Queued") == "False" and run.status["phase"] == "Training"
+
+
+def test_a_finished_childs_workload_never_queues_the_run() -> None:
+    run = Run(resource(scheduling={"queueName": "gpu"}))
+    run.step()
+    run.finish("t-preprocess")
+    run.children["Workload:job-t-preprocess-1a2b3"] = workload("t-preprocess", admitted=False, finished=True)
+    run.step()
+    assert run.condition("Queued") in (None, "False")
+
+
+def test_workload_summary_reads_kueues_conditions() -> None:
+    from cpt_operator.kube import workload_summary
+
+    pending = {
+        "metadata": {"name": "jobset-t-train-1a2b3"},
+        "spec": {"queueName": "gpu"},
+        "status": {"conditions": [{"type": "QuotaReserved", "status": "False", "message": "insufficient quota"}]},
+    }
+    assert workload_summary(pending, "t-train") == {
+        "kind": "Workload",
+        "metadata": {"name": "jobset-t-train-1a2b3"},
+        "owner": "t-train",
+        "queue": "gpu",
+        "admitted": False,
+        "finished": False,
+        "message": "insufficient quota",
+    }
+    admitted = {**pending, "status": {"conditions": [{"type": "Admitted", "status": "True"}]}}
+    assert workload_summary(admitted, "t-train")["admitted"] is True

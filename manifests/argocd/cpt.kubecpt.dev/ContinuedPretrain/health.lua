@@ -1,7 +1,7 @@
 -- Argo CD health of a ContinuedPretrain, from its conditions and observedGeneration.
 -- Runs without the string and math libraries (Argo CD's default for resource overrides).
 -- Degraded: the run failed, or it cannot go on (Stalled, e.g. a missing Secret). Healthy: every stage completed.
--- Suspended: spec.suspend, or a queue (Kueue) holding it. Progressing: everything else, a multi-day run included.
+-- Suspended: spec.suspend, or Kueue holding it in its queue (as Argo CD shows a Job Kueue keeps suspended). Progressing: everything else, a multi-day run included.
 local function conditions()
   local found = {}
   if obj.status ~= nil and obj.status.conditions ~= nil then
@@ -44,6 +44,9 @@ if holds("Stalled") then
 end
 if holds("Suspended") then
   return {status = "Suspended", message = message(c["Suspended"], "The run is suspended")}
+end
+if holds("Queued") then
+  return {status = "Suspended", message = message(c["Queued"], "The run waits in its queue")}
 end
 local progress = message(c["Reconciling"], "The run is in progress")
 local training = obj.status.training
