@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
-# Build the Kueue controller pinned by build/go.mod (sigs.k8s.io/kueue/cmd/kueue) and copy its CRDs into a cache
+# Build the Kueue controller pinned by module/go.mod (sigs.k8s.io/kueue/cmd/kueue) and copy its CRDs into a cache
 # directory keyed by the pins; a warm cache returns at once. The last stdout line is that directory. Apart from
 # tests/cluster/build.sh, so a Kueue change never rebuilds Kubernetes.
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 VERSION=v0.19.2
 CACHE=${CPT_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/kubecpt}
-KEY=$(cat "$HERE/build.sh" "$HERE/build/go.mod" "$HERE/build/go.sum" | sha256sum | cut -c1-12)
+KEY=$(cat "$HERE/build.sh" "$HERE/module/go.mod" "$HERE/module/go.sum" | sha256sum | cut -c1-12)
 OUT=$CACHE/bin/kueue-$KEY
 if [ -x "$OUT/kueue" ] && [ -d "$OUT/crds" ]; then
     echo "$OUT"
@@ -19,7 +19,7 @@ rm -rf "$TMP"
 mkdir -p "$TMP/crds"
 trap 'rm -rf "$TMP"' EXIT
 start=$(date +%s)
-(cd "$HERE/build" && go build -trimpath -ldflags "-s -w" -o "$TMP/kueue" sigs.k8s.io/kueue/cmd/kueue)
+(cd "$HERE/module" && go build -trimpath -ldflags "-s -w" -o "$TMP/kueue" sigs.k8s.io/kueue/cmd/kueue)
 install -m 0644 "$GOMODCACHE/sigs.k8s.io/kueue@$VERSION"/config/components/crd/bases/*.yaml "$TMP/crds/"
 rm -rf "$OUT"
 mv "$TMP" "$OUT"
