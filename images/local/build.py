@@ -4,13 +4,14 @@
 Two images, for a node that runs pods offline (the end-to-end tests' real node):
 
 - `pause`: the sandbox image, one static binary (`--binary`).
+- `operator`: the same, with the operator's entrypoint (`python -P -m cpt_operator`).
 - `worker`: the stages' image for a node that has the project's Python environment on its disk. The layer is
   a skeleton root filesystem; the pods get /usr, the Python installation, the virtual environment and the
   checkout through hostPath mounts that the operator's worker pod template adds (see images/README.md). The
   entrypoint is the production image's: `python -P -m cpt_pipeline`, with the venv first on PATH.
 
 Usage: build.py pause --binary PATH --out FILE [--name NAME]
-       build.py worker --venv DIR --out FILE [--name NAME]
+       build.py worker|operator --venv DIR --out FILE [--name NAME]
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ LAYER = "application/vnd.oci.image.layer.v1.tar"
 MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 CONFIG = "application/vnd.oci.image.config.v1+json"
 ENTRYPOINT = ["python", "-P", "-m", "cpt_pipeline"]  # the one entrypoint, as in images/worker/Dockerfile
+OPERATOR_ENTRYPOINT = ["python", "-P", "-m", "cpt_operator"]  # as in images/operator/Dockerfile
 
 
 def _entry(tar: tarfile.TarFile, name: str, kind: bytes, mode: int, data: bytes = b"", target: str = "") -> None:
@@ -104,12 +106,13 @@ def pause_image(binary: Path, out: Path, name: str) -> None:
     archive(out, name, layer, {"Entrypoint": ["/pause"]})
 
 
-def worker_image(venv: Path, out: Path, name: str) -> None:
+def worker_image(venv: Path, out: Path, name: str, entrypoint: list[str] = ENTRYPOINT) -> None:
+    """The worker (or, with the operator's entrypoint, the operator) image for a node with the project's venv."""
     if not (venv / "bin" / "python").exists():
         raise SystemExit(f"build.py: {venv}/bin/python not found (--venv must be a virtual environment)")
     path = f"{venv.absolute()}/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
     config = {
-        "Entrypoint": ENTRYPOINT,
+        "Entrypoint": entrypoint,
         "Env": [f"PATH={path}", "PYTHONUNBUFFERED=1", "HOME=/tmp"],
         "WorkingDir": "/workspace",
     }
@@ -118,11 +121,11 @@ def worker_image(venv: Path, out: Path, name: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("image", choices=["pause", "worker"])
+    parser.add_argument("image", choices=["pause", "worker", "operator"])
     parser.add_argument("--out", type=Path, required=True, help="the archive to write")
     parser.add_argument("--name", help="image reference (default kubecpt.local/<image>:dev)")
     parser.add_argument("--binary", type=Path, help="pause: the static pause binary")
-    parser.add_argument("--venv", type=Path, help="worker: the virtual environment the pods run")
+    parser.add_argument("--venv", type=Path, help="worker, operator: the virtual environment the pods run")
     args = parser.parse_args(argv)
     name = args.name or f"kubecpt.local/{args.image}:dev"
     if args.image == "pause":
@@ -131,8 +134,8 @@ def main(argv: list[str] | None = None) -> int:
         pause_image(args.binary, args.out, name)
     else:
         if args.venv is None:
-            parser.error("worker needs --venv")
-        worker_image(args.venv, args.out, name)
+            parser.error(f"{args.image} needs --venv")
+        worker_image(args.venv, args.out, name, ENTRYPOINT if args.image == "worker" else OPERATOR_ENTRYPOINT)
     print(name)
     return 0
 
