@@ -19,6 +19,7 @@ import yaml
 from tests.chart.render import CHART
 from tests.cluster.cluster import Cluster
 from tests.cluster.helpers import eventually
+from tests.kueue.controller import build_kueue
 from tests.operator.process import Operator
 from tests.operator.test_operator_on_cluster import phase_is, run_doc
 
@@ -73,6 +74,16 @@ def installed(cluster: Cluster):
     # The session's cluster may hold the CRD applied by other modules without Helm's ownership: start clean.
     cluster.kubectl("delete", "crd", CRD_NAME, "--ignore-not-found", "--wait=true", timeout=120)
     cluster.kubectl("apply", "--server-side", "-f", str(cluster.bin_dir / "crds" / "jobset.x-k8s.io_jobsets.yaml"))
+    # Kueue's Workload type, so the check of the operator's right to read Workloads means something
+    workloads = build_kueue() / "crds" / "kueue.x-k8s.io_workloads.yaml"
+    cluster.kubectl("apply", "--server-side", "-f", str(workloads))
+    eventually(
+        lambda: any(
+            c["type"] == "Established" and c["status"] == "True"
+            for c in cluster.get_json("crd", "workloads.kueue.x-k8s.io").get("status", {}).get("conditions") or []
+        ),
+        what="the Workload CRD Established",
+    )
     helm_install(cluster, "--set", "worker.image=kubecpt/worker:test")
     yield cluster
     cluster.helm("uninstall", RELEASE, "-n", SYSTEM, "--wait", check=False)
