@@ -139,3 +139,13 @@ def test_every_value_is_described_by_the_schema() -> None:
     assert not missing, f"values.yaml keys that values.schema.json does not describe: {missing}"
     result = helm("lint", str(CHART), "--set", "crds.enabled=false")
     assert result.returncode == 0
+
+
+def test_service_monitor_and_network_policy_are_optional() -> None:
+    assert not [k for k in template() if k[0] in ("ServiceMonitor", "NetworkPolicy")]
+    objects = template("--set", "metrics.serviceMonitor.enabled=true", "--set", "networkPolicy.enabled=true")
+    monitor = objects[("ServiceMonitor", FULLNAME)]
+    assert monitor["spec"]["endpoints"] == [{"port": "metrics", "interval": "30s"}]
+    assert monitor["spec"]["selector"]["matchLabels"] == objects[("Service", f"{FULLNAME}-metrics")]["spec"]["selector"]
+    policy = objects[("NetworkPolicy", FULLNAME)]["spec"]
+    assert policy["policyTypes"] == ["Ingress"] and policy["ingress"][0]["ports"] == [{"port": "metrics"}]
