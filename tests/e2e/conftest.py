@@ -21,26 +21,27 @@ from tests.e2e.node import NODE_ADDRESS, NodeError, RealNode
 
 WORKER_IMAGE = "kubecpt.local/worker:dev"
 PAUSE_IMAGE = "kubecpt.local/pause:dev"
+OPERATOR_IMAGE = "kubecpt.local/operator:dev"
 
 
 def build_images(bin_dir: Path, out: Path) -> list[Path]:
-    """The pause and worker images, written by the project's own script (images/local/build.py)."""
+    """The pause, worker and operator images, written by the project's own script (images/local/build.py)."""
     script = REPO / "images" / "local" / "build.py"
-    worker, pause = out / "worker.tar", out / "pause.tar"
+    worker, pause, operator = out / "worker.tar", out / "pause.tar", out / "operator.tar"
     venv = Path(sys.prefix)
     for argv in (
         ["worker", "--venv", str(venv), "--out", str(worker), "--name", WORKER_IMAGE],
+        ["operator", "--venv", str(venv), "--out", str(operator), "--name", OPERATOR_IMAGE],
         ["pause", "--binary", str(bin_dir / "pause"), "--out", str(pause), "--name", PAUSE_IMAGE],
     ):
         subprocess.run([sys.executable, str(script), *argv], check=True, capture_output=True)
-    return [pause, worker]
+    return [pause, worker, operator]
 
 
-def worker_pod_template(extensions: Path) -> dict:
-    """What the worker image leaves to the node: /usr and /etc/alternatives (the compiler DeepSpeed's CPU
-    communication op is built with), the Python installation, the venv and the checkout, read-only from the
-    host (the production image carries them; see images/README.md). The op, compiled once by the first pod,
-    is cached in `extensions` for the others (TORCH_EXTENSIONS_DIR; torch locks it while one pod builds)."""
+def host_environment() -> tuple[list[dict], list[dict]]:
+    """hostPath volumes and read-only mounts of what the local images leave to the node: /usr and
+    /etc/alternatives (the compiler DeepSpeed's CPU op is built with), the Python installation, the venv and the
+    checkout (the production images carry them; see images/README.md)."""
     paths = ["/usr", "/etc/alternatives", sys.base_prefix, str(REPO)]
     if not Path(sys.prefix).is_relative_to(REPO):
         paths.append(sys.prefix)
@@ -48,6 +49,13 @@ def worker_pod_template(extensions: Path) -> dict:
     for index, path in enumerate(paths):
         volumes.append({"name": f"host-{index}", "hostPath": {"path": path, "type": "Directory"}})
         mounts.append({"name": f"host-{index}", "mountPath": path, "readOnly": True})
+    return volumes, mounts
+
+
+def worker_pod_template(extensions: Path) -> dict:
+    """The host environment for every stage pod, and DeepSpeed's CPU op, compiled once by the first pod, cached in
+    `extensions` for the others (TORCH_EXTENSIONS_DIR; torch locks it while one pod builds)."""
+    volumes, mounts = host_environment()
     volumes.append({"name": "torch-extensions", "hostPath": {"path": str(extensions), "type": "Directory"}})
     mounts.append({"name": "torch-extensions", "mountPath": "/torch-extensions"})
     env = [{"name": "TORCH_EXTENSIONS_DIR", "value": "/torch-extensions"}]
