@@ -9,10 +9,13 @@ import logging
 import math
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cpt.exit_codes import EXIT_UNAVAILABLE
+from cpt_pipeline.errors import exit_code_for
 from cpt_pipeline.status_push import push_status
 from cpt_pipeline.storage import Storage
 
@@ -36,6 +39,27 @@ def peak_flops(device: str) -> float | None:
 def flops_per_token(params: int, layers: int, hidden: int, seq_len: int) -> float:
     """Model FLOPs per trained token: 6N for the matmuls plus 12 L d s for attention (recompute excluded)."""
     return 6.0 * params + 12.0 * layers * hidden * seq_len
+
+
+WRITE_ATTEMPTS = 3
+RETRY_DELAY_SECONDS = 1.0
+
+
+def _best_effort(what: str, write: Callable[[], None]) -> bool:
+    """Run `write`, retrying transient storage errors with backoff; after the last attempt, warn and go on.
+    Any other error (a bug, bad credentials) is raised."""
+    for attempt in range(WRITE_ATTEMPTS):
+        try:
+            write()
+            return True
+        except Exception as error:
+            if exit_code_for(error) != EXIT_UNAVAILABLE:
+                raise
+            if attempt == WRITE_ATTEMPTS - 1:
+                log.warning("could not write %s (%s); training goes on, the next write retries", what, error)
+                return False
+            time.sleep(RETRY_DELAY_SECONDS * 2**attempt)
+    return False
 
 
 def _eta(seconds: float) -> str:
@@ -129,11 +153,13 @@ class Progress:
         return status
 
     def flush(self, status: dict[str, Any]) -> None:
-        self.storage.write_json(status, "train", "progress.json")
+        """Write progress and the loss history. Best effort: an object store that is briefly unreachable costs a
+        warning, never the run (the next flush rewrites both files whole)."""
+        _best_effort("train/progress.json", lambda: self.storage.write_json(status, "train", "progress.json"))
         # In a cluster, the resource's status.training too; the operator owns `restarts` (the gang's count).
         push_status("kubecpt-train", {"training": {k: v for k, v in status.items() if k != "restarts"}})
         text = "".join(json.dumps(r) + "\n" for r in self.history)
-        self.storage.write_text(text, "train", "metrics.jsonl")
+        _best_effort("train/metrics.jsonl", lambda: self.storage.write_text(text, "train", "metrics.jsonl"))
         if self._writer is not None:
             self._writer.flush()
 
