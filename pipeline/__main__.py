@@ -58,7 +58,9 @@ def _train(args: argparse.Namespace, spec: ContinuedPretrainSpec) -> int:
     if "LOCAL_RANK" in os.environ:
         from cpt_pipeline.storage import Storage
         from cpt_pipeline.train.loop import run_worker
+        from cpt_pipeline.train.quiet import silence_known_floods
 
+        silence_known_floods()
         return run_worker(spec, Storage.from_spec(spec.storage))
     from cpt_pipeline.train.launch import launch
 
