@@ -80,3 +80,9 @@ def run_pipeline(
         world = workers if stage in (Stage.PREPROCESS, Stage.DEDUP) else 1
         print(f"== {stage}", flush=True)
         run_stage(stage, spec_path, world_size=world, env=env, cwd=cwd)
+    from cpt_pipeline.report.summary import run_summary
+    from cpt_pipeline.storage import Storage
+
+    summary = run_summary(Storage.from_spec(spec.storage))
+    if summary:
+        print(f"== summary\n{summary}", flush=True)

@@ -50,6 +50,7 @@ def test_cpt_run_takes_the_tiny_example_through_every_stage(tmp_path: Path) -> N
     assert [m["tokens"] for m in evaluation["milestones"]] == [0, 12288, 24576]
     assert all(m["generalPerplexity"] and m["domainPerplexity"] for m in evaluation["milestones"])
     assert (run / "report" / "index.html").stat().st_size > 50_000
+    assert "== summary\nTable 1" in result.stdout and "domain perplexity:" in result.stdout
     assert [line.split(" | ")[0] for line in (run / "report" / "table.md").read_text().splitlines()[2:]] == [
         "| 0 (Base)",
         "| ≈ 12.3K",
