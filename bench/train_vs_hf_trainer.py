@@ -18,7 +18,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED = Path(os.environ.get("CPT_SHARED_DATA", REPO.parent / "shared" / "data"))
@@ -90,8 +92,52 @@ def run_kubecpt(work: Path, steps: int, zero: int, env: dict[str, str]) -> float
     return steady_tokens_per_second(ends)
 
 
-def run_hf_trainer(work: Path, steps: int, threads: int) -> float:
+def packed_rows(work: Path) -> Any:
+    """The prepared shards' rows (int64, SEQ tokens each), in order: what every trainer here reads."""
     import numpy as np
+
+    data = work / "prepared" / "data" / "domain"
+    manifest = json.loads((data / "manifest.json").read_text())
+    shards = manifest["sources"]["stem"]["shards"]
+    return np.concatenate(
+        [np.fromfile(data / "stem" / s["path"], dtype=manifest["dtype"]).reshape(-1, SEQ) for s in shards]
+    ).astype(np.int64)
+
+
+def compare(description: str, peer: str, run_peer: Callable[[Path, int, int], float], goal: str = "") -> int:
+    """Prepare the shards once, then time the peer and kubecpt at ZeRO-0 and ZeRO-3; print tokens/s and ratios."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=40)
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    args = parser.parse_args()
+    from cpt.kube_yaml import dump
+    from cpt_pipeline.local import run_preprocessing
+
+    env = {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": str(args.threads)}
+    work = Path(tempfile.mkdtemp(prefix="cpt-train-bench-"))
+    try:
+        spec = work / "prepare.yaml"
+        spec.write_text(dump(resource(work / "prepared", args.steps, 0)))
+        run_preprocessing(spec, 1, env=env, cwd=REPO)
+        print(
+            f"model: Llama {ARCH}, seq {SEQ}, micro-batch {MICRO}, fp32, 1 process, {args.threads} threads, "
+            f"{args.steps} steps (first {WARMUP} excluded)"
+        )
+        results = {
+            peer: run_peer(work, args.steps, args.threads),
+            "kubecpt ZeRO-0": run_kubecpt(work, args.steps, 0, env),
+            "kubecpt ZeRO-3": run_kubecpt(work, args.steps, 3, env),
+        }
+        for name, tps in results.items():
+            print(f"{name:>15}: {tps:9.0f} tokens/s")
+        for name in ("kubecpt ZeRO-0", "kubecpt ZeRO-3"):
+            print(f"{name} / {peer}: {results[name] / results[peer]:.2f}x{goal}")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+def run_hf_trainer(work: Path, steps: int, threads: int) -> float:
     import torch
     from transformers import AutoModelForCausalLM, Trainer, TrainerCallback, TrainingArguments
 
@@ -99,15 +145,7 @@ def run_hf_trainer(work: Path, steps: int, threads: int) -> float:
     from cpt_pipeline.train.model import llama_config
 
     torch.set_num_threads(threads)
-    manifest = json.loads((work / "prepared" / "data" / "domain" / "manifest.json").read_text())
-    rows = np.concatenate(
-        [
-            np.fromfile(work / "prepared" / "data" / "domain" / "stem" / s["path"], dtype=manifest["dtype"]).reshape(
-                -1, SEQ
-            )
-            for s in manifest["sources"]["stem"]["shards"]
-        ]
-    ).astype(np.int64)
+    rows = packed_rows(work)
 
     class Rows(torch.utils.data.Dataset):
         def __len__(self) -> int:
@@ -149,35 +187,7 @@ def run_hf_trainer(work: Path, steps: int, threads: int) -> float:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=40)
-    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
-    args = parser.parse_args()
-    from cpt.kube_yaml import dump
-    from cpt_pipeline.local import run_preprocessing
-
-    env = {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": str(args.threads)}
-    work = Path(tempfile.mkdtemp(prefix="cpt-train-bench-"))
-    try:
-        spec = work / "prepare.yaml"
-        spec.write_text(dump(resource(work / "prepared", args.steps, 0)))
-        run_preprocessing(spec, 1, env=env, cwd=REPO)
-        print(
-            f"model: Llama {ARCH}, seq {SEQ}, micro-batch {MICRO}, fp32, 1 process, {args.threads} threads, "
-            f"{args.steps} steps (first {WARMUP} excluded)"
-        )
-        results = {
-            "HF Trainer": run_hf_trainer(work, args.steps, args.threads),
-            "kubecpt ZeRO-0": run_kubecpt(work, args.steps, 0, env),
-            "kubecpt ZeRO-3": run_kubecpt(work, args.steps, 3, env),
-        }
-        for name, tps in results.items():
-            print(f"{name:>15}: {tps:9.0f} tokens/s")
-        for name in ("kubecpt ZeRO-0", "kubecpt ZeRO-3"):
-            print(f"{name} / HF Trainer: {results[name] / results['HF Trainer']:.2f}x")
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-    return 0
+    return compare(__doc__, "HF Trainer", run_hf_trainer)
 
 
 if __name__ == "__main__":
