@@ -77,13 +77,7 @@ def installed(cluster: Cluster):
     # Kueue's Workload type, so the check of the operator's right to read Workloads means something
     workloads = build_kueue() / "crds" / "kueue.x-k8s.io_workloads.yaml"
     cluster.kubectl("apply", "--server-side", "-f", str(workloads))
-    eventually(
-        lambda: any(
-            c["type"] == "Established" and c["status"] == "True"
-            for c in cluster.get_json("crd", "workloads.kueue.x-k8s.io").get("status", {}).get("conditions") or []
-        ),
-        what="the Workload CRD Established",
-    )
+    cluster.wait_established("workloads.kueue.x-k8s.io")
     helm_install(cluster, "--set", "worker.image=kubecpt/worker:test")
     yield cluster
     cluster.helm("uninstall", RELEASE, "-n", SYSTEM, "--wait", check=False)
@@ -131,7 +125,7 @@ def test_the_operator_completes_a_run_with_only_its_service_account(
     finally:
         operator.stop()
     log = operator.log.read_text()
-    assert "Forbidden" not in log and "403" not in log, log[-3000:]
+    assert "Forbidden" not in log and "status=403" not in log, log[-3000:]  # not a ",403]" timestamp
     whoami = installed.kubectl("--kubeconfig", str(kubeconfig), "auth", "whoami", "-o", "json").stdout
     assert json.loads(whoami)["status"]["userInfo"]["username"] == SA
 

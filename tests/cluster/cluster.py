@@ -166,6 +166,15 @@ class Cluster:
             raise ClusterError(f"{' '.join(argv[:3])} ... failed ({result.returncode}): {result.stderr.strip()}")
         return result
 
+    def wait_established(self, crd: str, timeout: float = 60) -> None:
+        """Poll until the CRD is Established (`kubectl wait` fails while the CRD has no status yet)."""
+
+        def established() -> bool:
+            conditions = self.get_json("crd", crd).get("status", {}).get("conditions") or []
+            return any(c["type"] == "Established" and c["status"] == "True" for c in conditions)
+
+        wait_for(f"CRD {crd} Established", established, timeout, self.components[0].check_alive)
+
     def get_json(self, *args: str) -> Any:
         return json.loads(self.kubectl("get", *args, "-o", "json").stdout)
 
@@ -373,11 +382,7 @@ class Cluster:
         crd = self.bin_dir / "crds" / "jobset.x-k8s.io_jobsets.yaml"
         self.kubectl("apply", "--server-side", "-f", str(crd))
 
-        def established() -> bool:
-            conditions = self.get_json("crd", "jobsets.jobset.x-k8s.io").get("status", {}).get("conditions", [])
-            return any(c["type"] == "Established" and c["status"] == "True" for c in conditions)
-
-        wait_for("JobSet CRD Established", established, 60, self.components[0].check_alive)
+        self.wait_established("jobsets.jobset.x-k8s.io")
         certs = self.workdir / "jobset-certs"
         self_signed(certs, "127.0.0.1")
         probe = free_port()

@@ -32,19 +32,13 @@ def build_kueue() -> Path:
     return Path(result.stdout.strip().splitlines()[-1])
 
 
-def _established(cluster: Cluster, crd: str) -> bool:
-    conditions = cluster.get_json("crd", crd).get("status", {}).get("conditions") or []
-    return any(c["type"] == "Established" and c["status"] == "True" for c in conditions)
-
-
 def start_kueue(cluster: Cluster, workdir: Path) -> Component:
     """Apply Kueue's CRDs, start the controller, wait until it is healthy; the caller stops the component."""
     bin_dir = build_kueue()
     for crd in sorted((bin_dir / "crds").glob("*.yaml")):
         cluster.kubectl("apply", "--server-side", "-f", str(crd))
     for crd in sorted((bin_dir / "crds").glob("*.yaml")):
-        name = yaml.safe_load(crd.read_text())["metadata"]["name"]
-        wait_for(f"CRD {name} Established", lambda n=name: _established(cluster, n), 60, lambda: None)
+        cluster.wait_established(yaml.safe_load(crd.read_text())["metadata"]["name"])
     cluster.kubectl("create", "namespace", NAMESPACE, check=False)
     webhook_certs = workdir / "webhook-certs"
     self_signed(webhook_certs, "127.0.0.1")

@@ -104,100 +104,93 @@ def running_gang(cluster: Cluster, namespace: str, run: str) -> list[dict[str, A
     ]
 
 
-def test_the_second_gang_waits_in_the_queue_until_the_first_finishes(
-    kueue: Cluster, namespace: str, tmp_path: Path
-) -> None:
-    cluster = kueue
-    local_queue(cluster, namespace)
-    operator = Operator(cluster, namespace, tmp_path / "operator.log")
-    operator.start()
-    try:
-        cluster.apply(queued_run("first", namespace, extraEnv={"TEST_HOLD": "1"}))  # its gang holds the quota
-
-        def first_gang_running() -> Any:
-            operator.alive()
-            return running_gang(cluster, namespace, "first")
-
-        eventually(first_gang_running, timeout=120, what="the first run's gang admitted and running")
-        cluster.apply(queued_run("second", namespace))
-
-        def queued() -> dict[str, Any] | None:
-            operator.alive()
-            run = get(cluster, namespace, "cpt", "second")
-            return run if condition(run, "Queued") == "True" else None
-
-        run = eventually(queued, timeout=120, what="the second run Queued")
-        assert run["status"]["phase"] == "Queued"
-        message = next(c["message"] for c in run["status"]["conditions"] if c["type"] == "Queued")
-        workloads = get(cluster, namespace, "workloads.kueue.x-k8s.io")["items"]
-        pending = [w for w in workloads if any(r["name"] == "second-train" for r in w["metadata"]["ownerReferences"])]
-        assert len(pending) == 1 and pending[0]["metadata"]["name"] in message, (message, workloads)
-        assert "second-train" in message and "gpu" in message
-        assert get(cluster, namespace, "jobset", "second-train")["spec"]["suspend"] is True
-
-        for pod in first_gang_running():  # the first gang finishes: its quota is released
-            cluster.kubectl("annotate", "pod", pod["metadata"]["name"], "-n", namespace, "test.kubecpt.dev/release=")
-        for name in ("first", "second"):
-            done = eventually(
-                lambda n=name: operator.alive() and phase_is(cluster, namespace, n, "Succeeded"),
-                timeout=180,
-                what=f"{name} Succeeded",
-            )
-            assert condition(done, "Queued") in (None, "False")
-        events = get(cluster, namespace, "events", "--field-selector", "involvedObject.name=second")["items"]
-        assert any(e["reason"] == "Queued" for e in events)
-    finally:
-        operator.stop()
-        print(operator.log.read_text()[-3000:])
+@pytest.fixture
+def operator(kueue: Cluster, namespace: str, tmp_path: Path):
+    """The namespace's LocalQueue on the `gpu` ClusterQueue, and the operator serving the namespace."""
+    local_queue(kueue, namespace)
+    running = Operator(kueue, namespace, tmp_path / "operator.log")
+    running.start()
+    yield running
+    running.stop()
+    print(running.log.read_text()[-3000:])
 
 
-def test_a_higher_priority_run_preempts_the_gang_which_resumes_after_it(
-    kueue: Cluster, namespace: str, tmp_path: Path
-) -> None:
-    cluster = kueue
-    local_queue(cluster, namespace)
-    operator = Operator(cluster, namespace, tmp_path / "operator.log")
-    operator.start()
-    try:
-        cluster.apply(queued_run("low", namespace, priority="cpt-low", extraEnv={"TEST_HOLD": "1"}))
-        first = eventually(
-            lambda: operator.alive() and running_gang(cluster, namespace, "low"), timeout=120, what="low's gang"
-        )
-        cluster.apply(queued_run("high", namespace, priority="cpt-high"))
+def test_the_second_gang_waits_in_the_queue_until_the_first_finishes(operator: Operator, namespace: str) -> None:
+    cluster = operator.cluster
+    cluster.apply(queued_run("first", namespace, extraEnv={"TEST_HOLD": "1"}))  # its gang holds the quota
 
-        def preempted() -> dict[str, Any] | None:
-            operator.alive()
-            jobset = get(cluster, namespace, "jobset", "low-train")
-            run = get(cluster, namespace, "cpt", "low")
-            return run if jobset["spec"].get("suspend") and condition(run, "Queued") == "True" else None
+    def first_gang_running() -> Any:
+        operator.alive()
+        return running_gang(cluster, namespace, "first")
 
-        run = eventually(preempted, timeout=120, what="low's gang suspended by Kueue and the run Queued")
-        assert run["status"]["phase"] == "Queued"
-        eventually(
-            lambda: operator.alive() and phase_is(cluster, namespace, "high", "Succeeded"),
-            timeout=180,
-            what="high Succeeded",
-        )
-        # low is admitted again: a new gang (the preempted pods are gone) resumes; let it finish
-        again = eventually(
-            lambda: (
-                operator.alive()
-                and [
-                    p
-                    for p in running_gang(cluster, namespace, "low")
-                    if p["metadata"]["uid"] not in {q["metadata"]["uid"] for q in first}
-                ]
-            ),
-            timeout=120,
-            what="low's gang running again",
-        )
-        for pod in again:
-            cluster.kubectl("annotate", "pod", pod["metadata"]["name"], "-n", namespace, "test.kubecpt.dev/release=")
+    eventually(first_gang_running, timeout=120, what="the first run's gang admitted and running")
+    cluster.apply(queued_run("second", namespace))
+
+    def queued() -> dict[str, Any] | None:
+        operator.alive()
+        run = get(cluster, namespace, "cpt", "second")
+        return run if condition(run, "Queued") == "True" else None
+
+    run = eventually(queued, timeout=120, what="the second run Queued")
+    assert run["status"]["phase"] == "Queued"
+    message = next(c["message"] for c in run["status"]["conditions"] if c["type"] == "Queued")
+    workloads = get(cluster, namespace, "workloads.kueue.x-k8s.io")["items"]
+    pending = [w for w in workloads if any(r["name"] == "second-train" for r in w["metadata"]["ownerReferences"])]
+    assert len(pending) == 1 and pending[0]["metadata"]["name"] in message, (message, workloads)
+    assert "second-train" in message and "gpu" in message
+    assert get(cluster, namespace, "jobset", "second-train")["spec"]["suspend"] is True
+
+    for pod in first_gang_running():  # the first gang finishes: its quota is released
+        cluster.kubectl("annotate", "pod", pod["metadata"]["name"], "-n", namespace, "test.kubecpt.dev/release=")
+    for name in ("first", "second"):
         done = eventually(
-            lambda: operator.alive() and phase_is(cluster, namespace, "low", "Succeeded"), timeout=180, what="low"
+            lambda n=name: operator.alive() and phase_is(cluster, namespace, n, "Succeeded"),
+            timeout=180,
+            what=f"{name} Succeeded",
         )
-        assert condition(done, "Queued") == "False"
-        assert done["status"]["training"]["restarts"] == 0  # a preemption is not a failure: nothing counted
-    finally:
-        operator.stop()
-        print(operator.log.read_text()[-3000:])
+        assert condition(done, "Queued") in (None, "False")
+    events = get(cluster, namespace, "events", "--field-selector", "involvedObject.name=second")["items"]
+    assert any(e["reason"] == "Queued" for e in events)
+
+
+def test_a_higher_priority_run_preempts_the_gang_which_resumes_after_it(operator: Operator, namespace: str) -> None:
+    cluster = operator.cluster
+    cluster.apply(queued_run("low", namespace, priority="cpt-low", extraEnv={"TEST_HOLD": "1"}))
+    first = eventually(
+        lambda: operator.alive() and running_gang(cluster, namespace, "low"), timeout=120, what="low's gang"
+    )
+    cluster.apply(queued_run("high", namespace, priority="cpt-high"))
+
+    def preempted() -> dict[str, Any] | None:
+        operator.alive()
+        jobset = get(cluster, namespace, "jobset", "low-train")
+        run = get(cluster, namespace, "cpt", "low")
+        return run if jobset["spec"].get("suspend") and condition(run, "Queued") == "True" else None
+
+    run = eventually(preempted, timeout=120, what="low's gang suspended by Kueue and the run Queued")
+    assert run["status"]["phase"] == "Queued"
+    eventually(
+        lambda: operator.alive() and phase_is(cluster, namespace, "high", "Succeeded"),
+        timeout=180,
+        what="high Succeeded",
+    )
+    # low is admitted again: a new gang (the preempted pods are gone) resumes; let it finish
+    again = eventually(
+        lambda: (
+            operator.alive()
+            and [
+                p
+                for p in running_gang(cluster, namespace, "low")
+                if p["metadata"]["uid"] not in {q["metadata"]["uid"] for q in first}
+            ]
+        ),
+        timeout=120,
+        what="low's gang running again",
+    )
+    for pod in again:
+        cluster.kubectl("annotate", "pod", pod["metadata"]["name"], "-n", namespace, "test.kubecpt.dev/release=")
+    done = eventually(
+        lambda: operator.alive() and phase_is(cluster, namespace, "low", "Succeeded"), timeout=180, what="low"
+    )
+    assert condition(done, "Queued") == "False"
+    assert done["status"]["training"]["restarts"] == 0  # a preemption is not a failure: nothing counted
