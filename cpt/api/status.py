@@ -80,6 +80,9 @@ class TrainingStatus(ApiModel):
     latest_checkpoint: str | None = Field(None, description="URI of the latest complete checkpoint.")
     restarts: int = Field(0, ge=0, description="Restarts from a checkpoint so far.")
     total_steps: int | None = Field(None, ge=0, description="Optimizer steps of the whole run.")
+    zero_stage: int | None = Field(
+        None, ge=0, le=3, description="ZeRO stage in use (the one zeroStage auto chose, kept across resumes)."
+    )
     exports: list[str] = Field(
         default_factory=list,
         max_length=MAX_LIST,

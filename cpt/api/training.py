@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field
+from pydantic import AfterValidator, Field
 
 from cpt.api.base import MAX_LIST, ApiModel, Quantity, Rule, decimal, section
 
@@ -18,10 +18,29 @@ class Resources(ApiModel):
     limits: dict[str, Quantity] = Field(default_factory=dict, description="Limits, same keys as requests.")
 
 
+ZERO_STAGES = ("0", "1", "2", "3", "auto")
+
+
+def _check_zero_stage(value: int | str) -> int | str:
+    if isinstance(value, bool) or str(value) not in ZERO_STAGES:
+        raise ValueError(f'{value!r} is not a ZeRO stage: use 0, 1, 2, 3 or "auto"')
+    return "auto" if value == "auto" else int(value)
+
+
+ZeroStage = Annotated[
+    int | str, AfterValidator(_check_zero_stage), Field(json_schema_extra={"x-kubernetes-int-or-string": True})
+]
+
+
 class DeepSpeed(ApiModel):
     """DeepSpeed engine settings (the paper: ZeRO-3, gradient checkpointing, CPU offload, bf16)."""
 
-    zero_stage: int = Field(3, ge=0, le=3, description="ZeRO stage 0-3.")
+    zero_stage: ZeroStage = Field(
+        "auto",
+        description='ZeRO stage 0-3, or "auto": the lowest stage whose per-device memory estimate (weights, '
+        "gradients, optimizer state, activations at the micro-batch) fits the device; the stage chosen is in "
+        "status.training.zeroStage and kept when the run resumes.",
+    )
     offload_optimizer: Literal["none", "cpu"] = Field("none", description="Offload optimizer state to CPU.")
     offload_params: Literal["none", "cpu"] = Field("none", description="Offload parameters to CPU (ZeRO-3 only).")
     gradient_checkpointing: bool = Field(True, description="Recompute activations in the backward pass.")
@@ -31,16 +50,22 @@ class DeepSpeed(ApiModel):
 
     rules = (
         Rule(
-            cel="self.offloadParams == 'none' || self.zeroStage == 3",
-            message="offloadParams needs zeroStage 3",
-            field="offloadParams",
-            check=lambda d: d.offload_params == "none" or d.zero_stage == 3,
+            cel="string(self.zeroStage) in ['0', '1', '2', '3', 'auto']",
+            message='zeroStage must be 0, 1, 2, 3 or "auto"',
+            field="zeroStage",
+            check=lambda d: str(d.zero_stage) in ZERO_STAGES,
         ),
         Rule(
-            cel="self.offloadOptimizer == 'none' || self.zeroStage >= 1",
-            message="offloadOptimizer needs zeroStage 1 or higher",
+            cel="self.offloadParams == 'none' || string(self.zeroStage) in ['3', 'auto']",
+            message="offloadParams needs zeroStage 3 (or auto, which then picks 3)",
+            field="offloadParams",
+            check=lambda d: d.offload_params == "none" or str(d.zero_stage) in ("3", "auto"),
+        ),
+        Rule(
+            cel="self.offloadOptimizer == 'none' || string(self.zeroStage) in ['1', '2', '3', 'auto']",
+            message="offloadOptimizer needs zeroStage 1 or higher (or auto, which then picks 1 or higher)",
             field="offloadOptimizer",
-            check=lambda d: d.offload_optimizer == "none" or d.zero_stage >= 1,
+            check=lambda d: d.offload_optimizer == "none" or str(d.zero_stage) in ("1", "2", "3", "auto"),
         ),
     )
 

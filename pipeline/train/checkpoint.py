@@ -46,12 +46,18 @@ class Checkpointer:
         self.local_rank = local_rank
         self.plan = plan  # the settings a resume must keep (resume.py), written with every checkpoint
 
+    def recorded_plan(self) -> dict[str, Any] | None:
+        """The settings the latest checkpoint was written under (None: no checkpoint, or one without a plan)."""
+        tag = self.latest()
+        if tag is None or not self.storage.exists(tag, PLAN_FILE):
+            return None
+        return self.storage.read_json(tag, PLAN_FILE)
+
     def check_resumable(self) -> None:
         """Stop before loading when the latest checkpoint was written under a different data order or LR."""
         tag = self.latest()
         if tag is not None:
-            recorded = self.storage.read_json(tag, PLAN_FILE) if self.storage.exists(tag, PLAN_FILE) else None
-            check_resume(recorded, self.plan, tag)
+            check_resume(self.recorded_plan(), self.plan, tag)
 
     def latest(self) -> str | None:
         if not self.storage.exists("latest"):

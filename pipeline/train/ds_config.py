@@ -25,10 +25,11 @@ def effective_precision(requested: str, device: str) -> str:
     return "fp32"
 
 
-def deepspeed_config(training: TrainingSpec, world_size: int, precision: str) -> dict[str, Any]:
+def deepspeed_config(training: TrainingSpec, world_size: int, precision: str, stage: int) -> dict[str, Any]:
+    """The engine config; `stage` is the ZeRO stage in use (zeroStage, or the one auto chose)."""
     ds = training.deepspeed
-    zero: dict[str, Any] = {"stage": ds.zero_stage, "contiguous_gradients": True, "overlap_comm": ds.zero_stage > 0}
-    if ds.zero_stage == 3:
+    zero: dict[str, Any] = {"stage": stage, "contiguous_gradients": True, "overlap_comm": stage > 0}
+    if stage == 3:
         zero["stage3_gather_16bit_weights_on_model_save"] = True
     if ds.offload_optimizer == "cpu":
         zero["offload_optimizer"] = {"device": "cpu", "pin_memory": True}

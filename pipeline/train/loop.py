@@ -27,8 +27,9 @@ from cpt_pipeline.train.ds_config import deepspeed_config, effective_precision
 from cpt_pipeline.train.exit_codes import EXIT_BAD_INPUT, EXIT_NONFINITE, EXIT_PREEMPTED
 from cpt_pipeline.train.model import count_parameters, load_model
 from cpt_pipeline.train.progress import Progress, flops_per_token, peak_flops
-from cpt_pipeline.train.resume import resume_plan
+from cpt_pipeline.train.resume import ZERO_KEY, resume_plan
 from cpt_pipeline.train.schedule import lr_multiplier
+from cpt_pipeline.train.zero_auto import ModelShape, choose_stage, device_memory_bytes
 
 log = logging.getLogger(__name__)
 FAULT_EXIT_AFTER_STEPS = "CPT_FAULT_EXIT_AFTER_STEPS"  # tests: simulate a crash after step N
@@ -112,12 +113,12 @@ def train(spec: ContinuedPretrainSpec, storage: Storage) -> int:
     model.config.use_cache = False
 
     plan = Plan.of(spec, world)
-    checkpointer = Checkpointer(
-        storage, scratch, tcfg.checkpoint.keep_last, rank, local_rank, resume_plan(spec, world, plan.total_steps)
-    )
-    checkpointer.check_resumable()
     precision = effective_precision(tcfg.deepspeed.precision, device)
-    config = deepspeed_config(tcfg, world, precision)
+    checkpointer = Checkpointer(storage, scratch, tcfg.checkpoint.keep_last, rank, local_rank, {})
+    stage = _zero_stage(spec, model, precision, world, device, local_rank, checkpointer.recorded_plan())
+    checkpointer.plan = resume_plan(spec, world, plan.total_steps, stage)
+    checkpointer.check_resumable()
+    config = deepspeed_config(tcfg, world, precision, stage)
     opt = tcfg.optimizer
     groups = _param_groups(model, float(opt.weight_decay))
     optimizer = None
@@ -151,15 +152,17 @@ def train(spec: ContinuedPretrainSpec, storage: Storage) -> int:
         world,
         tcfg.log_interval_steps,
         _tensorboard_dir(storage, scratch) if rank == 0 else None,
+        zero_stage=stage,
     )
     if rank == 0:
         progress.start(start)
         log.info(
-            "training %d parameters on %d %s process(es), %s, steps %d..%d of %d tokens each, milestones %s",
+            "training %d parameters on %d %s process(es), %s, ZeRO-%d, steps %d..%d of %d tokens each, milestones %s",
             params,
             world,
             device,
             precision,
+            stage,
             start + 1,
             plan.total_steps,
             plan.tokens_per_step,
@@ -209,7 +212,7 @@ def train(spec: ContinuedPretrainSpec, storage: Storage) -> int:
                 name = export_name(plan.milestones[done])
                 export_hf(
                     engine,
-                    tcfg.deepspeed.zero_stage,
+                    stage,
                     _tokenizer_dir(spec),
                     storage,
                     name,
@@ -253,6 +256,43 @@ def train(spec: ContinuedPretrainSpec, storage: Storage) -> int:
     if local_rank == 0:
         shutil.rmtree(scratch, ignore_errors=True)
     return 0
+
+
+def _zero_stage(
+    spec: ContinuedPretrainSpec,
+    model: Any,
+    precision: str,
+    world: int,
+    device: str,
+    local_rank: int,
+    recorded: dict[str, Any] | None,
+) -> int:
+    """The ZeRO stage: the spec's; for auto, the one the latest checkpoint was written with, else the lowest
+    that fits (zero_auto.py)."""
+    requested = spec.training.deepspeed.zero_stage
+    if requested != "auto":
+        return int(requested)
+    if recorded and recorded.get(ZERO_KEY) is not None:
+        return int(recorded[ZERO_KEY])
+    shape = ModelShape(
+        count_parameters(model),
+        model.config.num_hidden_layers,
+        model.config.hidden_size,
+        model.get_input_embeddings().num_embeddings,
+    )
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    stage, why = choose_stage(
+        spec.training.deepspeed,
+        shape,
+        precision,
+        spec.training.micro_batch_size,
+        spec.data.sequence_length,
+        world,
+        device_memory_bytes(device, local_rank, local),
+    )
+    if int(os.environ.get("RANK", "0")) == 0:
+        log.info("%s", why)
+    return stage
 
 
 def _gather_ids(ids: list[str], world: int) -> list[str]:

@@ -78,6 +78,7 @@ class Progress:
     world_size: int
     interval: int
     tensorboard_dir: Path | None
+    zero_stage: int | None = None
     history: list[dict[str, Any]] = field(default_factory=list)
     exports: list[str] = field(default_factory=list)  # complete milestone exports, reported in the status
     _recent: list[float] = field(default_factory=list)
@@ -138,6 +139,7 @@ class Progress:
             "latestCheckpoint": latest,
             "restarts": restarts,
             "totalSteps": self.total_steps,
+            "zeroStage": self.zero_stage,
             "exports": list(self.exports),
             "lastUpdateTime": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }

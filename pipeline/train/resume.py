@@ -14,14 +14,16 @@ from cpt.api import ContinuedPretrainSpec
 from cpt_pipeline.train.data import DataError
 
 PLAN_FILE = "plan.json"
+ZERO_KEY = "spec.training.deepspeed.zeroStage (the stage used)"
 
 
 class ResumeMismatch(DataError):
     """The spec changed since the checkpoint in a way that changes the data order or the LR."""
 
 
-def resume_plan(spec: ContinuedPretrainSpec, world_size: int, total_steps: int) -> dict[str, Any]:
-    """{spec field path: value} of everything a resume must keep (world size as nodes x procsPerNode)."""
+def resume_plan(spec: ContinuedPretrainSpec, world_size: int, total_steps: int, zero_stage: int) -> dict[str, Any]:
+    """{spec field path: value} of everything a resume must keep (world size as nodes x procsPerNode; the ZeRO
+    stage, since the checkpoint's partitions are laid out by it)."""
     t, d = spec.training, spec.data
     return {
         "spec.training.nodes * spec.training.procsPerNode": world_size,
@@ -32,6 +34,7 @@ def resume_plan(spec: ContinuedPretrainSpec, world_size: int, total_steps: int) 
         "spec.data.sequenceLength": d.sequence_length,
         "spec.data.replay.fraction": str(float(d.active_replay.fraction)) if d.active_replay else "0.0",
         "total steps (spec.data.tokenBudget / tokens per step)": total_steps,
+        ZERO_KEY: zero_stage,
     }
 
 

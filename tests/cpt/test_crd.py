@@ -74,10 +74,12 @@ def test_defaults_validations_and_enums_are_published() -> None:
     assert nodes[".spec.data.sequenceLength"]["default"] == 2000
     assert nodes[".spec.training.deepspeed.zeroStage"] == {
         **nodes[".spec.training.deepspeed.zeroStage"],
-        "minimum": 0,
-        "maximum": 3,
-        "default": 3,
+        "x-kubernetes-int-or-string": True,
+        "anyOf": [{"type": "integer"}, {"type": "string"}],
+        "default": "auto",
     }
+    stage_rules = [r["rule"] for r in nodes[".spec.training.deepspeed"]["x-kubernetes-validations"]]
+    assert "string(self.zeroStage) in ['0', '1', '2', '3', 'auto']" in stage_rules
     assert nodes[".spec.training"]["default"]["optimizer"]["lr"] == "1e-4"
     assert len(nodes[".spec.evaluation.tasks"]["default"]) == 7
     assert set(nodes[".spec.data.sources[].format"]["enum"]) == {"jsonl", "parquet", "hf"}

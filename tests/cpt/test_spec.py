@@ -52,7 +52,7 @@ def test_defaults_follow_the_paper() -> None:
     assert spec.data.sequence_length == 2000
     assert spec.data.filters.min_lines == 3
     assert spec.data.dedup.exact is True
-    assert spec.training.deepspeed.zero_stage == 3
+    assert spec.training.deepspeed.zero_stage == "auto"  # the lowest stage that fits; the paper's example says 3
     assert spec.training.deepspeed.gradient_checkpointing is True
     assert spec.training.deepspeed.precision == "bf16"
     assert (spec.training.optimizer.lr, spec.training.optimizer.weight_decay) == ("1e-4", "0.005")
@@ -113,7 +113,8 @@ INVALID: list[tuple[str, Any, str, str]] = [
     ("spec.training.optimizer.lr", "fast", "spec.training.optimizer.lr", "pattern"),
     ("spec.training.optimizer.lr", "0", "spec.training.optimizer.lr", "> 0"),
     ("spec.training.optimizer.betas", ["0.9"], "spec.training.optimizer.betas", "at least 2"),
-    ("spec.training.deepspeed.zeroStage", 4, "spec.training.deepspeed.zeroStage", "less than or equal to 3"),
+    ("spec.training.deepspeed.zeroStage", 4, "spec.training.deepspeed.zeroStage", 'use 0, 1, 2, 3 or "auto"'),
+    ("spec.training.deepspeed.zeroStage", "max", "spec.training.deepspeed.zeroStage", 'use 0, 1, 2, 3 or "auto"'),
     (
         "spec.training.deepspeed",
         {"zeroStage": 2, "offloadParams": "cpu"},

@@ -15,11 +15,13 @@ from typing import Any
 
 import pytest
 
+from cpt.api import ContinuedPretrain
 from cpt.api.status import TrainingStatus
 from cpt.kube_yaml import dump
 from cpt_pipeline.local import run_preprocessing
 from cpt_pipeline.train.exit_codes import EXIT_BAD_INPUT, EXIT_NONFINITE, EXIT_PREEMPTED
 from cpt_pipeline.train.loop import FAULT_EXIT_AFTER_STEPS, FAULT_NAN_AT_STEP, LOG_SAMPLE_IDS
+from cpt_pipeline.train.resume import ZERO_KEY
 from tests.conftest import shared_data_dir
 
 REPO = Path(__file__).resolve().parents[3]
@@ -130,6 +132,7 @@ def test_loss_decreases_and_milestones_are_exported(tmp_path: Path, prepared: Pa
     assert (progress["step"], progress["tokensSeen"], progress["totalSteps"]) == (STEPS, 512 * STEPS, STEPS)
     assert progress["tokensPerSecond"] > 0 and progress["latestCheckpoint"].endswith("step-00000012-milestone")
     assert progress["exports"] == ["tokens-0000000003072", "tokens-0000000006144"]  # the operator evaluates each
+    assert progress["zeroStage"] == 3  # as the spec says
     assert any(name.startswith("events.out.tfevents") for name in os.listdir(out / "train" / "tensorboard"))
 
 
@@ -156,6 +159,40 @@ def test_a_killed_run_resumes_exactly(tmp_path: Path, prepared: Path) -> None:
     assert json.loads((out / "train" / "progress.json").read_text())["restarts"] == 1
     assert len(set(got[0]["sampleIds"])) == 8  # 2 ranks x 4 rows: disjoint samples
     assert sum(i.startswith("replay/") for r in got for i in r["sampleIds"]) == STEPS * 8 // 4  # 25% replay
+
+
+def test_zero_stage_auto_picks_0_for_a_tiny_model_and_records_it(tmp_path: Path, prepared: Path) -> None:
+    spec, out = run_dir(
+        tmp_path,
+        prepared,
+        procsPerNode=1,
+        microBatchSize=8,
+        deepspeed={"zeroStage": "auto", "precision": "fp32", "gradientCheckpointing": False},
+    )
+    result = train(spec)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "zeroStage auto: stage 0, estimated" in result.stderr
+    assert json.loads((out / "train" / "progress.json").read_text())["zeroStage"] == 0
+    plan = json.loads((out / "checkpoints" / "step-00000012-milestone" / "plan.json").read_text())
+    assert plan[ZERO_KEY] == 0
+    saved = os.listdir(out / "checkpoints" / "step-00000012-milestone")
+    assert "mp_rank_00_model_states.pt" in saved and not any("zero_pp_rank" in name for name in saved), saved
+
+
+def test_zero_stage_auto_keeps_the_stage_of_the_checkpoint_it_resumes() -> None:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from cpt_pipeline.train.loop import _zero_stage
+
+    model = LlamaForCausalLM(
+        LlamaConfig(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32, vocab_size=64)
+    )
+    doc = resource("/tmp/unused", deepspeed={"zeroStage": "auto"})
+    spec = ContinuedPretrain.model_validate(doc).spec
+    assert _zero_stage(spec, model, "fp32", 2, "cpu", 0, None) == 0  # a fresh start: the lowest that fits
+    assert _zero_stage(spec, model, "fp32", 2, "cpu", 0, {ZERO_KEY: 3}) == 3  # a resume: the checkpoint's
+    explicit = ContinuedPretrain.model_validate(resource("/tmp/unused", deepspeed={"zeroStage": 2})).spec
+    assert _zero_stage(explicit, model, "fp32", 2, "cpu", 0, {ZERO_KEY: 3}) == 2  # the resume check refuses it
 
 
 def test_two_processes_checkpoint_to_s3_and_resume_from_the_bucket_alone(
