@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from cpt.api.base import MAX_LIST, ApiModel, Rule, Uri, section
+from cpt.api.base import MAX_LIST, ApiModel, Rule, Uri, decimal, section
 
 # The reference study's seven tasks, zero-shot, with the metric reported per task.
 PAPER_TASKS: tuple[tuple[str, str], ...] = (
@@ -43,18 +43,38 @@ def _paper_tasks() -> list[Task]:
 
 
 class TextSet(ApiModel):
-    """Raw held-out text for perplexity."""
+    """Raw held-out text for perplexity: files (`uri`), or for the domain set a share of spec.data.sources
+    held out from training (`heldOut`)."""
 
-    uri: Uri = Field(description="jsonl/parquet/txt file(s) (local, s3://, gs://).")
+    uri: Uri | None = Field(None, description="jsonl/parquet/txt file(s) (local, s3://, gs://).")
+    held_out: decimal(gt=0, lt=1) | None = Field(
+        None,
+        description="Domain set only: share of the domain documents (spec.data.sources) held out from training "
+        'and scored here, e.g. "0.02". Chosen by a hash of the text, so the split is deterministic and copies '
+        "of a held-out document are held out too; held-out documents never reach a shard.",
+    )
     text_field: str = Field("text", min_length=1, max_length=256, description="Field with the text (jsonl/parquet).")
     max_documents: int = Field(1000, ge=1, le=10**7, description="Use at most this many documents.")
+
+    rules = (
+        Rule(
+            cel="has(self.uri) != has(self.heldOut)",
+            message="give either uri or heldOut",
+            field="uri",
+            check=lambda t: (t.uri is None) != (t.held_out is None),
+        ),
+    )
 
 
 class Perplexity(ApiModel):
     """Held-out text sets: the domain gain and the forgetting signal."""
 
-    domain: TextSet | None = Field(None, description="Held-out domain text.")
-    general: TextSet | None = Field(None, description="Held-out general text (forgetting).")
+    domain: TextSet | None = Field(
+        None, description="Held-out domain text: files, or heldOut (a share of the domain sources)."
+    )
+    general: TextSet | None = Field(
+        None, description="Held-out general text (forgetting): files from the base model's own distribution."
+    )
     window_tokens: int | None = Field(
         None,
         ge=2,
@@ -62,6 +82,20 @@ class Perplexity(ApiModel):
         description="Tokens per scored window (default: data.sequenceLength, the context the model is trained "
         "at), capped by the model's context length.",
     )
+
+    rules = (
+        Rule(
+            cel="!has(self.general) || !has(self.general.heldOut)",
+            message="heldOut applies to the domain set; give the general set's files in uri",
+            field="general",
+            check=lambda p: p.general is None or p.general.held_out is None,
+        ),
+    )
+
+    @property
+    def domain_held_out(self) -> float:
+        """The share of domain documents held out from training (0: none)."""
+        return float(self.domain.held_out) if self.domain is not None and self.domain.held_out else 0.0
 
 
 class EvaluationSpec(ApiModel):

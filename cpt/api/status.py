@@ -64,6 +64,9 @@ class PreprocessStatus(ApiModel):
     docs_dropped: dict[str, int] = Field(default_factory=dict, description="Documents dropped, by reason.")
     duplicates: int = Field(0, ge=0, description="Exact or near duplicates removed.")
     contaminated: int = Field(0, ge=0, description="Documents removed by decontamination.")
+    held_out: int = Field(
+        0, ge=0, description="Domain documents held out from training (evaluation.perplexity.domain.heldOut)."
+    )
     bad_records: int = Field(0, ge=0, description="Malformed records skipped.")
 
 

@@ -85,10 +85,13 @@ def evaluate_run(
     `target` says so); returns (and writes) the status summary of everything evaluated so far."""
     from cpt_pipeline.evaluate.harness import run_tasks, scores
     from cpt_pipeline.evaluate.perplexity import evaluate_sets
+    from cpt_pipeline.preprocess.held_out import HELD_OUT_PATH
 
     cfg = spec.evaluation
     local_data = _task_data(cfg.local_task_dir) if cfg.local_task_dir else None
     sets = {name: s for name, s in (("domain", cfg.perplexity.domain), ("general", cfg.perplexity.general)) if s}
+    if "domain" in sets and sets["domain"].held_out:  # the documents preprocessing held out from training
+        sets["domain"] = sets["domain"].model_copy(update={"uri": storage.url(*HELD_OUT_PATH)})
     found = targets(spec, storage)
     if target not in (None, *TARGETS) and target not in {name for name, *_ in found}:
         raise FileNotFoundError(

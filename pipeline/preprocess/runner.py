@@ -10,7 +10,8 @@ order, pack each source's documents into shards, and write the manifest last. A 
 exists is skipped.
 
 Sets: `domain` (all spec.data.sources, deduplicated together) and `replay` (spec.data.replay.source,
-unless its fraction is 0).
+unless its fraction is 0). With evaluation.perplexity.domain.heldOut, a share of the domain documents is
+held out (held_out.py): written for evaluation, never tokenized into a shard.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from cpt_pipeline.preprocess import stats as keys
 from cpt_pipeline.preprocess.decontam import Decontaminator, eval_files
 from cpt_pipeline.preprocess.dedup import MinHasher, exact_hash, first_occurrences
 from cpt_pipeline.preprocess.filters import FilterChain
+from cpt_pipeline.preprocess.held_out import HELD_OUT_PATH, HeldOutWriter, is_held_out, merge
 from cpt_pipeline.preprocess.readers import Document, SourceError, WorkUnit, plan_units, read_unit
 from cpt_pipeline.preprocess.shards import FORMAT, ShardPacker, rows_per_shard
 from cpt_pipeline.preprocess.stats import Stats
@@ -201,12 +203,17 @@ def prepare(spec: ContinuedPretrainSpec, storage: Storage, rank: int, world_size
             writer = _RankWriter(Path(scratch), tokenizer.info.dtype, hasher.cfg.num_perm if hasher else None)
             # dropped documents stream to a scratch file, uploaded (streamed) with the rank's other outputs
             dropped = (Path(scratch) / "dropped.jsonl").open("wb") if spec.data.filters.write_dropped else None
+            perplexity = spec.evaluation.perplexity
+            held_out = perplexity.domain_held_out if data_set.name == "domain" else 0.0
+            held = HeldOutWriter(Path(scratch), perplexity.domain.max_documents) if held_out else None
             for unit in units[rank::world_size]:
                 cap, source = caps[unit.source], source_index[unit.source]
                 if writer.source_tokens[source] >= cap:
                     continue  # this source's share is covered; the next units may belong to other sources
                 for batch in _batches(read_unit(unit, by_name[unit.source], stats), batch_docs):
                     kept = _keep(batch, chain, decontaminator, stats, dropped)
+                    if held is not None:
+                        kept = _hold_out(kept, held_out, held, stats)
                     for doc, ids in zip(kept, tokenizer.encode_batch([d.text for d in kept]), strict=True):
                         if writer.source_tokens[source] >= cap:  # covered: stop at a document boundary
                             break
@@ -227,6 +234,8 @@ def prepare(spec: ContinuedPretrainSpec, storage: Storage, rank: int, world_size
             if dropped is not None:
                 dropped.close()
                 out.put_file(dropped.name, "dropped.jsonl")
+            if held is not None:
+                out.put_file(held.close(), "heldout.jsonl")
         out.write_json(
             {
                 "rank": rank,
@@ -278,6 +287,18 @@ def _keep(
             record = {"reason": reason, "location": doc.location, "text": doc.text}
             dropped.write(json.dumps(record, ensure_ascii=False).encode() + b"\n")
     stats.add(keys.DOCS_TOKENIZED, len(kept))
+    return kept
+
+
+def _hold_out(docs: list[Document], fraction: float, held: HeldOutWriter, stats: Stats) -> list[Document]:
+    """The documents that train; the held-out ones go to `held` (counted, never tokenized)."""
+    kept = []
+    for doc in docs:
+        if is_held_out(doc.text, fraction):
+            held.add(doc)
+            stats.add(keys.HELD_OUT)
+        else:
+            kept.append(doc)
     return kept
 
 
@@ -368,6 +389,10 @@ def _reduce_set(
             per_source[source.name] = entry
         del streams  # close the memmaps before their directory goes
     stats.counts[keys.TOKENS] = kept_tokens
+    held_out = None
+    if data_set.name == "domain" and spec.evaluation.perplexity.domain_held_out:
+        limit = spec.evaluation.perplexity.domain.max_documents
+        held_out = {"documents": merge([r["dir"] for r in ranks], storage, limit), "uri": storage.url(*HELD_OUT_PATH)}
     manifest = {
         "format": FORMAT,
         "set": data_set.name,
@@ -382,6 +407,7 @@ def _reduce_set(
         "tokens_needed": data_set.tokens_needed,
         "workers": world_size,
         "decontamination": ranks[0]["done"]["decontamination"],
+        "held_out": held_out,
         "stats": stats.to_json(),
         "reduce_seconds": round(time.perf_counter() - started, 3),
     }
@@ -421,5 +447,6 @@ def status_summary(manifests: dict[str, dict[str, Any]]) -> dict[str, Any]:
         "docsDropped": stats.dropped_by_reason(),
         "duplicates": c[keys.DUPLICATES] + c[keys.NEAR_DUPLICATES],
         "contaminated": c[keys.CONTAMINATED],
+        "heldOut": c[keys.HELD_OUT],
         "badRecords": c[keys.BAD_RECORDS],
     }

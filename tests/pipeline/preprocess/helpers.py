@@ -39,7 +39,9 @@ def stories_tokenizer() -> str:
     return str(shared_data_dir() / "models" / "stories260K")
 
 
-def make_spec(storage: Path | str, sources: list[dict[str, Any]], **data: Any) -> ContinuedPretrainSpec:
+def make_spec(
+    storage: Path | str, sources: list[dict[str, Any]], evaluation: dict[str, Any] | None = None, **data: Any
+) -> ContinuedPretrainSpec:
     """A spec over the given sources with the stories260K tokenizer (vocab 512, fast)."""
     data_section = {"sources": sources, "sequenceLength": 64, "tokenBudget": 10**9, **data}
     data_section.setdefault("decontamination", {"enabled": False})
@@ -50,6 +52,7 @@ def make_spec(storage: Path | str, sources: list[dict[str, Any]], **data: Any) -
             "data": data_section,
             "training": {"microBatchSize": 1, "gradAccumulation": 1},
             "storage": {"uri": str(storage)},
+            **({"evaluation": evaluation} if evaluation else {}),
         }
     }
     return ContinuedPretrain.model_validate(doc).spec
