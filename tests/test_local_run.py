@@ -23,7 +23,7 @@ def test_cpt_run_takes_the_tiny_example_through_every_stage(tmp_path: Path) -> N
     spec["model"]["uri"] = str(shared / "models" / "stories260K")
     spec["data"]["sources"][0]["uri"] = str(shared / "corpora" / "openstax_stem.jsonl")
     spec["data"]["replay"]["source"]["uri"] = str(shared / "corpora" / "stories260k_samples.jsonl")
-    spec["data"].update(tokenBudget=4096 * 6, milestones=[4096 * 3])  # 6 steps of 2 x 8 x 256 tokens
+    spec["data"].update(tokenBudget=4096 * 6, milestones=[4096 * 3])  # 12 steps of 1 x 8 x 256 tokens
     spec["evaluation"]["localTaskDir"] = str(shared / "benchmarks")
     spec["evaluation"]["tasks"] = [{"name": "arc_easy", "metric": "acc_norm", "limit": 10}]
     spec["evaluation"]["perplexity"] = {

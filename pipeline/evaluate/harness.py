@@ -2,7 +2,9 @@
 
 Tasks run with their pinned `numFewshot` and report the metric chosen per task. With
 `evaluation.localTaskDir`, the shipped local tasks (`tasks/*.yaml`) are rendered against that data
-directory and replace the hub-backed stock tasks of the same names, so evaluation runs fully offline.
+directory and replace the hub-backed stock tasks of the same names, so evaluation runs fully offline. A
+task YAML of the user's own in that directory (`<localTaskDir>/<name>.yaml`, `__DATA__` standing for the
+directory) is used as it is and wins over a shipped one of the same name.
 """
 
 from __future__ import annotations
@@ -43,11 +45,15 @@ def render_tasks(data_dir: Path, names: Iterable[str], target: Path) -> Path:
     target.mkdir(parents=True, exist_ok=True)
     shutil.copy(TASKS_DIR / "local_utils.py", target / "local_utils.py")
     for name in names:
+        own = data_dir / f"{name}.yaml"
+        if own.is_file():
+            (target / own.name).write_text(own.read_text().replace(PLACEHOLDER, str(data_dir)))
+            continue
         template = TASKS_DIR / f"{name}.yaml"
         if not template.exists():
             raise TaskDataError(
-                f"no local task {name!r} (shipped: {', '.join(shipped_tasks())}); use a hub task "
-                "by leaving evaluation.localTaskDir unset, or add a YAML to the task directory"
+                f"no local task {name!r} (shipped: {', '.join(shipped_tasks())}, or {own}); use a hub task "
+                f"by leaving evaluation.localTaskDir unset, or write {own}"
             )
         if name == "mmlu":
             _render_mmlu(data_dir, template.read_text(), target)

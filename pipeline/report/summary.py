@@ -18,9 +18,11 @@ def _change(summaries: list[dict[str, Any]], which: str) -> str | None:
     if len(values) < 2:
         return None
     (first_tokens, first), (last_tokens, last) = values[0], values[-1]
+    change = f"{(last - first) / first:+.1%}"
+    if last < first / 10:  # "-100.0%" would hide how much: say the factor
+        change = f"{first / last:,.0f}x lower"
     return (
-        f"{which} perplexity: {first:.3f} at {first_tokens:,} tokens -> {last:.3f} at {last_tokens:,} tokens "
-        f"({(last - first) / first:+.1%})"
+        f"{which} perplexity: {first:.3f} at {first_tokens:,} tokens -> {last:.3f} at {last_tokens:,} tokens ({change})"
     )
 
 

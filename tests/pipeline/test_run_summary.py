@@ -34,3 +34,10 @@ def test_the_summary_shows_table_1_the_perplexity_changes_and_the_report(tmp_pat
     assert "domain perplexity: 20.000 at 0 tokens -> 13.000 at 24,576 tokens (-35.0%)" in text
     assert "general perplexity: 4.000 at 0 tokens -> 5.000 at 24,576 tokens (+25.0%)" in text
     assert lines[-1] == f"report: {tmp_path}/report/index.html"
+
+
+def test_a_fall_of_more_than_ten_times_is_given_as_a_factor(tmp_path: Path) -> None:
+    storage = Storage.open_uri(str(tmp_path))
+    storage.write_json(summary(0, 0.25, 20000.0, 2.0), "eval", "baseline", "summary.json")
+    storage.write_json(summary(4096, 0.5, 1.6, 2.1), "eval", "tokens-0000000004096", "summary.json")
+    assert "domain perplexity: 20000.000 at 0 tokens -> 1.600 at 4,096 tokens (12,500x lower)" in run_summary(storage)
