@@ -5,13 +5,58 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
+import threading
 from pathlib import Path
+from typing import IO
 
 from cpt.stages import Stage, stage_argv
 from cpt_pipeline.__main__ import INDEX_ENV
+from cpt_pipeline.console import Console
+from cpt_pipeline.storage import Storage
 
 PARALLEL_STAGES = {Stage.PREPROCESS}  # one process per worker rank; the others run once
 WORLD_STAGES = {Stage.PREPROCESS, Stage.DEDUP}  # take --world-size (the number of preprocessing workers)
+# Progress bars of third-party libraries (lm-eval, transformers, the Hub) would fill the logs with carriage returns:
+# turned off at their source. The live display shows progress instead.
+QUIET_ENV = {"TQDM_DISABLE": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1", "PYTHONUNBUFFERED": "1"}
+
+
+class StageLog:
+    """`logs/<stage>.log` in the run's storage: written in place on a local filesystem, else uploaded when the
+    stage ends (whether or not it succeeded)."""
+
+    def __init__(self, storage: Storage, stage: Stage) -> None:
+        self.storage = storage
+        self.name = f"{stage}.log"
+        if storage.is_local:
+            path = Path(storage.path("logs", self.name))
+            path.parent.mkdir(parents=True, exist_ok=True)
+        else:
+            path = Path(tempfile.mkdtemp(prefix="kubecpt-log-")) / self.name
+        self.path = path
+        self.handle = path.open("a", encoding="utf-8")
+        self.lock = threading.Lock()
+
+    @property
+    def location(self) -> str:
+        return self.storage.url("logs", self.name)
+
+    def write(self, text: str) -> None:
+        with self.lock:
+            self.handle.write(text if text.endswith("\n") else text + "\n")
+            self.handle.flush()
+
+    def close(self) -> None:
+        self.handle.close()
+        if not self.storage.is_local:
+            self.storage.put_file(str(self.path), "logs", self.name)
+
+
+def _follow(stream: IO[str], prefix: str, log: StageLog, console: Console) -> None:
+    for text in stream:
+        log.write(prefix + text)
+        console.line(text)
 
 
 def run_stage(
@@ -22,14 +67,18 @@ def run_stage(
     extra: list[str] | None = None,
     env: dict[str, str] | None = None,
     cwd: Path | None = None,
+    console: Console | None = None,
+    log: StageLog | None = None,
 ) -> None:
-    """Run one stage: `world_size` processes (JOB_COMPLETION_INDEX 0..N-1) for parallel stages, else one."""
+    """Run one stage: `world_size` processes (JOB_COMPLETION_INDEX 0..N-1) for parallel stages, else one. With
+    a console and a log, the processes' output goes to the log and the console shows their progress."""
     argv = stage_argv(
         stage, str(spec_path), python=sys.executable, extra=[*(extra or []), "--world-size", str(world_size)]
     )
     processes = world_size if stage in PARALLEL_STAGES else 1
     threads = str(max(1, (os.cpu_count() or 1) // processes))
-    running = []
+    running: list[subprocess.Popen] = []
+    readers: list[threading.Thread] = []
     for rank in range(processes):
         child_env = {
             **os.environ,
@@ -38,8 +87,26 @@ def run_stage(
             "RAYON_NUM_THREADS": threads,
             "OMP_NUM_THREADS": threads,
         }
-        running.append(subprocess.Popen(argv, env=child_env, cwd=cwd))
+        if console is None or log is None:
+            running.append(subprocess.Popen(argv, env=child_env, cwd=cwd))
+            continue
+        child = subprocess.Popen(
+            argv,
+            env={**child_env, **QUIET_ENV},
+            cwd=cwd,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            errors="replace",
+        )
+        prefix = f"[worker {rank}] " if processes > 1 else ""
+        reader = threading.Thread(target=_follow, args=(child.stdout, prefix, log, console), daemon=True)
+        reader.start()
+        readers.append(reader)
+        running.append(child)
     failed = [(rank, code) for rank, code in ((r, p.wait()) for r, p in enumerate(running)) if code != 0]
+    for reader in readers:
+        reader.join()
     if failed:
         raise RuntimeError(f"stage {stage}: " + ", ".join(f"rank {r} exited with {c}" for r, c in failed))
 
@@ -76,13 +143,22 @@ def run_pipeline(
     except ImportError:
         pass
     workers = spec.data.preprocessing.workers
+    storage = Storage.from_spec(spec.storage)
+    console = Console()
     for stage in stages or list(Stage):
         world = workers if stage in (Stage.PREPROCESS, Stage.DEDUP) else 1
-        print(f"== {stage}", flush=True)
-        run_stage(stage, spec_path, world_size=world, env=env, cwd=cwd)
+        log = StageLog(storage, stage)
+        console.start(stage)
+        try:
+            run_stage(stage, spec_path, world_size=world, env=env, cwd=cwd, console=console, log=log)
+        except RuntimeError as error:
+            console.finish(False, log.location, str(error))
+            raise RuntimeError(f"{error} (log: {log.location})") from None
+        finally:
+            log.close()
+        console.finish(True, log.location)
     from cpt_pipeline.report.summary import run_summary
-    from cpt_pipeline.storage import Storage
 
-    summary = run_summary(Storage.from_spec(spec.storage))
+    summary = run_summary(storage)
     if summary:
         print(f"== summary\n{summary}", flush=True)

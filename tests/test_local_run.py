@@ -51,6 +51,13 @@ def test_cpt_run_takes_the_tiny_example_through_every_stage(tmp_path: Path) -> N
     assert all(m["generalPerplexity"] and m["domainPerplexity"] for m in evaluation["milestones"])
     assert (run / "report" / "index.html").stat().st_size > 50_000
     assert "== summary\nTable 1" in result.stdout and "domain perplexity:" in result.stdout
+    # the screen shows progress lines; the stages' JSON events, logs and warnings are in the run's logs
+    assert '"event"' not in result.stdout + result.stderr and "FutureWarning" not in result.stdout + result.stderr
+    assert "train: step 12/12 (100%)" in result.stdout and "train: done in" in result.stdout
+    assert '"event": "train_step"' in (run / "logs" / "train.log").read_text()
+    assert sorted(os.listdir(run / "logs")) == [
+        f"{s}.log" for s in ("dedup", "evaluate", "preprocess", "report", "train")
+    ]
     assert [line.split(" | ")[0] for line in (run / "report" / "table.md").read_text().splitlines()[2:]] == [
         "| 0 (Base)",
         "| ≈ 12.3K",
@@ -66,3 +73,24 @@ def test_cpt_run_refuses_a_multi_node_spec_locally(tmp_path: Path) -> None:
         [str(Path(sys.executable).parent / "cpt"), "run", str(path)], capture_output=True, text=True, timeout=300
     )
     assert result.returncode == 1 and "a local run uses one node, but spec.training.nodes is 3" in result.stderr
+
+
+def test_a_failing_stage_shows_the_end_of_its_log_and_where_the_log_is(tmp_path: Path) -> None:
+    doc = yaml.safe_load((REPO / "manifests" / "examples" / "quickstart.yaml").read_text())
+    doc["spec"]["model"]["uri"] = str(REPO / "manifests" / "examples" / "quickstart" / "model")
+    doc["spec"]["data"]["sources"][0]["uri"] = str(tmp_path / "missing.jsonl")
+    doc["spec"]["storage"]["uri"] = str(tmp_path / "run")
+    path = tmp_path / "broken.yaml"
+    path.write_text(dump(doc))
+    result = subprocess.run(
+        [str(Path(sys.executable).parent / "cpt"), "run", str(path), "--stages", "preprocess"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 1
+    assert "preprocess: FAILED after" in result.stdout
+    assert "missing.jsonl" in result.stdout  # the worker's one-line error, from the log's tail
+    log = tmp_path / "run" / "logs" / "preprocess.log"
+    assert f"(log: {log})" in result.stderr and "missing.jsonl" in log.read_text()
+    assert "Traceback" not in result.stdout + result.stderr

@@ -122,6 +122,8 @@ def evaluate_run(
         summary = summarize(name, tokens, model, task_scores, perplexities, storage.url("eval", name, "results.json"))
         storage.write_json(summary, "eval", name, "summary.json")
         log.info("evaluated %s (%d tokens): average %s", name, tokens, summary["average"])
+        event = {"event": "evaluated", "name": name, "tokens": tokens, "average": summary["average"]}
+        print(json.dumps(event), flush=True)
     status = status_summary(load_summaries(storage))
     storage.write_json(status, "eval", "status.json")
     push_status("kubecpt-evaluate", {"evaluation": status})

@@ -48,6 +48,7 @@ from cpt_pipeline.storage import Storage
 log = logging.getLogger(__name__)
 TOKENIZER_SAMPLE = 64
 HEADROOM = 1.2
+PROGRESS_SECONDS = 2.0  # a preprocess_progress event at most this often per worker
 
 
 @dataclass(frozen=True)
@@ -206,6 +207,7 @@ def prepare(spec: ContinuedPretrainSpec, storage: Storage, rank: int, world_size
             perplexity = spec.evaluation.perplexity
             held_out = perplexity.domain_held_out if data_set.name == "domain" else 0.0
             held = HeldOutWriter(Path(scratch), perplexity.domain.max_documents) if held_out else None
+            last_event = time.monotonic()
             for unit in units[rank::world_size]:
                 cap, source = caps[unit.source], source_index[unit.source]
                 if writer.source_tokens[source] >= cap:
@@ -214,6 +216,7 @@ def prepare(spec: ContinuedPretrainSpec, storage: Storage, rank: int, world_size
                     kept = _keep(batch, chain, decontaminator, stats, dropped)
                     if held is not None:
                         kept = _hold_out(kept, held_out, held, stats)
+                    last_event = _progress_event(last_event, data_set.name, rank, stats, writer.tokens)
                     for doc, ids in zip(kept, tokenizer.encode_batch([d.text for d in kept]), strict=True):
                         if writer.source_tokens[source] >= cap:  # covered: stop at a document boundary
                             break
@@ -288,6 +291,17 @@ def _keep(
             dropped.write(json.dumps(record, ensure_ascii=False).encode() + b"\n")
     stats.add(keys.DOCS_TOKENIZED, len(kept))
     return kept
+
+
+def _progress_event(last: float, set_name: str, rank: int, stats: Stats, tokens: int) -> float:
+    """Print a preprocess_progress event (documents read, tokens written) when PROGRESS_SECONDS have passed;
+    returns the time of the last event."""
+    now = time.monotonic()
+    if now - last < PROGRESS_SECONDS:
+        return last
+    event = {"event": "preprocess_progress", "set": set_name, "rank": rank, "docs": stats.counts[keys.DOCS_READ]}
+    print(json.dumps({**event, "tokens": tokens}), flush=True)
+    return now
 
 
 def _hold_out(docs: list[Document], fraction: float, held: HeldOutWriter, stats: Stats) -> list[Document]:

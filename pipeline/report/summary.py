@@ -21,6 +21,8 @@ def _change(summaries: list[dict[str, Any]], which: str) -> str | None:
     change = f"{(last - first) / first:+.1%}"
     if last < first / 10:  # "-100.0%" would hide how much: say the factor
         change = f"{first / last:,.0f}x lower"
+    elif last > first * 10:
+        change = f"{last / first:,.0f}x higher"
     return (
         f"{which} perplexity: {first:.3f} at {first_tokens:,} tokens -> {last:.3f} at {last_tokens:,} tokens ({change})"
     )

@@ -41,3 +41,8 @@ def test_a_fall_of_more_than_ten_times_is_given_as_a_factor(tmp_path: Path) -> N
     storage.write_json(summary(0, 0.25, 20000.0, 2.0), "eval", "baseline", "summary.json")
     storage.write_json(summary(4096, 0.5, 1.6, 2.1), "eval", "tokens-0000000004096", "summary.json")
     assert "domain perplexity: 20000.000 at 0 tokens -> 1.600 at 4,096 tokens (12,500x lower)" in run_summary(storage)
+    storage.write_json(summary(0, 0.25, 2.0, 1.9), "eval", "baseline", "summary.json")
+    storage.write_json(summary(4096, 0.5, 1.6, 259293.9), "eval", "tokens-0000000004096", "summary.json")
+    assert "general perplexity: 1.900 at 0 tokens -> 259293.900 at 4,096 tokens (136,470x higher)" in run_summary(
+        storage
+    )
