@@ -1,4 +1,4 @@
-"""What `cpt run` shows: progress from the stages' JSON events, plain lines off a terminal, the log's tail on failure."""
+"""What `cpt run` shows: progress from JSON events, plain lines off a terminal, the log's tail on failure."""
 
 from __future__ import annotations
 
