@@ -86,13 +86,14 @@ class Features:
         return int(lengths[depth[:-1] > 0].sum())
 
     def top_ngram_chars(self, n: int) -> int:
-        """Characters in all occurrences of the most frequent n-gram."""
+        """Characters in all occurrences of the most frequent n-gram; of several equally frequent, the first to
+        occur (not the first in hash order: word hashes differ between processes)."""
         grams = self.ngram_hashes(n)
         if len(grams) == 0:
             return 0
         _, first, counts = np.unique(grams, return_index=True, return_counts=True)
-        top = int(np.argmax(counts))
-        return int(counts[top]) * self.ngram_chars(int(first[top]), n)
+        top = int(first[counts == counts.max()].min())
+        return int(counts.max()) * self.ngram_chars(top, n)
 
 
 def _duplicates(items: list[str]) -> tuple[int, int]:

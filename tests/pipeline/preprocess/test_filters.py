@@ -106,3 +106,22 @@ def test_c4_rules() -> None:
 def test_optional_rule_sets_are_off_by_default() -> None:
     assert len(chain().checks) == 2
     assert len(chain(gopherQuality=True, finewebQuality=True, c4=True).checks) == 5
+
+
+def test_the_top_ngram_of_a_tie_is_the_earliest_whatever_the_hash_seed() -> None:
+    """Two 2-grams occur twice each; the rule measures the first to occur (as datatrove's most_common does).
+    Before, the tie was broken by Python's per-process string hash: the same document was kept by one run
+    (or worker) and dropped by another."""
+    import subprocess
+    import sys
+
+    text = "a bb a bb ccc dddd ccc dddd"
+    assert Features(text).top_ngram_chars(2) == 2 * len("abb")
+    code = f"from cpt_pipeline.preprocess.filters import Features; print(Features({text!r}).top_ngram_chars(2))"
+    values = {
+        subprocess.run(
+            [sys.executable, "-P", "-c", code], capture_output=True, text=True, env={"PYTHONHASHSEED": str(seed)}
+        ).stdout.strip()
+        for seed in range(12)
+    }
+    assert values == {"6"}
