@@ -36,7 +36,7 @@ ARCH = {
 SEQ, MICRO, WARMUP = 256, 8, 5
 
 
-def resource(storage: Path, steps: int, zero: int) -> dict:
+def resource(storage: Path, steps: int, zero: int | str) -> dict:
     return {
         "apiVersion": "cpt.kubecpt.dev/v1alpha1",
         "kind": "ContinuedPretrain",
@@ -71,7 +71,7 @@ def steady_tokens_per_second(step_ends: list[float]) -> float:
     return (len(step_ends) - WARMUP) * SEQ * MICRO / span
 
 
-def run_kubecpt(work: Path, steps: int, zero: int, env: dict[str, str]) -> float:
+def run_kubecpt(work: Path, steps: int, zero: int | str, env: dict[str, str]) -> float:
     from cpt.kube_yaml import dump
 
     out = work / f"zero{zero}"
@@ -105,7 +105,8 @@ def packed_rows(work: Path) -> Any:
 
 
 def compare(description: str, peer: str, run_peer: Callable[[Path, int, int], float], goal: str = "") -> int:
-    """Prepare the shards once, then time the peer and kubecpt at ZeRO-0 and ZeRO-3; print tokens/s and ratios."""
+    """Prepare the shards once, then time the peer and kubecpt at ZeRO-0, ZeRO-3 and zeroStage auto (the default);
+    print tokens/s and ratios."""
     parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
@@ -127,10 +128,11 @@ def compare(description: str, peer: str, run_peer: Callable[[Path, int, int], fl
             peer: run_peer(work, args.steps, args.threads),
             "kubecpt ZeRO-0": run_kubecpt(work, args.steps, 0, env),
             "kubecpt ZeRO-3": run_kubecpt(work, args.steps, 3, env),
+            "kubecpt auto": run_kubecpt(work, args.steps, "auto", env),
         }
         for name, tps in results.items():
             print(f"{name:>15}: {tps:9.0f} tokens/s")
-        for name in ("kubecpt ZeRO-0", "kubecpt ZeRO-3"):
+        for name in ("kubecpt ZeRO-0", "kubecpt ZeRO-3", "kubecpt auto"):
             print(f"{name} / {peer}: {results[name] / results[peer]:.2f}x{goal}")
     finally:
         shutil.rmtree(work, ignore_errors=True)
