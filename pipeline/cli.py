@@ -46,6 +46,9 @@ def _run(args: argparse.Namespace) -> int:
     except (RuntimeError, ValueError) as error:
         print(f"cpt run: {error}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print("cpt run: interrupted; run it again to resume (finished stages are skipped)", file=sys.stderr)
+        return 130
     return 0
 
 

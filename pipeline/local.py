@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
 import threading
+import time
 from pathlib import Path
 from typing import IO
 
@@ -24,7 +26,7 @@ QUIET_ENV = {"TQDM_DISABLE": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1", "PYTHONUN
 
 class StageLog:
     """`logs/<stage>.log` in the run's storage: written in place on a local filesystem, else uploaded when the
-    stage ends (whether or not it succeeded)."""
+    stage ends (whether or not it succeeded). A rerun appends to it, after a line saying when it started."""
 
     def __init__(self, storage: Storage, stage: Stage) -> None:
         self.storage = storage
@@ -34,9 +36,12 @@ class StageLog:
             path.parent.mkdir(parents=True, exist_ok=True)
         else:
             path = Path(tempfile.mkdtemp(prefix="kubecpt-log-")) / self.name
+            if storage.exists("logs", self.name):
+                path.write_bytes(storage.read_bytes("logs", self.name))
         self.path = path
         self.handle = path.open("a", encoding="utf-8")
         self.lock = threading.Lock()
+        self.write(f"==== cpt run: {stage}, started {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}")
 
     @property
     def location(self) -> str:
@@ -51,6 +56,7 @@ class StageLog:
         self.handle.close()
         if not self.storage.is_local:
             self.storage.put_file(str(self.path), "logs", self.name)
+            shutil.rmtree(self.path.parent, ignore_errors=True)
 
 
 def _follow(stream: IO[str], prefix: str, log: StageLog, console: Console) -> None:
@@ -151,8 +157,10 @@ def run_pipeline(
         console.start(stage)
         try:
             run_stage(stage, spec_path, world_size=world, env=env, cwd=cwd, console=console, log=log)
-        except RuntimeError as error:
-            console.finish(False, log.location, str(error))
+        except (RuntimeError, KeyboardInterrupt) as error:  # the live display must end, or the cursor stays hidden
+            console.finish(False, log.location, str(error) or "interrupted")
+            if isinstance(error, KeyboardInterrupt):
+                raise
             raise RuntimeError(f"{error} (log: {log.location})") from None
         finally:
             log.close()

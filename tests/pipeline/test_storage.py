@@ -28,3 +28,21 @@ def test_put_file_streams_a_local_file_in_atomically(tmp_path: Path) -> None:
     storage.put_file(str(source), "a", "b.bin")
     assert (tmp_path / "out" / "a" / "b.bin").read_bytes() == source.read_bytes()
     assert [p.name for p in (tmp_path / "out" / "a").iterdir()] == ["b.bin"]  # no temporary left behind
+
+
+def test_a_stage_log_in_an_object_store_is_uploaded_and_a_rerun_appends(s3, s3_server: str) -> None:
+    from cpt.stages import Stage
+    from cpt_pipeline.local import StageLog
+
+    bucket = f"cpt-{uuid.uuid4().hex[:8]}"
+    s3.mkdir(bucket)
+    root = Storage.open_uri(f"s3://{bucket}/run", endpoint=s3_server)
+    for attempt in ("first", "second"):
+        log = StageLog(root, Stage.TRAIN)
+        log.write(f"{attempt} attempt")
+        log.close()
+        assert not log.path.exists()  # the local copy is gone once uploaded
+    text = root.read_bytes("logs", "train.log").decode()
+    assert text.count("==== cpt run: train, started") == 2
+    assert text.index("first attempt") < text.index("second attempt")
+    assert log.location == f"s3://{bucket}/run/logs/train.log"
