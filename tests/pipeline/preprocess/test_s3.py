@@ -24,19 +24,17 @@ def test_sources_and_outputs_on_s3_match_a_local_run(tmp_path: Path, s3, s3_serv
     local = write_jsonl(tmp_path / "in" / "corpus.jsonl", docs)
     s3.put_file(str(local), f"{bucket}/in/corpus.jsonl")
 
-    remote_spec = make_spec(
-        f"s3://{bucket}/run",
-        [{"name": "c", "uri": f"s3://{bucket}/in/*.jsonl"}],
-    )
+    held = {"perplexity": {"domain": {"heldOut": "0.1"}}}
+    remote_spec = make_spec(f"s3://{bucket}/run", [{"name": "c", "uri": f"s3://{bucket}/in/*.jsonl"}], held)
     remote_spec.storage.endpoint = s3_server
     storage = Storage.from_spec(remote_spec.storage)
     assert not storage.is_local
     for rank in range(3):
         prepare(remote_spec, storage, rank, 3)
     summary = reduce(remote_spec, storage, 3, shard_rows=40)
-    assert summary["duplicates"] == 1 and summary["docsKept"] == 150
+    assert summary["duplicates"] == 1 and summary["docsKept"] + summary["heldOut"] == 150 and summary["heldOut"]
 
-    local_spec = make_spec(tmp_path / "out", [{"name": "c", "uri": str(local)}])
+    local_spec = make_spec(tmp_path / "out", [{"name": "c", "uri": str(local)}], held)
     local_storage = Storage.from_spec(local_spec.storage)
     for rank in range(3):
         prepare(local_spec, local_storage, rank, 3)
@@ -52,6 +50,8 @@ def test_sources_and_outputs_on_s3_match_a_local_run(tmp_path: Path, s3, s3_serv
     second_row = s3.cat_file(f"{bucket}/run/data/domain/c/{shards[0]['path']}", start=row, end=2 * row)
     assert second_row == local_storage.read_bytes("data", "domain", "c", shards[0]["path"])[row : 2 * row]
     assert storage.read_json("data", "preprocess-status.json") == summary
+    held_out = s3.cat_file(f"{bucket}/run/data/heldout/domain.jsonl")  # what evaluation scores, in the bucket
+    assert held_out == local_storage.read_bytes("data", "heldout", "domain.jsonl") and held_out.count(b"\n") > 0
 
 
 def test_the_storage_endpoint_applies_to_every_s3_uri_and_task_data_on_s3_decontaminates(
