@@ -54,7 +54,9 @@ def test_cpt_run_takes_the_tiny_example_through_every_stage(tmp_path: Path) -> N
     # the screen shows progress lines; the stages' JSON events, logs and warnings are in the run's logs
     assert '"event"' not in result.stdout + result.stderr and "FutureWarning" not in result.stdout + result.stderr
     assert "train: step 12/12 (100%)" in result.stdout and "train: done in" in result.stdout
-    assert '"event": "train_step"' in (run / "logs" / "train.log").read_text()
+    train_log = (run / "logs" / "train.log").read_text()
+    assert '"event": "train_step"' in train_log
+    assert f"on 1 cpu process(es) ({os.cpu_count()} threads each)" in train_log  # one process uses every core
     assert sorted(os.listdir(run / "logs")) == [
         f"{s}.log" for s in ("dedup", "evaluate", "preprocess", "report", "train")
     ]

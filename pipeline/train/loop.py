@@ -157,10 +157,12 @@ def train(spec: ContinuedPretrainSpec, storage: Storage) -> int:
     if rank == 0:
         progress.start(start)
         log.info(
-            "training %d parameters on %d %s process(es), %s, ZeRO-%d, steps %d..%d of %d tokens each, milestones %s",
+            "training %d parameters on %d %s process(es) (%d threads each), %s, ZeRO-%d, steps %d..%d of %d tokens "
+            "each, milestones %s",
             params,
             world,
             device,
+            torch.get_num_threads(),
             precision,
             stage,
             start + 1,
