@@ -53,11 +53,12 @@ class Checkpointer:
             return None
         return self.storage.read_json(tag, PLAN_FILE)
 
-    def check_resumable(self) -> None:
-        """Stop before loading when the latest checkpoint was written under a different data order or LR."""
+    def check_resumable(self, recorded: dict[str, Any] | None) -> None:
+        """Stop before loading when the latest checkpoint was written (`recorded`, from recorded_plan) under a
+        different data order or LR."""
         tag = self.latest()
         if tag is not None:
-            check_resume(self.recorded_plan(), self.plan, tag)
+            check_resume(recorded, self.plan, tag)
 
     def latest(self) -> str | None:
         if not self.storage.exists("latest"):

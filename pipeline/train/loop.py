@@ -29,7 +29,7 @@ from cpt_pipeline.train.model import count_parameters, load_model
 from cpt_pipeline.train.progress import Progress, flops_per_token, peak_flops
 from cpt_pipeline.train.resume import ZERO_KEY, resume_plan
 from cpt_pipeline.train.schedule import lr_multiplier
-from cpt_pipeline.train.zero_auto import ModelShape, choose_stage, device_memory_bytes
+from cpt_pipeline.train.zero_auto import Footprint, ModelShape, choose_stage, device_memory_bytes
 
 log = logging.getLogger(__name__)
 FAULT_EXIT_AFTER_STEPS = "CPT_FAULT_EXIT_AFTER_STEPS"  # tests: simulate a crash after step N
@@ -115,9 +115,10 @@ def train(spec: ContinuedPretrainSpec, storage: Storage) -> int:
     plan = Plan.of(spec, world)
     precision = effective_precision(tcfg.deepspeed.precision, device)
     checkpointer = Checkpointer(storage, scratch, tcfg.checkpoint.keep_last, rank, local_rank, {})
-    stage = _zero_stage(spec, model, precision, world, device, local_rank, checkpointer.recorded_plan())
+    recorded = checkpointer.recorded_plan()
+    stage = _zero_stage(spec, model, precision, world, device, local_rank, recorded)
     checkpointer.plan = resume_plan(spec, world, plan.total_steps, stage)
-    checkpointer.check_resumable()
+    checkpointer.check_resumable(recorded)
     config = deepspeed_config(tcfg, world, precision, stage)
     opt = tcfg.optimizer
     groups = _param_groups(model, float(opt.weight_decay))
@@ -282,16 +283,12 @@ def _zero_stage(
         model.config.hidden_size,
         model.get_input_embeddings().num_embeddings,
     )
-    local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
-    stage, why = choose_stage(
-        spec.training.deepspeed,
-        shape,
-        precision,
-        spec.training.micro_batch_size,
-        spec.data.sequence_length,
-        world,
-        device_memory_bytes(device, local_rank, local),
+    training = spec.training
+    footprint = Footprint(
+        training.deepspeed, shape, precision, training.micro_batch_size, spec.data.sequence_length, world
     )
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    stage, why = choose_stage(footprint, device_memory_bytes(device, local_rank, local))
     if int(os.environ.get("RANK", "0")) == 0:
         log.info("%s", why)
     return stage

@@ -35,35 +35,40 @@ class ModelShape:
     vocab: int
 
 
-def estimate_bytes(
-    stage: int,
-    ds: DeepSpeed,
-    shape: ModelShape,
-    precision: str,
-    micro_batch: int,
-    seq_len: int,
-    world: int,
-) -> int:
-    """Estimated peak bytes on one device for this ZeRO stage."""
-    half = precision in ("bf16", "fp16")
-    value = 2 if half else 4
-    weights = value * shape.params
-    grads = value * shape.params
-    optimizer = 0 if ds.offload_optimizer == "cpu" else (12 if half else 8) * shape.params
-    if stage >= 1:
-        optimizer //= world
-    if stage >= 2:
-        grads //= world
-    if stage >= 3:
-        weights = 0 if ds.offload_params == "cpu" else weights // world
-    tokens = micro_batch * seq_len
-    full_layer = tokens * shape.hidden * 17 * value
-    if ds.gradient_checkpointing:
-        activations = tokens * shape.hidden * value * shape.layers + full_layer
-    else:
-        activations = full_layer * shape.layers
-    logits = tokens * shape.vocab * 4 * 3
-    return int(HEADROOM * (weights + grads + optimizer + activations + logits))
+@dataclass(frozen=True)
+class Footprint:
+    """What decides a device's memory: the model's shape, the DeepSpeed settings, the precision, the batch and
+    the number of processes."""
+
+    ds: DeepSpeed
+    shape: ModelShape
+    precision: str
+    micro_batch: int
+    seq_len: int
+    world: int
+
+    def bytes(self, stage: int) -> int:
+        """Estimated peak bytes on one device for this ZeRO stage."""
+        ds, shape, world = self.ds, self.shape, self.world
+        half = self.precision in ("bf16", "fp16")
+        value = 2 if half else 4
+        weights = value * shape.params
+        grads = value * shape.params
+        optimizer = 0 if ds.offload_optimizer == "cpu" else (12 if half else 8) * shape.params
+        if stage >= 1:
+            optimizer //= world
+        if stage >= 2:
+            grads //= world
+        if stage >= 3:
+            weights = 0 if ds.offload_params == "cpu" else weights // world
+        tokens = self.micro_batch * self.seq_len
+        full_layer = tokens * shape.hidden * 17 * value
+        if ds.gradient_checkpointing:
+            activations = tokens * shape.hidden * value * shape.layers + full_layer
+        else:
+            activations = full_layer * shape.layers
+        logits = tokens * shape.vocab * 4 * 3
+        return int(HEADROOM * (weights + grads + optimizer + activations + logits))
 
 
 def allowed_stages(ds: DeepSpeed) -> list[int]:
@@ -73,18 +78,10 @@ def allowed_stages(ds: DeepSpeed) -> list[int]:
     return [1, 2, 3] if ds.offload_optimizer == "cpu" else [0, 1, 2, 3]
 
 
-def choose_stage(
-    ds: DeepSpeed,
-    shape: ModelShape,
-    precision: str,
-    micro_batch: int,
-    seq_len: int,
-    world: int,
-    device_bytes: int,
-) -> tuple[int, str]:
+def choose_stage(footprint: Footprint, device_bytes: int) -> tuple[int, str]:
     """(stage, why): the lowest allowed stage whose estimate fits `device_bytes`, else the highest."""
-    stages = allowed_stages(ds)
-    estimates = {s: estimate_bytes(s, ds, shape, precision, micro_batch, seq_len, world) for s in stages}
+    stages = allowed_stages(footprint.ds)
+    estimates = {s: footprint.bytes(s) for s in stages}
     fits = [s for s in stages if estimates[s] <= device_bytes]
     stage = fits[0] if fits else stages[-1]
     gib = 2**30

@@ -118,41 +118,36 @@ def story(rng: random.Random) -> str:
     return "\n".join(lines)
 
 
-def _fact_sentences(rng: random.Random, topic: str) -> list[str]:
-    if topic == "units":
-        quantity, unit = rng.choice(UNITS)
-        return [
-            rng.choice(
-                [
-                    f"The SI unit of {quantity} is the {unit}.",
-                    f"In the SI system, {quantity} is measured in the unit called the {unit}.",
-                    f"We express {quantity} in units of {unit}.",
-                ]
-            )
-        ]
-    if topic == "elements":
-        element, symbol = rng.choice(SYMBOLS)
-        return [
-            rng.choice(
-                [
-                    f"The chemical symbol for {element} is {symbol}.",
-                    f"On the periodic table, {element} has the symbol {symbol}.",
-                    f"The element {element} is written with the symbol {symbol}.",
-                ]
-            )
-        ]
-    if topic == "organs":
-        organ, job = rng.choice(ORGANS)
-        return [rng.choice([f"The {organ} {job}.", f"In the human body, the {organ} {job}."])]
-    index = rng.randrange(len(PLANETS))
-    return [
-        rng.choice(
-            [
-                f"{PLANETS[index]} is the {ORDINALS[index]} planet from the Sun.",
-                f"Counting from the Sun, the {ORDINALS[index]} planet is {PLANETS[index]}.",
-            ]
-        )
-    ]
+# Per topic: the facts, and the sentences that state one ({0} and {1}: the fact's two parts).
+FACTS = {
+    "units": (
+        UNITS,
+        [
+            "The SI unit of {0} is the {1}.",
+            "In the SI system, {0} is measured in the unit called the {1}.",
+            "We express {0} in units of {1}.",
+        ],
+    ),
+    "elements": (
+        SYMBOLS,
+        [
+            "The chemical symbol for {0} is {1}.",
+            "On the periodic table, {0} has the symbol {1}.",
+            "The element {0} is written with the symbol {1}.",
+        ],
+    ),
+    "organs": (ORGANS, ["The {0} {1}.", "In the human body, the {0} {1}."]),
+    "planets": (
+        list(zip(PLANETS, ORDINALS, strict=True)),
+        ["{0} is the {1} planet from the Sun.", "Counting from the Sun, the {1} planet is {0}."],
+    ),
+}
+
+
+def _fact_sentence(rng: random.Random, topic: str) -> str:
+    facts, templates = FACTS[topic]
+    fact = rng.choice(facts)
+    return rng.choice(templates).format(*fact)
 
 
 def section(rng: random.Random, number: int) -> str:
@@ -160,7 +155,7 @@ def section(rng: random.Random, number: int) -> str:
     title = {"units": "Units", "elements": "Elements", "organs": "Organs", "planets": "The Solar System"}[topic]
     lines = [f"Section {number}: {title}"]
     for _ in range(rng.randint(5, 9)):
-        lines += _fact_sentences(rng, topic) if rng.random() < 0.7 else [rng.choice(SCIENCE_FILLER)]
+        lines.append(_fact_sentence(rng, topic) if rng.random() < 0.7 else rng.choice(SCIENCE_FILLER))
     return "\n".join(dict.fromkeys(lines))  # no repeated line inside a section
 
 
