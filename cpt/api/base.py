@@ -128,6 +128,16 @@ Quantity = Annotated[
     Field(json_schema_extra={"x-kubernetes-int-or-string": True, "pattern": QUANTITY_PATTERN}),
 ]
 
+
+class Resources(ApiModel):
+    """Requests and limits of a pod's container (Kubernetes quantities), as in core/v1 ResourceRequirements."""
+
+    requests: dict[str, Quantity] = Field(
+        default_factory=dict, description='Requests, e.g. {"cpu": "8", "memory": "64Gi", "nvidia.com/gpu": 1}.'
+    )
+    limits: dict[str, Quantity] = Field(default_factory=dict, description="Limits, same keys as requests.")
+
+
 DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 DnsLabel = Annotated[str, StringConstraints(pattern=DNS_LABEL, min_length=1, max_length=63)]
 # Secret and ConfigMap names are DNS subdomains.

@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from cpt.api.base import MAX_LIST, ApiModel, DnsSubdomain, Rule, SecretRef, section
+from cpt.api.base import MAX_LIST, ApiModel, DnsSubdomain, Resources, Rule, SecretRef, section
 
 
 class StorageSpec(ApiModel):
@@ -77,11 +77,41 @@ class Images(ApiModel):
     pull_policy: Literal["Always", "IfNotPresent", "Never"] | None = Field(None, description="Image pull policy.")
 
 
+class StageScheduling(ApiModel):
+    """Resources and placement of one stage's pods. An unset field takes the stage's default (docs/operator.md):
+    requests and a memory limit sized for the stage; no node selector or tolerations, unless the pod requests a
+    GPU, which then goes where the training gang goes (scheduling.nodeSelector and tolerations)."""
+
+    resources: Resources | None = Field(
+        None, description="Requests and limits of each pod (replace the stage's default as a whole)."
+    )
+    node_selector: dict[str, str] | None = Field(None, max_length=MAX_LIST, description="Node selector.")
+    tolerations: list[Toleration] | None = Field(None, max_length=MAX_LIST, description="Tolerations.")
+
+
+class Stages(ApiModel):
+    """Per-stage resources and placement of the CPU stages (and of evaluation, which gets a GPU by default when
+    training requests GPUs)."""
+
+    preprocess: StageScheduling = section(StageScheduling, "Each preprocessing worker's pod.")
+    dedup: StageScheduling = section(StageScheduling, "The dedup/pack pod.")
+    evaluate: StageScheduling = section(StageScheduling, "Each evaluation pod (baseline and every milestone).")
+    report: StageScheduling = section(StageScheduling, "The report pod.")
+
+
 class Scheduling(ApiModel):
     """Placement of the child pods; labels here (e.g. the Kueue queue) pass through to every child."""
 
-    node_selector: dict[str, str] = Field(default_factory=dict, max_length=MAX_LIST, description="Node selector.")
-    tolerations: list[Toleration] = Field(default_factory=list, max_length=MAX_LIST, description="Tolerations.")
+    node_selector: dict[str, str] = Field(
+        default_factory=dict,
+        max_length=MAX_LIST,
+        description="Node selector of the training gang (and of any stage pod that requests a GPU).",
+    )
+    tolerations: list[Toleration] = Field(
+        default_factory=list,
+        max_length=MAX_LIST,
+        description="Tolerations of the training gang (and of any stage pod that requests a GPU).",
+    )
     priority_class_name: DnsSubdomain | None = Field(None, description="PriorityClass of the pods.")
     service_account_name: DnsSubdomain | None = Field(None, description="ServiceAccount of the pods.")
     queue_name: str | None = Field(
@@ -91,3 +121,4 @@ class Scheduling(ApiModel):
         description="Kueue LocalQueue: set as the kueue.x-k8s.io/queue-name label on every child Job.",
     )
     images: Images = section(Images, "Container images.")
+    stages: Stages = section(Stages, "Resources and placement of the other stages' pods.")

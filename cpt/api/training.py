@@ -2,20 +2,23 @@
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Literal
 
 from pydantic import AfterValidator, Field
 
-from cpt.api.base import MAX_LIST, ApiModel, Quantity, Rule, decimal, section
+from cpt.api.base import MAX_LIST, ApiModel, Resources, Rule, SecretKeyRef, decimal, section
+
+# An environment variable name (a C identifier, what shells and most programs accept).
+ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
+# A name with one of these words between underscores (WANDB_API_KEY, HF_TOKEN, MLFLOW_TRACKING_PASSWORD) holds a
+# credential; TOKENIZERS_PARALLELISM or KEYRING_BACKEND do not. The same regex in CEL (RE2) and in Python.
+CREDENTIAL_NAME = r"(?i)(^|_)(KEY|APIKEY|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIALS?)(_|$)"
 
 
-class Resources(ApiModel):
-    """Resources of each node's pod (Kubernetes quantities)."""
-
-    requests: dict[str, Quantity] = Field(
-        default_factory=dict, description='Requests, e.g. {"cpu": "8", "memory": "64Gi", "nvidia.com/gpu": 1}.'
-    )
-    limits: dict[str, Quantity] = Field(default_factory=dict, description="Limits, same keys as requests.")
+def plain_credentials(env: dict[str, str]) -> list[str]:
+    """The names in a plain-text env map that look like credentials."""
+    return [name for name in env if re.search(CREDENTIAL_NAME, name)]
 
 
 ZERO_STAGES = ("0", "1", "2", "3", "auto")
@@ -145,7 +148,39 @@ class TrainingSpec(ApiModel):
     extra_env: dict[str, str] = Field(
         default_factory=dict,
         max_length=MAX_LIST,
-        description="Extra environment variables for the training pods (e.g. NCCL settings).",
+        description="Extra environment variables for the training pods (e.g. NCCL settings), in plain text: they "
+        "are stored in the resource, the spec ConfigMap and the JobSet, so credentials go in secretEnv.",
+    )
+    secret_env: dict[str, SecretKeyRef] = Field(
+        default_factory=dict,
+        max_length=MAX_LIST,
+        description="Environment variables of the training pods taken from a key of a Secret in the run's "
+        'namespace (valueFrom.secretKeyRef), e.g. {"WANDB_API_KEY": {"name": "wandb", "key": "api-key"}}. '
+        "cpt run takes each from the caller's environment under the same name instead.",
+    )
+
+    rules = (
+        Rule(
+            cel=f"self.extraEnv.all(name, !name.matches('{CREDENTIAL_NAME}'))",
+            message="training.extraEnv is plain text (stored in the resource, the spec ConfigMap and the JobSet): "
+            "a name with KEY, TOKEN, SECRET, PASSWORD or CREDENTIALS is a credential; put it in a Secret and "
+            "reference it from training.secretEnv",
+            field="extraEnv",
+            check=lambda t: not plain_credentials(t.extra_env),
+        ),
+        Rule(
+            cel=f"self.secretEnv.all(name, name.matches('{ENV_NAME}'))",
+            message="training.secretEnv: every key must be an environment variable name (letters, digits and _, "
+            "not starting with a digit)",
+            field="secretEnv",
+            check=lambda t: all(re.match(ENV_NAME, name) for name in t.secret_env),
+        ),
+        Rule(
+            cel="self.secretEnv.all(name, !(name in self.extraEnv))",
+            message="training: a variable is set in both extraEnv and secretEnv; keep it in one",
+            field="secretEnv",
+            check=lambda t: not set(t.secret_env) & set(t.extra_env),
+        ),
     )
 
     @property

@@ -149,6 +149,31 @@ INVALID: list[tuple[str, Any, str, str]] = [
         "several nodes needs shared object storage",
     ),
     ("spec.scheduling.queueName", "Bad Queue", "spec.scheduling.queueName", "pattern"),
+    (
+        "spec.scheduling.stages.preprocess.resources",
+        {"limits": {"memory": "plenty"}},
+        "spec.scheduling.stages.preprocess.resources.limits.memory",
+        "quantity",
+    ),
+    ("spec.scheduling.stages.compile", {}, "spec.scheduling.stages.compile", "Extra inputs are not permitted"),
+    # No credential in plain text: it would sit in the resource, the spec ConfigMap and the JobSet.
+    ("spec.training.extraEnv", {"WANDB_API_KEY": "abc"}, "spec.training.extraEnv", "training.secretEnv"),
+    ("spec.training.extraEnv", {"hf_token": "abc"}, "spec.training.extraEnv", "training.secretEnv"),
+    ("spec.training.extraEnv", {"MLFLOW_TRACKING_PASSWORD": "x"}, "spec.training.extraEnv", "training.secretEnv"),
+    ("spec.training.extraEnv", {"AWS_SECRET_ACCESS_KEY": "x"}, "spec.training.extraEnv", "training.secretEnv"),
+    (
+        "spec.training.secretEnv",
+        {"WANDB_API_KEY": {"key": "k"}},
+        "spec.training.secretEnv.WANDB_API_KEY.name",
+        "required",
+    ),
+    ("spec.training.secretEnv", {"1BAD-NAME": {"name": "w"}}, "spec.training.secretEnv", "environment variable name"),
+    (
+        "spec.training",
+        {"extraEnv": {"WANDB_PROJECT": "a"}, "secretEnv": {"WANDB_PROJECT": {"name": "w"}}},
+        "spec.training.secretEnv",
+        "both extraEnv and secretEnv",
+    ),
     ("spec.scheduling.tolerations", [{"operator": "Sometimes"}], "spec.scheduling.tolerations[0].operator", "Exists"),
     ("spec.suspend", "maybe", "spec.suspend", "boolean"),
     ("spec.trainng", {}, "spec.trainng", "Extra inputs are not permitted"),
@@ -183,3 +208,17 @@ def test_world_size_and_tokens_per_step() -> None:
     ).spec.training
     assert training.world_size == 3
     assert training.tokens_per_step(2000) == 3 * 80 * 2 * 2000
+
+
+def test_plain_env_names_that_only_contain_a_credential_word_pass() -> None:
+    env = {"TOKENIZERS_PARALLELISM": "false", "NCCL_DEBUG": "INFO", "KEYRING_BACKEND": "null", "WANDB_PROJECT": "p"}
+    doc = with_change("spec.training", {"extraEnv": env, "secretEnv": {"WANDB_API_KEY": {"name": "wandb"}}})
+    training = ContinuedPretrain.model_validate(doc).spec.training
+    assert training.extra_env == env
+    assert (training.secret_env["WANDB_API_KEY"].name, training.secret_env["WANDB_API_KEY"].key) == ("wandb", "token")
+
+
+def test_stage_scheduling_is_unset_by_default_so_the_stage_defaults_apply() -> None:
+    stages = ContinuedPretrain.model_validate(minimal()).spec.scheduling.stages
+    for stage in (stages.preprocess, stages.dedup, stages.evaluate, stages.report):
+        assert (stage.resources, stage.node_selector, stage.tolerations) == (None, None, None)
