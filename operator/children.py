@@ -8,6 +8,7 @@ diffs stay stable. The builders return plain dicts; the handlers adopt and creat
 
 from __future__ import annotations
 
+import copy
 import json
 import posixpath
 from typing import Any
@@ -19,8 +20,12 @@ from cpt.stages import SPEC_PATH, Stage, export_name, stage_argv
 from cpt_operator import pod_template as platform_template
 from cpt_operator.config import OperatorConfig
 from cpt_operator.names import QUEUE_LABEL, TARGET_LABEL, child_name, labels
+from cpt_operator.placement import CONTAINER_SECURITY, POD_SECURITY, stage_placement
 
 RUN_ENV = "KUBECPT_RUN"  # where a stage pod pushes its status (cpt_pipeline.status_push reads it)
+# A stage pod that requests no GPU sees none, even from a CUDA image (NVIDIA_VISIBLE_DEVICES=all) on a GPU node
+# with the nvidia runtime; the device plugin sets it for a pod that requests GPUs. Training is left alone.
+NO_GPU_ENV = {"name": "NVIDIA_VISIBLE_DEVICES", "value": "void"}
 PRIORITY_LABEL = "kueue.x-k8s.io/priority-class"
 SPEC_VOLUME = "spec"
 SPEC_KEY = posixpath.basename(SPEC_PATH)
@@ -100,19 +105,22 @@ def pod_template(
     argv: list[str],
     container: str = "stage",
     env: list[dict[str, Any]] | None = None,
-    compute: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """A pod template running one stage: the spec file mounted, credentials as env, the spec's placement."""
+    """A pod template running one stage: the spec file mounted, credentials as env, the stage's resources and
+    placement (`placement.py`), the restricted security context."""
     spec = resource.spec
     scheduling = spec.scheduling
+    placement = stage_placement(spec, stage)
+    no_gpu = [NO_GPU_ENV] if stage is not Stage.TRAIN and placement.gpu is None else []
     main: dict[str, Any] = {
         "name": container,
         "image": scheduling.images.worker or config.worker_image,
         "imagePullPolicy": scheduling.images.pull_policy or config.pull_policy,
         "command": argv,
-        "env": [*_env(resource), *(env or [])],
+        "env": [*_env(resource), *no_gpu, *(env or [])],
         "volumeMounts": [{"name": SPEC_VOLUME, "mountPath": posixpath.dirname(SPEC_PATH), "readOnly": True}],
-        "resources": compute or {},
+        "resources": placement.resources,
+        "securityContext": copy.deepcopy(CONTAINER_SECURITY),
         "terminationMessagePolicy": "FallbackToLogsOnError",  # the one-line error reaches the pod status
     }
     if spec.storage.credentials_secret is not None:
@@ -121,8 +129,9 @@ def pod_template(
         "restartPolicy": "Never",
         "containers": [main],
         "volumes": [{"name": SPEC_VOLUME, "configMap": {"name": child_name(resource.metadata["name"], "spec")}}],
-        "nodeSelector": dict(scheduling.node_selector),
-        "tolerations": [t.to_api() for t in scheduling.tolerations],
+        "nodeSelector": placement.node_selector,
+        "tolerations": placement.tolerations,
+        "securityContext": copy.deepcopy(POD_SECURITY),
     }
     if scheduling.priority_class_name:
         pod["priorityClassName"] = scheduling.priority_class_name
@@ -228,11 +237,12 @@ def training_jobset(resource: ContinuedPretrain, config: OperatorConfig) -> dict
         {"name": "PET_MASTER_PORT", "value": str(MASTER_PORT)},
         {"name": "PET_RUN_ID", "value": name},
         *({"name": k, "value": v} for k, v in sorted(training.extra_env.items())),
+        *(
+            {"name": k, "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}}}
+            for k, ref in sorted(training.secret_env.items())
+        ),
     ]
-    compute = {key: value for key, value in training.resources.to_api().items() if value}
-    template = pod_template(
-        resource, Stage.TRAIN, config, argv=stage_argv(Stage.TRAIN), container=TRAINER, env=env, compute=compute
-    )
+    template = pod_template(resource, Stage.TRAIN, config, argv=stage_argv(Stage.TRAIN), container=TRAINER, env=env)
     # /dev/shm is 64 MiB in a container: NCCL's intra-node transport, DeepSpeed's CPU all-reduce and data loader
     # workers need more. A memory-backed emptyDir (counted against the pod's memory limit) gives them room.
     template["spec"]["volumes"].append({"name": SHM_VOLUME, "emptyDir": {"medium": "Memory"}})

@@ -7,11 +7,16 @@ reads it from the YAML file named by KUBECPT_WORKER_POD_TEMPLATE (the Helm chart
     volumes: [...]            # appended to the pod's volumes
     nodeSelector: {...}       # merged; the run's own keys win
     tolerations: [...]        # appended
-    securityContext: {...}    # the pod's, set when the run sets none
+    securityContext: {...}    # merged over the operator's restricted one, key by key: the template's keys win
     container:                # applied to every stage container
       volumeMounts: [...]     # appended
       env: [...]              # appended after the run's env (an env name the run sets is not repeated)
-      securityContext: {...}  # set when absent
+      securityContext: {...}  # merged over the operator's restricted one, key by key: the template's keys win
+
+The operator gives every stage pod Pod Security `restricted` (placement.py): pod `runAsNonRoot` and a
+RuntimeDefault seccomp profile; container `allowPrivilegeEscalation: false`, every capability dropped. A run
+cannot change it; the platform can (e.g. `runAsUser: 1000` for an image whose USER is a name, or root for a node
+whose Python lives under /root, as the end-to-end tests' node does), and owns what that means for its namespaces.
 """
 
 from __future__ import annotations
@@ -60,7 +65,7 @@ def apply(pod: dict[str, Any], template: dict[str, Any] | None) -> dict[str, Any
     pod["nodeSelector"] = {**template.get("nodeSelector", {}), **pod.get("nodeSelector", {})}
     pod["tolerations"] = [*pod.get("tolerations", []), *copy.deepcopy(template.get("tolerations", []))]
     if "securityContext" in template:
-        pod.setdefault("securityContext", copy.deepcopy(template["securityContext"]))
+        pod["securityContext"] = {**pod.get("securityContext", {}), **copy.deepcopy(template["securityContext"])}
     extra = template.get("container", {})
     for container in pod["containers"]:
         container["volumeMounts"] = [*container.get("volumeMounts", []), *copy.deepcopy(extra.get("volumeMounts", []))]
@@ -68,5 +73,6 @@ def apply(pod: dict[str, Any], template: dict[str, Any] | None) -> dict[str, Any
         added = [copy.deepcopy(v) for v in extra.get("env", []) if v.get("name") not in names]
         container["env"] = [*container.get("env", []), *added]
         if "securityContext" in extra:
-            container.setdefault("securityContext", copy.deepcopy(extra["securityContext"]))
+            own = container.get("securityContext", {})
+            container["securityContext"] = {**own, **copy.deepcopy(extra["securityContext"])}
     return pod

@@ -155,3 +155,109 @@ def test_names_are_deterministic_and_short_enough() -> None:
         "t-eval-tokens-0001000000000",
         "t-report",
     ]
+
+
+def stage_pods(run: ContinuedPretrain) -> dict[str, dict[str, Any]]:
+    """Each Job's or JobSet's pod spec, by child name."""
+    pods = {}
+    for child in every_child(run, CONFIG):
+        if child["kind"] == "Job":
+            pods[child["metadata"]["name"]] = child["spec"]["template"]["spec"]
+        elif child["kind"] == "JobSet":
+            job = child["spec"]["replicatedJobs"][0]["template"]["spec"]
+            pods[child["metadata"]["name"]] = job["template"]["spec"]
+    return pods
+
+
+GPU_RUN = {
+    "training": {"resources": {"requests": {"cpu": "16", "memory": "200Gi"}, "limits": {"nvidia.com/gpu": 8}}},
+    "scheduling": {"nodeSelector": {"gpu": "h100"}, "tolerations": [{"key": "gpu", "operator": "Exists"}]},
+}
+
+
+def env_of(pod: dict[str, Any]) -> dict[str, Any]:
+    return {e["name"]: e.get("value", e.get("valueFrom")) for e in pod["containers"][0]["env"]}
+
+
+def test_cpu_stages_get_requests_and_a_memory_limit_and_stay_off_the_gpu_pool() -> None:
+    pods = stage_pods(resource(**GPU_RUN))
+    for name in ("t-preprocess", "t-dedup", "t-report"):
+        pod = pods[name]
+        resources = pod["containers"][0]["resources"]
+        assert {"cpu", "memory"} <= resources["requests"].keys() and set(resources["limits"]) == {"memory"}, name
+        assert pod["nodeSelector"] == {} and pod["tolerations"] == [], name  # the GPU placement is the gang's
+        assert env_of(pod)["NVIDIA_VISIBLE_DEVICES"] == "void", name  # a CUDA image on a GPU node sees no GPU
+    assert pods["t-preprocess"]["containers"][0]["resources"] == {
+        "requests": {"cpu": "500m", "memory": "1Gi"},
+        "limits": {"memory": "4Gi"},
+    }
+    train = pods["t-train"]
+    assert train["containers"][0]["resources"] == GPU_RUN["training"]["resources"]
+    assert train["nodeSelector"] == {"gpu": "h100"} and train["tolerations"] == [{"key": "gpu", "operator": "Exists"}]
+    assert "NVIDIA_VISIBLE_DEVICES" not in env_of(train)
+
+
+def test_evaluation_gets_one_gpu_of_the_trainings_kind_and_the_gangs_placement() -> None:
+    pods = stage_pods(resource(**GPU_RUN))
+    evaluations = [name for name in pods if "-eval-" in name]
+    assert evaluations == ["t-eval-baseline", "t-eval-tokens-0000400000000", "t-eval-tokens-0001000000000"]
+    for name in evaluations:
+        pod = pods[name]
+        resources = pod["containers"][0]["resources"]
+        assert resources["requests"]["nvidia.com/gpu"] == 1 and resources["limits"]["nvidia.com/gpu"] == 1, name
+        assert {"cpu", "memory"} <= resources["requests"].keys() and "memory" in resources["limits"], name
+        assert pod["nodeSelector"] == {"gpu": "h100"} and pod["tolerations"] == [{"key": "gpu", "operator": "Exists"}]
+        assert "NVIDIA_VISIBLE_DEVICES" not in env_of(pod)  # the device plugin sets it to the GPU it allocates
+    amd = resource(training={"resources": {"limits": {"amd.com/gpu": 2}}})
+    assert stage_pods(amd)["t-eval-baseline"]["containers"][0]["resources"]["limits"]["amd.com/gpu"] == 1
+
+
+def test_without_training_gpus_evaluation_runs_on_cpu_with_no_placement() -> None:
+    pod = stage_pods(resource(scheduling={"nodeSelector": {"pool": "big"}}))["t-eval-baseline"]
+    resources = pod["containers"][0]["resources"]
+    assert set(resources["requests"]) == {"cpu", "memory"} and set(resources["limits"]) == {"memory"}
+    assert pod["nodeSelector"] == {} and env_of(pod)["NVIDIA_VISIBLE_DEVICES"] == "void"
+
+
+def test_a_stages_own_settings_replace_its_defaults() -> None:
+    own = {"requests": {"cpu": "4", "memory": "8Gi"}, "limits": {"memory": "8Gi"}}
+    stages = {
+        "preprocess": {"resources": own, "nodeSelector": {"pool": "cpu"}, "tolerations": [{"key": "spot"}]},
+        "evaluate": {"resources": own},  # no GPU asked: off the GPU pool too
+        "report": {"nodeSelector": {"pool": "small"}},
+    }
+    pods = stage_pods(resource(training=GPU_RUN["training"], scheduling={**GPU_RUN["scheduling"], "stages": stages}))
+    pre = pods["t-preprocess"]
+    assert pre["containers"][0]["resources"] == own and pre["nodeSelector"] == {"pool": "cpu"}
+    assert pre["tolerations"] == [{"key": "spot", "operator": "Equal"}]
+    evaluation = pods["t-eval-baseline"]
+    assert evaluation["containers"][0]["resources"] == own and evaluation["nodeSelector"] == {}
+    assert pods["t-report"]["nodeSelector"] == {"pool": "small"}
+    assert pods["t-report"]["containers"][0]["resources"]["requests"]["cpu"] == "100m"  # the default kept
+    assert pods["t-dedup"]["nodeSelector"] == {}
+
+
+def test_every_stage_pod_runs_with_the_restricted_security_context() -> None:
+    for name, pod in stage_pods(resource(**GPU_RUN)).items():
+        assert pod["securityContext"] == {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}}, name
+        assert pod["containers"][0]["securityContext"] == {
+            "allowPrivilegeEscalation": False,
+            "capabilities": {"drop": ["ALL"]},
+        }, name
+
+
+def test_secret_env_reaches_the_training_pods_as_secret_references_only() -> None:
+    run = resource(
+        training={
+            "extraEnv": {"WANDB_PROJECT": "cpt"},
+            "secretEnv": {
+                "WANDB_API_KEY": {"name": "wandb", "key": "api-key"},
+                "MLFLOW_TRACKING_TOKEN": {"name": "ml"},
+            },
+        }
+    )
+    env = env_of(stage_pods(run)["t-train"])
+    assert env["WANDB_API_KEY"] == {"secretKeyRef": {"name": "wandb", "key": "api-key"}}
+    assert env["MLFLOW_TRACKING_TOKEN"] == {"secretKeyRef": {"name": "ml", "key": "token"}}
+    assert env["WANDB_PROJECT"] == "cpt"
+    assert "WANDB_API_KEY" not in env_of(stage_pods(run)["t-report"])  # the training pods' only

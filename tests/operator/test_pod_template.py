@@ -73,3 +73,24 @@ def test_the_template_reaches_every_stage_pod_and_the_run_settings_win(tmp_path:
     assert [value for name, value in env if name == "PET_NNODES"] == ["2"]  # not repeated, not overridden
     assert TEMPLATE["volumes"][0] in pod["volumes"]
     assert [v for v in pod["volumes"] if v != TEMPLATE["volumes"][0]] == plain["volumes"]  # the run's own kept
+
+
+def test_the_platform_template_adjusts_the_restricted_security_context_key_by_key(tmp_path: Path) -> None:
+    """A platform whose image runs as root (the end-to-end node's) relaxes runAsNonRoot; the rest stays."""
+    path = tmp_path / "template.yaml"
+    security = {
+        "securityContext": {"runAsUser": 0, "runAsNonRoot": False},
+        "container": {"securityContext": {"readOnlyRootFilesystem": True}},
+    }
+    path.write_text(yaml.safe_dump(security))
+    pod = training_pod(resource(), OperatorConfig(worker_pod_template=pod_template.load(path)))
+    assert pod["securityContext"] == {
+        "runAsUser": 0,
+        "runAsNonRoot": False,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+    assert pod["containers"][0]["securityContext"] == {
+        "allowPrivilegeEscalation": False,
+        "capabilities": {"drop": ["ALL"]},
+        "readOnlyRootFilesystem": True,
+    }
