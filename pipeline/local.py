@@ -9,9 +9,11 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import IO
 
+from cpt.api import ContinuedPretrainSpec
 from cpt.stages import Stage, stage_argv
 from cpt_pipeline.__main__ import INDEX_ENV
 from cpt_pipeline.console import Console
@@ -131,6 +133,12 @@ def run_preprocessing(
     run_stage(Stage.DEDUP, spec_path, world_size=world_size, extra=extra, env=env, cwd=cwd)
 
 
+def missing_secret_env(spec: ContinuedPretrainSpec, env: Mapping[str, str]) -> list[str]:
+    """training.secretEnv names the environment lacks. A local run reads no Secret: each variable comes from the
+    caller's environment under the same name (`WANDB_API_KEY=... cpt run FILE`), as every variable does."""
+    return [name for name in sorted(spec.training.secret_env) if name not in env]
+
+
 def run_pipeline(
     spec_path: Path, stages: list[Stage] | None = None, *, env: dict[str, str] | None = None, cwd: Path | None = None
 ) -> None:
@@ -148,6 +156,13 @@ def run_pipeline(
             env.setdefault("DS_ACCELERATOR", "cpu")
     except ImportError:
         pass
+    missing = missing_secret_env(spec, {**os.environ, **env})
+    if missing and Stage.TRAIN in (stages or list(Stage)):
+        print(
+            f"note: training.secretEnv {', '.join(missing)} not set here; a local run takes them from its "
+            "environment, not from the Secret",
+            flush=True,
+        )
     workers = spec.data.preprocessing.workers
     storage = Storage.from_spec(spec.storage)
     console = Console()
