@@ -59,7 +59,11 @@ def worker_pod_template(extensions: Path) -> dict:
     volumes.append({"name": "torch-extensions", "hostPath": {"path": str(extensions), "type": "Directory"}})
     mounts.append({"name": "torch-extensions", "mountPath": "/torch-extensions"})
     env = [{"name": "TORCH_EXTENSIONS_DIR", "value": "/torch-extensions"}]
-    return {"volumes": volumes, "container": {"volumeMounts": mounts, "env": env}}
+    # The node's Python lives under /root (mode 700) on the test machine: the pods run as root, the rest of the
+    # operator's restricted security context (no privilege escalation, no capabilities, RuntimeDefault seccomp)
+    # stays. The production image runs as its non-root USER.
+    security = {"runAsUser": 0, "runAsNonRoot": False}
+    return {"volumes": volumes, "securityContext": security, "container": {"volumeMounts": mounts, "env": env}}
 
 
 @pytest.fixture(scope="session")

@@ -74,7 +74,13 @@ def kueue(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory):
 def queued_run(name: str, namespace: str, priority: str | None = None, **training: Any) -> dict[str, Any]:
     doc = run_doc(
         name,
-        scheduling={"queueName": "gpu", **({"priorityClassName": priority} if priority else {})},
+        scheduling={
+            "queueName": "gpu",
+            **({"priorityClassName": priority} if priority else {}),
+            # The quota fits one gang: evaluation runs on CPU here (by default it would take one of the GPUs), so
+            # only the gangs compete for it.
+            "stages": {"evaluate": {"resources": {"requests": {"cpu": "1", "memory": "2Gi"}}}},
+        },
         training={
             "nodes": 1,
             "resources": {"requests": {"nvidia.com/gpu": GANG_GPUS}, "limits": {"nvidia.com/gpu": GANG_GPUS}},
