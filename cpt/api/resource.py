@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from typing import Any, Literal
 
 from pydantic import Field
@@ -71,6 +72,40 @@ class ContinuedPretrainSpec(ApiModel):
     )
 
 
+# The run's name is the value of the run label on every child and pod (label values: at most 63 characters), and
+# the prefix of the training JobSet, whose name is its headless Service's and its pods' DNS host names (RFC 1035
+# labels: a letter first, no dots). Child names are shortened with a hash (`cpt_operator.names`); the run label is
+# not, so the name itself must fit. A root rule may read metadata.name; the API server then refuses the name.
+RUN_NAME_MAX = 63
+RUN_NAME_PATTERN = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"
+_RUN_NAME_RE = re.compile(RUN_NAME_PATTERN)
+
+
+def _name_fits(resource: ContinuedPretrain) -> bool:
+    name = resource.metadata.get("name")
+    return name is None or len(name) <= RUN_NAME_MAX
+
+
+def _name_is_a_label(resource: ContinuedPretrain) -> bool:
+    name = resource.metadata.get("name")
+    return name is None or _RUN_NAME_RE.match(name) is not None
+
+
+RUN_NAME_RULES = (
+    Rule(
+        cel=f"self.metadata.name.size() <= {RUN_NAME_MAX}",
+        message=f"metadata.name must be at most {RUN_NAME_MAX} characters: it is the value of the "
+        f"{API_GROUP}/run label on every child and pod of the run, and label values are at most 63 characters",
+        check=_name_fits,
+    ),
+    Rule(
+        cel=f"self.metadata.name.matches('{RUN_NAME_PATTERN}')",
+        message="metadata.name must start with a lowercase letter and contain only lowercase letters, digits and "
+        "'-' (an RFC 1035 label, no dots): it names the training JobSet, its headless Service and its pods' host names",
+        check=_name_is_a_label,
+    ),
+)
+
 # Transition rules need the old object, so only the API server enforces them.
 IMMUTABLE_ONCE_STARTED = tuple(
     Rule(
@@ -92,4 +127,4 @@ class ContinuedPretrain(ApiModel):
     spec: ContinuedPretrainSpec = Field(description="Desired state.")
     status: ContinuedPretrainStatus | None = Field(None, description="Observed state.")
 
-    rules = IMMUTABLE_ONCE_STARTED
+    rules = (*RUN_NAME_RULES, *IMMUTABLE_ONCE_STARTED)
