@@ -119,7 +119,12 @@ class MilestoneEvaluation(ApiModel):
 class EvaluationStatus(ApiModel):
     """Evaluation results per milestone."""
 
-    milestones: list[MilestoneEvaluation] = Field(default_factory=list, description="Ascending by tokens.")
+    milestones: list[MilestoneEvaluation] = Field(
+        default_factory=list,
+        description="One entry per evaluated model, keyed by its tokens (0 = base model); each evaluation Job "
+        "merges its entries into the ones there, so a late writer never removes another's.",
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["tokens"]},
+    )
     latest_average: float | None = Field(None, description="Average of the most recent evaluation.")
 
 

@@ -3,7 +3,8 @@
 Per model: `eval/<name>/results.json` (lm-eval's results, configs and versions) and
 `eval/<name>/summary.json` (chosen metric per task, average, perplexities). Then, for all models,
 `eval/status.json` in the shape of `status.evaluation`: scores with deltas against the 0-token baseline,
-per milestone, ascending. The operator copies that file into the resource's status.
+per milestone, ascending. Each evaluation Job merges its view into the resource's `status.evaluation`
+(`push_evaluation`), so the status holds every model any Job evaluated.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Any
 from cpt.api import ContinuedPretrainSpec
 from cpt_pipeline.evaluate.harness import TaskDataError
 from cpt_pipeline.fetch import local_dir
-from cpt_pipeline.status_push import push_status
+from cpt_pipeline.status_push import push_merged_status
 from cpt_pipeline.storage import Storage
 
 log = logging.getLogger(__name__)
@@ -124,10 +125,53 @@ def evaluate_run(
         log.info("evaluated %s (%d tokens): average %s", name, tokens, summary["average"])
         event = {"event": "evaluated", "name": name, "tokens": tokens, "average": summary["average"]}
         print(json.dumps(event), flush=True)
-    status = status_summary(load_summaries(storage))
+    summaries = load_summaries(storage)
+    status = status_summary(summaries)
     storage.write_json(status, "eval", "status.json")
-    push_status("kubecpt-evaluate", {"evaluation": status})
+    push_evaluation(summaries, target)
     return status
+
+
+def push_evaluation(summaries: list[dict[str, Any]], target: str | None) -> bool:
+    """Merge these summaries into `status.evaluation` as the server has it (concurrent evaluation Jobs each
+    listed storage at their own time: a late push of an older view keeps every entry a newer one pushed), under
+    a field manager per Job."""
+    manager = f"kubecpt-evaluate-{target}" if target else "kubecpt-evaluate"
+
+    def merge(current: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "evaluation": status_summary(merge_summaries(summaries_from_status(current.get("evaluation")), summaries))
+        }
+
+    return push_merged_status(manager, merge)
+
+
+def merge_summaries(older: list[dict[str, Any]], newer: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Every model in either list, one summary each (`newer`'s, read from storage, wins), ascending by tokens."""
+    by_tokens = {s["tokens"]: s for s in older} | {s["tokens"]: s for s in newer}
+    return [by_tokens[tokens] for tokens in sorted(by_tokens)]
+
+
+def summaries_from_status(evaluation: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """The summaries a `status.evaluation` was made from, as far as `status_summary` reads them: it is their
+    function, so the deltas and the latest average are recomputed over the merged set."""
+    found = []
+    for milestone in (evaluation or {}).get("milestones", []):
+        perplexity = {
+            kind: {"perplexity": milestone[f"{kind}Perplexity"]}
+            for kind in ("domain", "general")
+            if milestone.get(f"{kind}Perplexity") is not None
+        }
+        found.append(
+            {
+                "tokens": milestone["tokens"],
+                "scores": [{k: v for k, v in s.items() if k != "delta"} for s in milestone.get("scores", [])],
+                "average": milestone.get("average"),
+                "perplexity": perplexity,
+                "resultsUri": milestone.get("resultsUri"),
+            }
+        )
+    return found
 
 
 def load_summaries(storage: Storage) -> list[dict[str, Any]]:
