@@ -8,16 +8,22 @@ import json
 import subprocess
 import sys
 import time
+from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 import yaml
 
+from cpt.api import ContinuedPretrain
 from tests.cluster.cluster import Cluster
 from tests.cluster.helpers import eventually
 from tests.cpt.test_spec import minimal
 from tests.operator.process import Operator
+
+if TYPE_CHECKING:
+    from cpt_pipeline.storage import Storage
 
 REPO = Path(__file__).resolve().parents[2]
 CRD = REPO / "manifests" / "crd" / "continuedpretrains.cpt.kubecpt.dev.yaml"
@@ -211,6 +217,27 @@ def test_eviction_and_preemption_restart_without_counting(operator: Operator, na
         assert (jobset["status"]["restarts"], jobset["status"].get("restartsCountTowardsMax", 0)) == (1, 0), name
 
 
+def play_a_stage_pod(
+    cluster: Cluster, namespace: str, run: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> str:
+    """A suspended run, and this process set up as one of its stage pods (the env the operator gives them, a token
+    of the run's own ServiceAccount); returns the token."""
+    cluster.apply({**run_doc(run, suspend=True), "metadata": {"name": run, "namespace": namespace}})
+    eventually(lambda: get(cluster, namespace, "rolebinding", f"{run}-status"), what="the run's RoleBinding")
+    eventually(lambda: phase_is(cluster, namespace, run, "Suspended"), what="Suspended")
+    token = cluster.kubectl("create", "token", f"{run}-status", "-n", namespace).stdout.strip()
+    (tmp_path / "token").write_text(token)
+    assert cluster.pki is not None
+    for key, value in {
+        "KUBECPT_RUN": f"{namespace}/{run}",
+        "KUBECPT_API_SERVER": cluster.server,
+        "KUBECPT_TOKEN_FILE": str(tmp_path / "token"),
+        "KUBECPT_CA_FILE": str(cluster.pki.ca_cert),
+    }.items():
+        monkeypatch.setenv(key, value)
+    return token
+
+
 def test_stage_pods_push_their_status_with_the_runs_own_token(
     operator: Operator, namespace: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -221,19 +248,8 @@ def test_stage_pods_push_their_status_with_the_runs_own_token(
     from cpt_pipeline.status_push import push_status
 
     cluster = operator.cluster
-    for name in ("pushed", "other"):
-        cluster.apply({**run_doc(name, suspend=True), "metadata": {"name": name, "namespace": namespace}})
-    eventually(lambda: get(cluster, namespace, "rolebinding", "pushed-status"), what="the run's RoleBinding")
-    eventually(lambda: phase_is(cluster, namespace, "pushed", "Suspended"), what="Suspended")
-    token = cluster.kubectl("create", "token", "pushed-status", "-n", namespace).stdout.strip()
-    (tmp_path / "token").write_text(token)
-    for key, value in {
-        "KUBECPT_RUN": f"{namespace}/pushed",
-        "KUBECPT_API_SERVER": cluster.server,
-        "KUBECPT_TOKEN_FILE": str(tmp_path / "token"),
-        "KUBECPT_CA_FILE": str(cluster.pki.ca_cert),
-    }.items():
-        monkeypatch.setenv(key, value)
+    cluster.apply({**run_doc("other", suspend=True), "metadata": {"name": "other", "namespace": namespace}})
+    token = play_a_stage_pod(cluster, namespace, "pushed", tmp_path, monkeypatch)
     progress = {"step": 7, "tokensSeen": 7168, "loss": 2.5, "totalSteps": 12, "eta": "1m00s"}
     assert push_status("kubecpt-train", {"training": progress})
     run = eventually(lambda: (r := get(cluster, namespace, "cpt", "pushed")) and "training" in r["status"] and r)
@@ -320,23 +336,148 @@ def test_the_deadline_fails_a_quiet_run_on_time(operator: Operator, namespace: s
     assert failed["reason"] == "DeadlineExceeded" and "activeDeadlineSeconds (5s)" in failed["message"]
 
 
+CHILD_KINDS = (
+    "jobs,jobsets,configmaps,serviceaccounts,roles.rbac.authorization.k8s.io,rolebindings.rbac.authorization.k8s.io"
+)
+
+
+def children_by_uid(cluster: Cluster, namespace: str, run: str) -> dict[tuple[str, str], dict[str, Any]]:
+    """Every child of the run now, by (kind, name): one LIST of every kind the operator creates."""
+    found = get(cluster, namespace, CHILD_KINDS, "-l", f"cpt.kubecpt.dev/run={run}")
+    return {(o["kind"], o["metadata"]["name"]): o for o in (found or {"items": []})["items"]}
+
+
 def test_an_operator_killed_again_and_again_creates_each_child_once(operator: Operator, namespace: str) -> None:
-    """The operator is killed (SIGKILL) and restarted every second while a run goes through its phases."""
+    """The operator is killed (SIGKILL) and restarted every second while a run goes through its phases. What
+    matters is what exists: each child once, owned by the run, never deleted and re-created (one uid per name,
+    recorded at every poll). Events are best-effort: one killed between a create and its Event is never posted."""
     cluster = operator.cluster
     cluster.apply({**run_doc("crashy"), "metadata": {"name": "crashy", "namespace": namespace}})
-    phases = set()
+    phases: set[str | None] = set()
+    uids: defaultdict[tuple[str, str], set[str]] = defaultdict(set)  # (kind, name) -> every uid seen
     deadline = time.monotonic() + 180
     while not phase_is(cluster, namespace, "crashy", "Succeeded"):
         assert time.monotonic() < deadline, "the run did not complete"
         time.sleep(1.0)
         run = get(cluster, namespace, "cpt", "crashy")
         phases.add((run or {}).get("status", {}).get("phase"))
+        for key, child in children_by_uid(cluster, namespace, "crashy").items():
+            uids[key].add(child["metadata"]["uid"])
         assert operator.process is not None
         operator.process.kill()
         operator.process.wait()
         operator.start()
-    events = get(cluster, namespace, "events", "--field-selector", "involvedObject.name=crashy")["items"]
-    created = sorted(e["message"] for e in events if e["reason"] == "Created")
-    assert len(created) == len(set(created)) == 7, created  # 6 Jobs and the JobSet, each created once
-    assert len(names(cluster, namespace, "crashy")) == 8
+    run_uid = get(cluster, namespace, "cpt", "crashy")["metadata"]["uid"]
+    final = children_by_uid(cluster, namespace, "crashy")
+    for key, child in final.items():
+        uids[key].add(child["metadata"]["uid"])
+    assert {key: len(seen) for key, seen in uids.items() if len(seen) > 1} == {}  # never re-created
+    assert set(uids) == set(final)  # nothing seen during the run went away
+    kinds = sorted(kind for kind, _ in final)
+    assert kinds == sorted(["ConfigMap", "Role", "RoleBinding", "ServiceAccount", *["Job"] * 6, "JobSet"]), kinds
+    owners = {
+        key: [(o["uid"], o.get("controller")) for o in c["metadata"]["ownerReferences"]] for key, c in final.items()
+    }
+    assert all(refs == [(run_uid, True)] for refs in owners.values()), owners  # one owner each: this run
     assert len(phases - {None}) >= 2, phases  # it was killed in more than one phase
+
+
+def evaluated(storage: Storage, tokens: int, score: float) -> dict[str, Any]:
+    """What an evaluation Job leaves in storage for one model: its export (not for the base model) and summary."""
+    name = "baseline" if tokens == 0 else f"tokens-{tokens:013d}"
+    if tokens:
+        storage.write_json({"tokens": tokens}, "exports", name, "export.json")
+    task = {"task": "piqa", "metric": "acc_norm", "score": score, "stderr": 0.01}
+    found = {"name": name, "tokens": tokens, "model": name, "scores": [task], "average": score, "perplexity": {}}
+    storage.write_json(found, "eval", name, "summary.json")
+    return found
+
+
+def evaluation_milestones(cluster: Cluster, namespace: str, run: str) -> dict[int, dict[str, Any]]:
+    status = get(cluster, namespace, "cpt", run)["status"]
+    return {m["tokens"]: m for m in status.get("evaluation", {}).get("milestones", [])}
+
+
+def test_a_late_push_of_an_older_evaluation_view_keeps_the_newer_entries(
+    operator: Operator, namespace: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two evaluation Jobs in the bad order: the 400M Job lists storage before the baseline and the 1B export are
+    written, the 1B Job lists after and pushes first; the 400M Job's push comes last."""
+    from cpt_pipeline.evaluate.results import evaluate_run
+    from cpt_pipeline.storage import Storage
+
+    cluster = operator.cluster
+    play_a_stage_pod(cluster, namespace, "scored", tmp_path, monkeypatch)
+    spec = ContinuedPretrain.model_validate(run_doc("scored")).spec
+    early, late = Storage.open_uri(str(tmp_path / "early")), Storage.open_uri(str(tmp_path / "late"))
+    evaluated(early, 400_000_000, 0.62)
+    for tokens, score in ((0, 0.6), (400_000_000, 0.62), (1_000_000_000, 0.65)):
+        evaluated(late, tokens, score)
+    evaluate_run(spec, late, target="tokens-0001000000000")
+    evaluate_run(spec, early, target="tokens-0000400000000")
+
+    scores = evaluation_milestones(cluster, namespace, "scored")
+    assert sorted(scores) == [0, 400_000_000, 1_000_000_000]  # the 1B entry is still there
+    assert scores[400_000_000]["averageDelta"] == pytest.approx(0.02)  # and the deltas the early view lacked
+    assert scores[1_000_000_000]["scores"][0]["delta"] == pytest.approx(0.05)
+    assert get(cluster, namespace, "cpt", "scored")["status"]["evaluation"]["latestAverage"] == 0.65
+    shown = cluster.kubectl("get", "cpt", "scored", "-n", namespace, "-o", "json", "--show-managed-fields").stdout
+    managers = {m["manager"] for m in json.loads(shown)["metadata"]["managedFields"]}
+    assert {"kubecpt-evaluate-tokens-0000400000000", "kubecpt-evaluate-tokens-0001000000000"} <= managers
+
+
+def test_evaluation_jobs_pushing_at_once_each_keep_their_entry(
+    operator: Operator, namespace: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Six evaluation Jobs, each with a view of its own model only, push at the same moment."""
+    from cpt_pipeline.evaluate.results import evaluate_run
+    from cpt_pipeline.storage import Storage
+
+    cluster = operator.cluster
+    play_a_stage_pod(cluster, namespace, "burst", tmp_path, monkeypatch)
+    spec = ContinuedPretrain.model_validate(run_doc("burst")).spec
+    milestones = range(1_000_000_000, 7_000_000_000, 1_000_000_000)
+    views = {tokens: Storage.open_uri(str(tmp_path / str(tokens))) for tokens in milestones}
+    for tokens, storage in views.items():
+        evaluated(storage, tokens, tokens / 1e10)
+    with ThreadPoolExecutor(len(views)) as pool:
+        list(pool.map(lambda item: evaluate_run(spec, item[1], target=f"tokens-{item[0]:013d}"), views.items()))
+    assert sorted(evaluation_milestones(cluster, namespace, "burst")) == list(milestones)
+
+
+LONGEST = "a-run-name-of-sixty-three-characters-" + "x" * 26  # the longest a label value can be
+
+
+def test_a_run_named_with_63_characters_goes_through_every_stage(operator: Operator, namespace: str) -> None:
+    """The name is the run label's value on every child and pod, and (shortened) every child's name prefix: the
+    JobSet's Service and its pods' host names included."""
+    cluster = operator.cluster
+    assert len(LONGEST) == 63
+    cluster.apply({**run_doc(LONGEST), "metadata": {"name": LONGEST, "namespace": namespace}})
+    eventually(lambda: phase_is(cluster, namespace, LONGEST, "Succeeded"), timeout=180, what="Succeeded")
+    children = children_by_uid(cluster, namespace, LONGEST)
+    assert len(children) == 11 and all(len(name) <= 52 for _, name in children), sorted(children)
+    jobset = next(child for (kind, _), child in children.items() if kind == "JobSet")
+    pods = get(cluster, namespace, "pods", "-l", f"cpt.kubecpt.dev/run={LONGEST}")["items"]
+    training = [p for p in pods if p["metadata"]["labels"].get("cpt.kubecpt.dev/stage") == "train"]
+    assert [p["spec"]["hostname"] for p in training] == [f"{jobset['metadata']['name']}-node-0-0"]
+    env = {e["name"]: e.get("value") for p in pods for e in p["spec"]["containers"][0]["env"]}
+    assert env["KUBECPT_RUN"] == f"{namespace}/{LONGEST}"
+
+
+@pytest.mark.parametrize(
+    ("name", "words"),
+    [
+        ("r" * 200, "metadata.name must be at most 63 characters"),
+        ("r" * 64, "metadata.name must be at most 63 characters"),
+        ("paper.v2", "an RFC 1035 label, no dots"),
+        ("9lives", "metadata.name must start with a lowercase letter"),
+    ],
+)
+def test_a_name_no_child_could_carry_is_refused_by_the_api_server(
+    crds: Cluster, namespace: str, name: str, words: str
+) -> None:
+    doc = {**run_doc(name), "metadata": {"name": name, "namespace": namespace}}
+    result = crds.kubectl("apply", "-f", "-", input=yaml.safe_dump(doc), check=False)
+    assert result.returncode != 0 and words in result.stderr, result.stderr
+    assert get(crds, namespace, "cpt", name) is None
