@@ -16,7 +16,7 @@ class OperatorConfig:
 
     worker_image: str = "ghcr.io/kubecpt/worker:0.1.0"
     pull_policy: str = "IfNotPresent"
-    reconcile_seconds: float = 5.0
+    reconcile_seconds: float = 60.0
     worker_pod_template: dict[str, Any] | None = field(default=None, hash=False, compare=False)
 
     @classmethod

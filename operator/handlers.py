@@ -8,21 +8,24 @@ operator. Children carry ownerReferences, so the garbage collector deletes them 
 
 from __future__ import annotations
 
-import contextvars
+import contextlib
 import logging
 import threading
-import time
+from datetime import UTC, datetime
 from typing import Any
 
 import kopf
 
 from cpt import API_GROUP, API_VERSION, PLURAL
 from cpt.api import ContinuedPretrain
-from cpt_operator import metrics
+from cpt_operator import actions, api_errors, metrics
+from cpt_operator.cache import Cache, trimmed
 from cpt_operator.config import OperatorConfig
-from cpt_operator.kube import Kube
+from cpt_operator.kube import JOBSET, WORKLOAD, Kube, start_problem
 from cpt_operator.names import RUN_LABEL
-from cpt_operator.reconcile import child_key, reconcile
+from cpt_operator.ownership import owned_by
+from cpt_operator.reconcile import Decision, child_key, reconcile
+from cpt_operator.requeue import Requeue
 
 log = logging.getLogger(__name__)
 
@@ -39,79 +42,93 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     memo.config = OperatorConfig.from_env()
     metrics.serve()
 
-    memo.requeue = Requeue(memo)
+    memo.failures = {}  # (namespace, run) -> failed passes in a row, and the last message
+    memo.cache = Cache()  # the watch caches (kopf indices), bound on the first handler call
+    memo.written = {}  # (namespace, run) -> the run as the operator's last status write returned it
+    memo.pod_problems = {}  # (namespace, pod) -> why it cannot start, for the run's pods that cannot
+    memo.requeue = Requeue(lambda namespace, run: serialized_pass(memo, namespace, run))
 
 
-class Requeue:
-    """Passes due after some seconds with no event to trigger them (the deadline, the TTL). Kept in memory: a
-    restarted operator recomputes them from the run's times on its first pass. A sooner request replaces a
-    later one; a firing timer frees its slot, so its own pass may ask for the next."""
-
-    def __init__(self, memo: kopf.Memo) -> None:
-        self.memo = memo
-        self.pending: dict[tuple[str, str], tuple[float, threading.Timer]] = {}
-
-    def __call__(self, namespace: str, run: str, seconds: float) -> None:
-        due = time.monotonic() + seconds
-        with _LOCKS_GUARD:
-            current = self.pending.get((namespace, run))
-            if current is not None and current[1].is_alive() and current[0] <= due:
-                return
-            if current is not None:
-                current[1].cancel()
-            # kopf's context (for posting events) travels with the timer: it fires outside kopf's threads
-            context = contextvars.copy_context()
-
-            def fire() -> None:
-                with _LOCKS_GUARD:
-                    self.pending.pop((namespace, run), None)
-                context.run(serialized_pass, self.memo, namespace, run)
-
-            timer = threading.Timer(seconds + 1.0, fire)  # + 1 s: the run's times have a resolution of 1 s
-            timer.daemon = True
-            self.pending[(namespace, run)] = (due, timer)
-        log.info("a pass for %s/%s is due in %.1fs", namespace, run, seconds)
-        timer.start()
+@kopf.on.cleanup()
+def shutdown(memo: kopf.Memo, **_: Any) -> None:
+    memo.requeue.stop()
 
 
 def run_pass(memo: kopf.Memo, body: dict[str, Any], seen: dict[str, Any] | None = None) -> None:
-    """Observe, decide, act: create children, (un)suspend them, post events, write the owned status.
+    """Observe, decide, act: create children, stop or (un)suspend them, post events, write the owned status.
 
     `seen` is the child whose event started this pass, as that event last showed it: a Job or JobSet that a
     TTL of 0 deleted the moment it finished is gone from the listing, but its final state still counts
-    (else the stage would run again)."""
+    (else the stage would run again). Any API call that fails is retried with backoff; its cause is put in
+    the status."""
     kube: Kube = memo.kube
     meta = body["metadata"]
     namespace, name = meta["namespace"], meta["name"]
     resource = ContinuedPretrain.model_validate(
         {"metadata": {"name": name, "namespace": namespace}, "spec": body.get("spec", {})}
     )
-    children = kube.children(namespace, name)
-    if seen is not None:
-        children.setdefault(child_key(seen), seen)
+    observed = kube.observe(memo.cache, namespace, name, meta["uid"])
+    if seen is not None and owned_by(seen, meta["uid"]):
+        observed.children.setdefault(child_key(seen), seen)
     status = dict(body.get("status") or {})
     metrics.PASSES.inc()
-    decision = reconcile(resource, children, status, int(meta.get("generation", 1)), memo.config)
+    generation = int(meta.get("generation", 1))
+    decision = reconcile(resource, observed.children, status, generation, memo.config, leftovers=observed.leftovers)
+    _observe(namespace, name, decision)
+
+    def post(kind: str, reason: str, message: str) -> None:
+        metrics.EVENTS.inc()
+        kopf.event(body, type=kind, reason=reason, message=message)
+
+    failures = actions.apply(kube, body, decision, post)
+    for kind, reason, message in decision.events:
+        post(kind, reason, message)
+    wanted = decision.status
+    if failures:  # the new generation is observed only once every change it asked for was made
+        wanted = _failed(memo, body, wanted, "; ".join(failures))
+        wanted["observedGeneration"] = status.get("observedGeneration")
+    else:
+        memo.failures.pop((namespace, name), None)
+        if not _finished(wanted):  # a periodic resync, whatever happens (or fails to happen) in between
+            decision.requeue(memo.config.reconcile_seconds)
+        if decision.requeue_after is not None:
+            memo.requeue(namespace, name, decision.requeue_after)
+    if differs(status, wanted):
+        memo.written[(namespace, name)] = kube.patch_status(namespace, name, wanted)
+
+
+def _observe(namespace: str, name: str, decision: Decision) -> None:
+    """The run's metrics, from the decision."""
     metrics.PHASES.set(namespace, name, decision.status["phase"])
     for stage, seconds in decision.completed:
         metrics.STAGE_SECONDS.labels(stage).observe(seconds)
     restarts = decision.status.get("training", {}).get("restarts")
     if restarts is not None:
         metrics.RESTARTS.labels(namespace, name).set(restarts)
-    for obj in decision.create:
-        kopf.adopt(obj, owner=body)
-        kube.create(namespace, obj)
-    for kind, child, suspend in decision.set_suspend:
-        kube.set_suspend(namespace, kind, child, suspend)
-    for kind, child in decision.delete:
-        kube.delete(namespace, kind, child)
-        kopf.event(body, type="Normal", reason="Expired", message=f"{kind} {child} deleted (ttlSecondsAfterFinished)")
-    if decision.requeue_after is not None:
-        memo.requeue(namespace, name, decision.requeue_after)
-    for kind, reason, message in decision.events:
-        kopf.event(body, type=kind, reason=reason, message=message)
-    if differs(status, decision.status):
-        kube.patch_status(namespace, name, decision.status)
+
+
+def _finished(status: dict[str, Any]) -> bool:
+    return status.get("phase") in ("Succeeded", "Failed")
+
+
+def _failed(memo: kopf.Memo, body: dict[str, Any], status: dict[str, Any], message: str) -> dict[str, Any]:
+    """A pass that could not finish: count it, say why (status and, once per cause, a Warning Event), retry."""
+    meta = body["metadata"]
+    key = (meta["namespace"], meta["name"])
+    attempts, last = memo.failures.get(key, (0, ""))
+    attempts += 1
+    memo.failures[key] = (attempts, message)
+    metrics.ERRORS.inc()
+    log.warning("pass for %s/%s failed (attempt %d): %s", *key, attempts, message)
+    if message != last:
+        kopf.event(body, type="Warning", reason="ApiError", message=message)
+    memo.requeue(*key, api_errors.backoff(attempts))
+    generation = int(meta.get("generation", 1))
+    return api_errors.error_status(status, message, attempts, generation, _now())
+
+
+def _now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def differs(current: Any, wanted: Any) -> bool:
@@ -128,38 +145,105 @@ _LOCKS_GUARD = threading.Lock()
 def serialized_pass(memo: kopf.Memo, namespace: str, run: str, seen: dict[str, Any] | None = None) -> None:
     """One pass at a time per run, on the run as it is now. kopf serializes events per object, but a run's
     own events and its children's arrive concurrently; two passes on the same stale status would both take
-    the same transition (two events, two stage timings)."""
+    the same transition (two events, two stage timings). A pass that raises (a listing refused, the API
+    server gone) reports the cause in the status when it can, and is retried with backoff."""
     with _LOCKS_GUARD:
         lock = _LOCKS.setdefault((namespace, run), threading.Lock())
-    with lock, metrics.ERRORS.count_exceptions():
-        body = memo.kube.get_run(namespace, run)
-        if body is not None and not body["metadata"].get("deletionTimestamp"):
-            run_pass(memo, body, seen)
+    with lock:
+        body = None
+        try:
+            body = _current(memo, namespace, run)
+            if body is not None and not body["metadata"].get("deletionTimestamp"):
+                run_pass(memo, body, seen)
+        except Exception as error:  # reported in the status and retried, never lost in a log
+            message = api_errors.describe(f"reconcile {namespace}/{run}", error)
+            if body is None:
+                log.warning("%s", message)
+                memo.requeue(namespace, run, api_errors.backoff(memo.failures.get((namespace, run), (0, ""))[0] + 1))
+                return
+            status = _failed(memo, body, dict(body.get("status") or {}), message)
+            with contextlib.suppress(Exception):  # the status write may fail for the same cause
+                memo.kube.patch_status(namespace, run, status)
+
+
+def _current(memo: kopf.Memo, namespace: str, run: str) -> dict[str, Any] | None:
+    """The run from the watch cache, or as the operator's own last status write returned it while the watch has
+    not caught up with that write (a pass on the older status would take the same transition twice)."""
+    cached = memo.cache.run(namespace, run)
+    written = memo.written.get((namespace, run))
+    if cached is None or written is None:
+        return cached
+    if written["metadata"].get("uid") == cached["metadata"].get("uid") and _version(written) > _version(cached):
+        return written
+    memo.written.pop((namespace, run), None)
+    return cached
+
+
+def _version(obj: dict[str, Any]) -> int:
+    """resourceVersion as a number (etcd's revision; an opaque one counts as oldest)."""
+    try:
+        return int(obj["metadata"].get("resourceVersion", "0"))
+    except ValueError:
+        return 0
 
 
 @kopf.on.event(API_GROUP, API_VERSION, PLURAL)
-def on_run(event: dict[str, Any], body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+def on_run(event: dict[str, Any], body: kopf.Body, memo: kopf.Memo, **kwargs: Any) -> None:
+    memo.cache.bind(kwargs)
     meta = body["metadata"]
     if event.get("type") == "DELETED" or meta.get("deletionTimestamp"):
         metrics.PHASES.forget(meta["namespace"], meta["name"])
+        memo.requeue.forget(meta["namespace"], meta["name"])
+        memo.failures.pop((meta["namespace"], meta["name"]), None)
+        memo.written.pop((meta["namespace"], meta["name"]), None)
         with _LOCKS_GUARD:
             _LOCKS.pop((meta["namespace"], meta["name"]), None)
         return
     serialized_pass(memo, meta["namespace"], meta["name"])
 
 
-def _owner_pass(body: kopf.Body, kind: str, memo: kopf.Memo) -> None:
+def _owner_pass(body: kopf.Body, kind: str, memo: kopf.Memo, kwargs: dict[str, Any]) -> None:
+    memo.cache.bind(kwargs)
     run = body["metadata"].get("labels", {}).get(RUN_LABEL)
     namespace = body["metadata"].get("namespace")
     if run and namespace:
-        serialized_pass(memo, namespace, run, seen={**dict(body), "kind": kind})
+        serialized_pass(memo, namespace, run, seen=trimmed(body, kind))
 
 
 @kopf.on.event("batch", "v1", "jobs", labels={RUN_LABEL: kopf.PRESENT})
-def on_job(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
-    _owner_pass(body, "Job", memo)
+def on_job(body: kopf.Body, memo: kopf.Memo, **kwargs: Any) -> None:
+    _owner_pass(body, "Job", memo, kwargs)
 
 
-@kopf.on.event("jobset.x-k8s.io", "v1alpha2", "jobsets", labels={RUN_LABEL: kopf.PRESENT})
-def on_jobset(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
-    _owner_pass(body, "JobSet", memo)
+@kopf.on.event(*JOBSET, labels={RUN_LABEL: kopf.PRESENT})
+def on_jobset(body: kopf.Body, memo: kopf.Memo, **kwargs: Any) -> None:
+    _owner_pass(body, "JobSet", memo, kwargs)
+
+
+@kopf.on.event(*WORKLOAD)
+def on_workload(body: kopf.Body, memo: kopf.Memo, **kwargs: Any) -> None:
+    """A pass for the run whose Job or JobSet owns the Workload (admitted, pending, evicted: Queued follows)."""
+    memo.cache.bind(kwargs)
+    for reference in body["metadata"].get("ownerReferences", []):
+        owner = memo.cache.owner_run(reference.get("uid", ""))
+        if owner is not None:
+            serialized_pass(memo, *owner)
+            return
+
+
+@kopf.on.event("", "v1", "pods", labels={RUN_LABEL: kopf.PRESENT})
+def on_pod(event: dict[str, Any], body: kopf.Body, memo: kopf.Memo, **kwargs: Any) -> None:
+    """A pass when one of the run's pods cannot start, and when it no longer has that problem (the rest of a
+    pod's life shows in its Job's status)."""
+    memo.cache.bind(kwargs)
+    key = (body["metadata"].get("namespace"), body["metadata"].get("name"))
+    problem = "" if event.get("type") == "DELETED" else start_problem(body)
+    if problem == memo.pod_problems.get(key, ""):
+        return
+    if problem:
+        memo.pod_problems[key] = problem
+    else:
+        memo.pod_problems.pop(key, None)
+    run = body["metadata"].get("labels", {}).get(RUN_LABEL)
+    if run and key[0]:
+        serialized_pass(memo, key[0], run)

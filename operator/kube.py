@@ -3,14 +3,21 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any
 
 from cpt import API_GROUP, API_VERSION, PLURAL
-from cpt_operator.names import QUEUE_LABEL, RUN_LABEL
+from cpt_operator.names import QUEUE_LABEL
+from cpt_operator.ownership import owned_by
+
+if TYPE_CHECKING:
+    from cpt_operator.cache import Cache
 
 JOBSET = ("jobset.x-k8s.io", "v1alpha2", "jobsets")
 WORKLOAD = ("kueue.x-k8s.io", "v1beta2", "workloads")
+JOB_UID_LABEL = "batch.kubernetes.io/controller-uid"  # on a Job's pods: the Job's UID
+JOBSET_UID_LABEL = "jobset.sigs.k8s.io/jobset-uid"  # on a JobSet's pods: the JobSet's UID
 CAUSE = "kubecpt.dev/failedJobMessage"  # added to an observed JobSet: why its first failed Job failed
 
 
@@ -34,20 +41,85 @@ def workload_summary(workload: dict[str, Any], owner: str) -> dict[str, Any]:
         "owner": owner,
         "queue": workload.get("spec", {}).get("queueName", ""),
         "admitted": admitted,
+        "tried": pending.get("status") == "False",  # Kueue tried to admit it (a new Workload has no condition yet)
         "finished": conditions.get("Finished", {}).get("status") == "True",
+        "active": workload.get("spec", {}).get("active", True) is not False,
         "message": pending.get("message", "") if not admitted else "",
     }
 
 
-def _start_problem(pod: Any) -> str:
-    """Why a pod's containers cannot start (a missing Secret or ConfigMap, an image that cannot be pulled)."""
-    if pod.status is None or pod.status.phase != "Pending":
+def start_problem(pod: dict[str, Any]) -> str:
+    """Why a pod cannot start: no node can take it, or its containers cannot start (a missing Secret or
+    ConfigMap, an image that cannot be pulled)."""
+    status = pod.get("status") or {}
+    if status.get("phase") != "Pending":
         return ""
-    for status in [*(pod.status.init_container_statuses or []), *(pod.status.container_statuses or [])]:
-        waiting = status.state.waiting if status.state else None
-        if waiting is not None and waiting.reason in CANNOT_START:
-            return f"{waiting.reason}: {waiting.message or ''}".strip(": ")
+    for condition in status.get("conditions") or []:
+        if (condition.get("type"), condition.get("status"), condition.get("reason")) == (
+            "PodScheduled",
+            "False",
+            "Unschedulable",
+        ):
+            return f"Unschedulable: {condition.get('message') or ''}".strip(": ")
+    for container in [*(status.get("initContainerStatuses") or []), *(status.get("containerStatuses") or [])]:
+        waiting = (container.get("state") or {}).get("waiting") or {}
+        if waiting.get("reason") in CANNOT_START:
+            return f"{waiting['reason']}: {waiting.get('message') or ''}".strip(": ")
     return ""
+
+
+FAILED_CREATE_WINDOW = 600  # seconds: an older FailedCreate Event is taken as resolved
+STARTUP_GRACE = 5  # seconds a new Job or JobSet has to make its pods before the operator asks why not
+
+
+def _podless_jobs(children: dict[str, dict[str, Any]]) -> list[str]:
+    """Names of running, unsuspended Jobs without an active pod; a JobSet's Jobs (`<jobset>-<replicatedJob>-0`)
+    when it has none."""
+    found = []
+    for name, obj in children.items():
+        status = obj.get("status") or {}
+        if obj.get("kind") not in ("Job", "JobSet") or obj.get("spec", {}).get("suspend"):
+            continue
+        if any(c.get("status") == "True" for c in status.get("conditions") or []):
+            continue  # finished (or failing)
+        created = obj["metadata"].get("creationTimestamp")
+        if created and datetime.fromisoformat(created.replace("Z", "+00:00")) > _recent(STARTUP_GRACE):
+            continue  # its controller may not have made its pods yet
+        if obj["kind"] == "Job" and not status.get("active"):
+            found.append(name)
+        elif obj["kind"] == "JobSet":
+            found += [f"{name}-{r['name']}-0" for r in status.get("replicatedJobsStatus") or [] if not r.get("active")]
+    return found
+
+
+def _event_time(event: Any) -> datetime:
+    return event.last_timestamp or event.event_time or event.metadata.creation_timestamp
+
+
+def _recent(seconds: float = FAILED_CREATE_WINDOW) -> datetime:
+    return datetime.now(UTC) - timedelta(seconds=seconds)
+
+
+def _counting_client(api: Any) -> Any:
+    """The API client, with every request it makes counted in kubecpt_api_requests_total{verb}."""
+    from cpt_operator import metrics
+
+    request = api.request
+
+    def counted(method: str, *args: Any, **kwargs: Any) -> Any:
+        metrics.API_REQUESTS.labels(method).inc()
+        return request(method, *args, **kwargs)
+
+    api.request = counted
+    return api
+
+
+@dataclass
+class Observed:
+    """What one pass sees: this incarnation's children by key, and other incarnations' leftovers (kind, name)."""
+
+    children: dict[str, dict[str, Any]] = field(default_factory=dict)
+    leftovers: list[tuple[str, str]] = field(default_factory=list)
 
 
 @dataclass
@@ -58,6 +130,7 @@ class Kube:
     batch: Any
     custom: Any
     rbac: Any
+    causes: dict[str, str] = field(default_factory=dict)  # JobSet UID -> its failed Job's message
 
     @classmethod
     def connect(cls) -> Kube:
@@ -67,86 +140,78 @@ class Kube:
             config.load_incluster_config()
         except config.ConfigException:
             config.load_kube_config()
-        return cls(client.CoreV1Api(), client.BatchV1Api(), client.CustomObjectsApi(), client.RbacAuthorizationV1Api())
+        api = _counting_client(client.ApiClient())
+        return cls(
+            client.CoreV1Api(api),
+            client.BatchV1Api(api),
+            client.CustomObjectsApi(api),
+            client.RbacAuthorizationV1Api(api),
+        )
 
-    def get_run(self, namespace: str, name: str) -> dict[str, Any] | None:
-        from kubernetes.client.exceptions import ApiException
-
-        try:
-            return self.custom.get_namespaced_custom_object(API_GROUP, API_VERSION, namespace, PLURAL, name)
-        except ApiException as error:
-            if error.status == 404:
-                return None
-            raise
-
-    def children(self, namespace: str, run: str) -> dict[str, dict[str, Any]]:
-        """The run's ConfigMaps, Jobs and JobSets by name (plain dicts, as the API serves them)."""
-        from kubernetes.client.exceptions import ApiException
-
+    def observe(self, cache: Cache, namespace: str, run: str, uid: str) -> Observed:
+        """This incarnation's children (controller owner UID `uid`) by key, from the watch caches, with what a pass
+        needs of their pods and Kueue Workloads. Objects with the run's label but another owner are leftovers of
+        an earlier incarnation. API calls only for what no watch shows: why a failed JobSet's Job failed, and
+        why a Job has no pod (its FailedCreate Events)."""
         from cpt_operator.reconcile import child_key
 
-        selector = f"{RUN_LABEL}={run}"
-        api = self.core.api_client
-        found: dict[str, dict[str, Any]] = {}
-        for kind, items in (
-            ("ConfigMap", self.core.list_namespaced_config_map(namespace, label_selector=selector).items),
-            ("Job", self.batch.list_namespaced_job(namespace, label_selector=selector).items),
-            ("ServiceAccount", self.core.list_namespaced_service_account(namespace, label_selector=selector).items),
-            ("Role", self.rbac.list_namespaced_role(namespace, label_selector=selector).items),
-            ("RoleBinding", self.rbac.list_namespaced_role_binding(namespace, label_selector=selector).items),
-        ):
-            for item in items:
-                obj = {**api.sanitize_for_serialization(item), "kind": kind}
-                found[child_key(obj)] = obj
-        for pod in self.core.list_namespaced_pod(namespace, label_selector=selector).items:
-            problem = _start_problem(pod)
-            if problem:  # only pods that cannot start matter to the decision
-                found[f"Pod:{pod.metadata.name}"] = {
+        observed = Observed()
+        for obj in cache.children(namespace, run):
+            if not owned_by(obj, uid):
+                observed.leftovers.append((obj["kind"], obj["metadata"]["name"]))
+                continue
+            if obj["kind"] == "JobSet":
+                obj = {**obj, CAUSE: self._failed_job_message(namespace, obj)}
+            observed.children[child_key(obj)] = obj
+        owners = {o["metadata"].get("uid") for o in observed.children.values() if o["kind"] in ("Job", "JobSet")}
+        for pod in cache.pods(namespace, run):
+            if pod["problem"] and owners & pod["owners"]:  # (another incarnation's pods do not count)
+                observed.children[f"Pod:{pod['name']}"] = {
                     "kind": "Pod",
-                    "metadata": {"name": pod.metadata.name},
-                    "problem": problem,
+                    "metadata": {"name": pod["name"]},
+                    "problem": pod["problem"],
                 }
-        try:
-            jobsets = self.custom.list_namespaced_custom_object(
-                *JOBSET[:2], namespace, JOBSET[2], label_selector=selector
-            )
-        except ApiException as error:
-            if error.status != 404:  # 404: the JobSet CRD is not installed (yet): no JobSet exists
-                raise
-            jobsets = {"items": []}
-        for obj in jobsets["items"]:
-            found[obj["metadata"]["name"]] = {**obj, "kind": "JobSet", CAUSE: self._failed_job_message(namespace, obj)}
-        found.update(self._workloads(namespace, found))
-        return found
+        observed.children.update(self._creation_problems(namespace, observed.children))
+        for name, obj in list(observed.children.items()):
+            if obj["kind"] in ("Job", "JobSet") and QUEUE_LABEL in obj["metadata"].get("labels", {}):
+                for workload in cache.workloads(namespace, obj["metadata"]["uid"]):
+                    summary = workload_summary(workload, name)
+                    observed.children[f"Workload:{summary['metadata']['name']}"] = summary
+        observed.children = dict(sorted(observed.children.items()))
+        observed.leftovers.sort()
+        return observed
 
-    def _workloads(self, namespace: str, children: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
-        """Kueue's Workloads of queue-labelled children, keyed `Workload:<name>`, as workload_summary gives them."""
-        from kubernetes.client.exceptions import ApiException
-
-        owners = {
-            obj["metadata"].get("uid"): name
-            for name, obj in children.items()
-            if obj.get("kind") in ("Job", "JobSet") and QUEUE_LABEL in obj["metadata"].get("labels", {})
-        }
-        if not owners:
-            return {}
-        try:
-            items = self.custom.list_namespaced_custom_object(*WORKLOAD[:2], namespace, WORKLOAD[2])["items"]
-        except ApiException as error:
-            if error.status == 404:  # Kueue is not installed: the children wait suspended, Stalled says why
-                return {}
-            raise
+    def _creation_problems(self, namespace: str, children: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        """Jobs that run without a pod because the API server refuses to create them (a missing ServiceAccount,
+        a ResourceQuota, Pod Security admission): the Job controller's latest FailedCreate Event says why. Asked
+        only of running Jobs (and the JobSet's Jobs) with no active pod."""
         found = {}
-        for workload in items:
-            references = workload["metadata"].get("ownerReferences", [])
-            owner = next((owners[r["uid"]] for r in references if r["uid"] in owners), None)
-            if owner is not None:
-                found[f"Workload:{workload['metadata']['name']}"] = workload_summary(workload, owner)
+        for job in _podless_jobs(children):
+            selector = f"involvedObject.kind=Job,involvedObject.name={job},reason=FailedCreate"
+            events = self.core.list_namespaced_event(namespace, field_selector=selector).items
+            latest = max(events, key=_event_time, default=None)
+            if latest is not None and _event_time(latest) >= _recent():
+                found[f"Pod:job/{job}"] = {
+                    "kind": "Pod",
+                    "metadata": {"name": job},
+                    "what": f"Job {job}",
+                    "problem": f"FailedCreate: {latest.message}",
+                }
         return found
 
     def _failed_job_message(self, namespace: str, jobset: dict[str, Any]) -> str:
         """The Failed condition of the JobSet's first failed Job (the exit code or pod condition that ended
-        it), which the JobSet's own message only names."""
+        it), which the JobSet's own message only names. Read once per JobSet."""
+        uid = jobset["metadata"].get("uid", "")
+        if not any(c.get("type") == "Failed" for c in jobset.get("status", {}).get("conditions", [])):
+            return ""
+        if uid not in self.causes:
+            self.causes[uid] = self._read_failed_job_message(namespace, jobset)
+            if len(self.causes) > 10000:
+                self.causes.pop(next(iter(self.causes)))
+        return self.causes[uid]
+
+    def _read_failed_job_message(self, namespace: str, jobset: dict[str, Any]) -> str:
         from kubernetes.client.exceptions import ApiException
 
         failed = [c for c in jobset.get("status", {}).get("conditions", []) if c["type"] == "Failed"]
@@ -160,39 +225,68 @@ class Kube:
         reasons = [c.message or c.reason for c in (job.status.conditions or []) if c.type == "Failed"]
         return f"Job {match.group(1)}: {reasons[0]}" if reasons else ""
 
-    def create(self, namespace: str, obj: dict[str, Any]) -> None:
-        """Create a child; one that exists already (a concurrent pass created it) is fine."""
+    def _verbs(self, kind: str) -> tuple[Any, Any, Any]:
+        """(create(namespace, body), read(name, namespace), delete(name, namespace, body)) of a child kind."""
+        if kind == "JobSet":
+            group, version, plural = JOBSET
+            return (
+                lambda ns, body: self.custom.create_namespaced_custom_object(group, version, ns, plural, body),
+                lambda name, ns: self.custom.get_namespaced_custom_object(group, version, ns, plural, name),
+                lambda name, ns, body: self.custom.delete_namespaced_custom_object(
+                    group, version, ns, plural, name, body=body
+                ),
+            )
+        api, suffix = {
+            "ConfigMap": (self.core, "config_map"),
+            "ServiceAccount": (self.core, "service_account"),
+            "Role": (self.rbac, "role"),
+            "RoleBinding": (self.rbac, "role_binding"),
+            "Job": (self.batch, "job"),
+        }[kind]
+        read = getattr(api, f"read_namespaced_{suffix}")
+        return (
+            getattr(api, f"create_namespaced_{suffix}"),
+            lambda name, ns: api.api_client.sanitize_for_serialization(read(name, ns)),
+            lambda name, ns, body: getattr(api, f"delete_namespaced_{suffix}")(name, ns, body=body),
+        )
+
+    def create(self, namespace: str, obj: dict[str, Any]) -> bool:
+        """Create a child; False when it exists already and is this run's (the watch cache had not shown it yet).
+        An object of another incarnation, or one being deleted, raises (the pass is retried)."""
         from kubernetes.client.exceptions import ApiException
 
+        create, read, _ = self._verbs(obj["kind"])
         try:
-            kind = obj["kind"]
-            if kind == "ConfigMap":
-                self.core.create_namespaced_config_map(namespace, obj)
-            elif kind == "ServiceAccount":
-                self.core.create_namespaced_service_account(namespace, obj)
-            elif kind == "Role":
-                self.rbac.create_namespaced_role(namespace, obj)
-            elif kind == "RoleBinding":
-                self.rbac.create_namespaced_role_binding(namespace, obj)
-            elif kind == "Job":
-                self.batch.create_namespaced_job(namespace, obj)
-            else:
-                self.custom.create_namespaced_custom_object(*JOBSET[:2], namespace, JOBSET[2], obj)
+            create(namespace, obj)
+            return True
         except ApiException as error:
             if error.status != 409:
                 raise
+            uid = obj["metadata"]["ownerReferences"][0]["uid"]
+            existing = read(obj["metadata"]["name"], namespace)
+            if not owned_by(existing, uid) or existing["metadata"].get("deletionTimestamp"):
+                raise ApiException(
+                    status=409,
+                    reason=f"{obj['kind']} {obj['metadata']['name']} exists from an earlier run of "
+                    "the same name and is being deleted",
+                ) from error
+            return False
+
+    def update(self, namespace: str, obj: dict[str, Any]) -> None:
+        """Bring a ConfigMap's data or a RoleBinding's subjects to `obj`'s (a merge patch: lists are replaced)."""
+        name = obj["metadata"]["name"]
+        if obj["kind"] == "ConfigMap":
+            self.core.patch_namespaced_config_map(name, namespace, {"data": obj["data"]})
+        else:
+            self.rbac.patch_namespaced_role_binding(name, namespace, {"subjects": obj["subjects"]})
 
     def delete(self, namespace: str, kind: str, name: str) -> None:
         """Delete a child and, in the background, its pods; one already gone is fine."""
         from kubernetes.client import V1DeleteOptions
         from kubernetes.client.exceptions import ApiException
 
-        options = V1DeleteOptions(propagation_policy="Background")
         try:
-            if kind == "Job":
-                self.batch.delete_namespaced_job(name, namespace, body=options)
-            else:
-                self.custom.delete_namespaced_custom_object(*JOBSET[:2], namespace, JOBSET[2], name, body=options)
+            self._verbs(kind)[2](name, namespace, V1DeleteOptions(propagation_policy="Background"))
         except ApiException as error:
             if error.status != 404:
                 raise
@@ -204,7 +298,15 @@ class Kube:
         else:
             self.custom.patch_namespaced_custom_object(*JOBSET[:2], namespace, JOBSET[2], name, body)
 
-    def patch_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
-        self.custom.patch_namespaced_custom_object_status(
+    def set_workload_active(self, namespace: str, name: str, active: bool) -> None:
+        """Kueue's own stop: an inactive Workload is evicted (its Job suspended, its pods gone) and not re-queued
+        until it is active again."""
+        self.custom.patch_namespaced_custom_object(
+            *WORKLOAD[:2], namespace, WORKLOAD[2], name, {"spec": {"active": active}}
+        )
+
+    def patch_status(self, namespace: str, name: str, status: dict[str, Any]) -> dict[str, Any]:
+        """Merge-patch the run's status; returns the run as written."""
+        return self.custom.patch_namespaced_custom_object_status(
             API_GROUP, API_VERSION, namespace, PLURAL, name, {"status": status}
         )

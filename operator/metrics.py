@@ -5,6 +5,8 @@
 - `kubecpt_stage_duration_seconds{stage}`: from a stage's child creation to its completion
 - `kubecpt_training_restarts{namespace,run}`: gang restarts of each run's training JobSet
 - `kubecpt_reconcile_passes_total`, `kubecpt_reconcile_errors_total`
+- `kubecpt_api_requests_total{verb}`: requests the passes made (the watches, kopf's own, are not counted),
+  `kubecpt_events_posted_total`
 """
 
 from __future__ import annotations
@@ -28,6 +30,10 @@ STAGE_SECONDS = Histogram(
 RESTARTS = Gauge("kubecpt_training_restarts", "Gang restarts of a run's training JobSet.", ["namespace", "run"])
 PASSES = Counter("kubecpt_reconcile_passes_total", "Reconcile passes.")
 ERRORS = Counter("kubecpt_reconcile_errors_total", "Reconcile passes that raised.")
+API_REQUESTS = Counter(
+    "kubecpt_api_requests_total", "Requests the passes made to the API server (events excluded).", ["verb"]
+)
+EVENTS = Counter("kubecpt_events_posted_total", "Events the operator posted on runs.")
 
 
 class _Phases:

@@ -9,6 +9,7 @@ True, that stage's children are never recreated, even if a TTL or a person delet
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -49,8 +50,15 @@ class Decision:
     status: dict[str, Any] = field(default_factory=dict)
     events: list[tuple[str, str, str]] = field(default_factory=list)  # (type Normal|Warning, reason, message)
     completed: list[tuple[str, float]] = field(default_factory=list)  # (stage, seconds) that finished now
-    delete: list[tuple[str, str]] = field(default_factory=list)  # (kind, name): finished children past the TTL
-    requeue_after: float | None = None  # seconds until a pass is due without any event (the TTL)
+    delete: list[tuple[str, str]] = field(default_factory=list)  # (kind, name): past the TTL, or leftovers
+    set_workload_active: list[tuple[str, bool]] = field(default_factory=list)  # (Kueue Workload, active)
+    update: list[dict[str, Any]] = field(default_factory=list)  # the spec ConfigMap, the RoleBinding after an edit
+    requeue_after: float | None = None  # seconds until a pass is due without any event (the deadline, the TTL)
+
+    def requeue(self, seconds: float | None) -> None:
+        """Ask for a pass in `seconds` (the sooner request wins)."""
+        if seconds is not None and (self.requeue_after is None or seconds < self.requeue_after):
+            self.requeue_after = seconds
 
 
 def child_key(obj: dict[str, Any]) -> str:
@@ -81,7 +89,7 @@ def _now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-class _Conditions:
+class Conditions:
     """metav1 conditions by type; lastTransitionTime changes only when the status does."""
 
     def __init__(self, existing: list[dict[str, Any]], generation: int, now: str) -> None:
@@ -121,11 +129,13 @@ def reconcile(
     generation: int,
     config: OperatorConfig,
     now: str | None = None,
+    leftovers: Sequence[tuple[str, str]] = (),
 ) -> Decision:
-    """The decision of one pass. `children` maps child names to the observed objects."""
+    """The decision of one pass. `children` maps child keys to this run's observed objects; `leftovers` are
+    (kind, name) of objects an earlier run of the same name left."""
     now = now or _now()
     spec = resource.spec
-    conditions = _Conditions(status.get("conditions", []), generation, now)
+    conditions = Conditions(status.get("conditions", []), generation, now)
     decision = Decision()
     out: dict[str, Any] = {"observedGeneration": generation}
     if not status.get("startTime"):
@@ -140,7 +150,6 @@ def reconcile(
         state, message = child_state(children.get(obj["metadata"]["name"]))
         if state == "missing":
             decision.create.append(obj)
-            decision.events.append(("Normal", "Created", f"{obj['kind']} {obj['metadata']['name']}"))
         elif state == "failed":
             fail(reason, f"{obj['kind']} {obj['metadata']['name']} failed: {message}")
         elif state == "complete" and condition and conditions.set(condition, True, "Succeeded"):
@@ -150,25 +159,25 @@ def reconcile(
             decision.completed.append((stage_name, _duration(observed, now)))
         return state
 
+    running = not conditions.finished() and not spec.suspend and not _waiting(children)
+    out.update(_running_time(status, running, now))
     if not conditions.finished():
-        left = _deadline(spec.run_policy.active_deadline_seconds, status.get("startTime") or now, now, fail)
-        decision.requeue_after = left  # a pass at the deadline, even if no event comes
+        left = _deadline(spec.run_policy.active_deadline_seconds, _ran(out, now), fail)
+        decision.requeue(left if running else None)  # a pass at the deadline, even if no event comes
+    if running and conditions.finished():  # (the deadline has just failed the run: its clock stops)
+        out.update(_running_time(status, False, now))
     if not conditions.finished():  # (the deadline may have just failed the run)
-        if spec.scheduling.queue_name is None:  # with Kueue, Kueue owns `suspend`
-            for name, obj in children.items():
-                active = obj.get("kind") in ("Job", "JobSet") and child_state(obj)[0] in ("running", "suspended")
-                if active and bool(obj.get("spec", {}).get("suspend")) != spec.suspend:
-                    decision.set_suspend.append((obj["kind"], name, spec.suspend))
+        _suspend_children(spec.suspend, spec.scheduling.queue_name is not None, children, decision)
         if spec.suspend:
             conditions.set(SUSPENDED, True, "SuspendedBySpec", "spec.suspend is true: pods stopped, progress kept")
         elif conditions.true(SUSPENDED):
             conditions.set(SUSPENDED, False, "Resumed", "resumed from the latest checkpoint")
-        for obj in (spec_configmap(resource), *status_writer(resource)):
-            if child_key(obj) not in children:
-                decision.create.append(obj)
+        _support_objects(resource, children, decision)
         evaluated = list(status.get("evaluatedExports") or [])
         pushed = list((status.get("training") or {}).get("exports") or [])
         _stages(resource, config, conditions, stage, pushed, evaluated)
+        if spec.suspend and spec.scheduling.queue_name is not None:  # Kueue would admit a new workload at once
+            decision.create = [obj for obj in decision.create if obj["kind"] not in ("Job", "JobSet")]
         if evaluated != list(status.get("evaluatedExports") or []):
             out["evaluatedExports"] = evaluated
         if conditions.true(REPORTED):
@@ -177,6 +186,7 @@ def reconcile(
     if conditions.finished():
         decision.create = []
         decision.set_suspend = []
+        _stop_active(children, conditions.true(FAILED), decision)
         out.setdefault("completionTime", status.get("completionTime") or now)
         _expire(spec.run_policy.ttl_seconds_after_finished, out["completionTime"], now, children, decision)
     gang = children.get(child_name(resource.metadata["name"], "train"))
@@ -184,9 +194,13 @@ def reconcile(
         restarts = int(gang.get("status", {}).get("restarts", 0))
         if (status.get("training") or {}).get("restarts") != restarts:
             out["training"] = {"restarts": restarts}  # a merge patch: the trainer's fields stay
-    blocked = sorted(
-        f"pod {obj['metadata']['name']}: {obj['problem']}" for obj in children.values() if obj.get("kind") == "Pod"
+    blocked = sorted(  # pods that cannot start, Jobs that cannot create their pods
+        f"{obj.get('what') or 'pod ' + obj['metadata']['name']}: {obj['problem']}"
+        for obj in children.values()
+        if obj.get("kind") == "Pod"
     )
+    if not conditions.finished() and not spec.suspend and _starting(children):
+        decision.requeue(STARTING_RECHECK)  # a Job's failed pod creation changes nothing a watch would see
     if blocked and not conditions.finished():
         message = "; ".join(blocked)
         if conditions.by_type.get(STALLED, {}).get("message") != message:
@@ -196,13 +210,97 @@ def reconcile(
     out["conditions"] = conditions.listed()
     out["phase"] = str(phase(conditions))
     decision.status = out
+    _replace_leftovers(leftovers, decision)
     return decision
+
+
+STARTING_RECHECK = 10.0  # seconds between passes while a Job or JobSet runs without a pod
+
+
+def _starting(children: dict[str, dict[str, Any]]) -> bool:
+    """Does a running Job or JobSet have no active pod (just created, or its pods cannot be created)?"""
+    for obj in children.values():
+        if obj.get("kind") not in ("Job", "JobSet") or child_state(obj)[0] != "running":
+            continue
+        status = obj.get("status") or {}
+        active = (
+            status.get("active")
+            if obj["kind"] == "Job"
+            else sum(r.get("active", 0) for r in status.get("replicatedJobsStatus") or [])
+        )
+        if not active:
+            return True
+    return False
+
+
+UPDATED = {"ConfigMap": ("data",), "RoleBinding": ("subjects",)}  # what a spec edit changes in place
+
+
+def _support_objects(resource: ContinuedPretrain, children: dict[str, dict[str, Any]], decision: Decision) -> None:
+    """The spec ConfigMap and the status writer (ServiceAccount, Role, RoleBinding): created when missing, and
+    brought up to date after a spec edit (children created afterwards mount the new spec; the RoleBinding follows
+    scheduling.serviceAccountName)."""
+    for obj in (spec_configmap(resource), *status_writer(resource)):
+        observed = children.get(child_key(obj))
+        if observed is None:
+            decision.create.append(obj)
+        elif any(observed.get(key) != obj[key] for key in UPDATED.get(obj["kind"], ())):
+            decision.update.append(obj)
+
+
+def _suspend_children(suspend: bool, queued: bool, children: dict[str, dict[str, Any]], decision: Decision) -> None:
+    """spec.suspend for the unfinished children: their own `suspend` without Kueue; under Kueue, which owns that
+    field, their Workloads' `active` (an inactive Workload is evicted: pods stop; active again, it is re-queued)."""
+    workloads = {obj["owner"]: obj for obj in children.values() if obj.get("kind") == "Workload"}
+    for name, obj in sorted(children.items()):
+        if obj.get("kind") not in ("Job", "JobSet") or child_state(obj)[0] not in ("running", "suspended"):
+            continue
+        if not queued:
+            if bool(obj.get("spec", {}).get("suspend")) != suspend:
+                decision.set_suspend.append((obj["kind"], name, suspend))
+        elif name in workloads and workloads[name].get("active", True) == suspend:
+            decision.set_workload_active.append((workloads[name]["metadata"]["name"], not suspend))
+
+
+def _replace_leftovers(leftovers: Sequence[tuple[str, str]], decision: Decision) -> None:
+    """Objects of an earlier run of the same name are deleted, never taken as this run's; a child that would
+    take the name of one still there is created on a later pass, once it is gone."""
+    if not leftovers:
+        return
+    decision.delete += list(leftovers)
+    names = {(kind, name) for kind, name in leftovers}
+    decision.create = [o for o in decision.create if (o["kind"], o["metadata"]["name"]) not in names]
+    listed = ", ".join(f"{kind} {name}" for kind, name in leftovers)
+    decision.events.append(("Normal", "Replacing", f"deleting {listed}: left by an earlier run of the same name"))
+    decision.requeue(2.0)
+
+
+def _stop_active(children: dict[str, dict[str, Any]], failed: bool, decision: Decision) -> None:
+    """A finished run leaves no pod behind: its running Jobs and JobSet are suspended (under Kueue, their
+    Workload is deactivated: Kueue would admit a Job suspended behind its back again) and kept for inspection
+    until the TTL."""
+    workloads = {obj["owner"]: obj for obj in children.values() if obj.get("kind") == "Workload"}
+    stopped = []
+    for name, obj in sorted(children.items()):
+        if obj.get("kind") not in ("Job", "JobSet") or child_state(obj)[0] != "running":
+            continue
+        workload = workloads.get(name)
+        if workload is not None:
+            if workload.get("active", True):
+                decision.set_workload_active.append((workload["metadata"]["name"], False))
+                stopped.append(f"{obj['kind']} {name}")
+        else:
+            decision.set_suspend.append((obj["kind"], name, True))
+            stopped.append(f"{obj['kind']} {name}")
+    if stopped:
+        why = "the run failed" if failed else "the run finished"
+        decision.events.append(("Warning" if failed else "Normal", "Stopped", f"{', '.join(stopped)}: {why}"))
 
 
 def _stages(
     resource: ContinuedPretrain,
     config: OperatorConfig,
-    conditions: _Conditions,
+    conditions: Conditions,
     stage: Any,
     pushed: list[str],
     evaluated: list[str],
@@ -264,35 +362,65 @@ def _expire(ttl: int | None, finished: str, now: str, children: dict[str, dict[s
         (obj["kind"], obj["metadata"]["name"]) for obj in children.values() if obj.get("kind") in ("Job", "JobSet")
     ]
     if left > 0:
-        decision.requeue_after = left if workloads else None
+        decision.requeue(left if workloads else None)
     else:
         decision.delete = workloads
+        for kind, name in workloads:
+            decision.events.append(("Normal", "Expired", f"{kind} {name} deleted (ttlSecondsAfterFinished)"))
 
 
-def _deadline(seconds: int | None, start: str, now: str, fail: Any) -> float | None:
-    """Fail the run past activeDeadlineSeconds; else the seconds left (None: no deadline)."""
+def _running_time(status: dict[str, Any], running: bool, now: str) -> dict[str, Any]:
+    """status.runningSeconds and runningSince: the time the run has been running, not queued in Kueue, not
+    suspended, not finished (what activeDeadlineSeconds counts). A run from before these fields counts from
+    its startTime."""
+    since = status.get("runningSince")
+    if since is None and "runningSeconds" not in status and status.get("startTime"):
+        since = status["startTime"]
+    seconds = int(status.get("runningSeconds") or 0)
+    if running:
+        return {"runningSeconds": seconds, "runningSince": since or now}
+    if since is not None:
+        seconds += max(0, round((_parse(now) - _parse(since)).total_seconds()))
+    return {"runningSeconds": seconds, "runningSince": None}  # None: a merge patch removes the field
+
+
+def _ran(out: dict[str, Any], now: str) -> float:
+    """Seconds of running time so far."""
+    since = out.get("runningSince")
+    return out["runningSeconds"] + ((_parse(now) - _parse(since)).total_seconds() if since else 0.0)
+
+
+def _deadline(seconds: int | None, ran: float, fail: Any) -> float | None:
+    """Fail the run once it ran activeDeadlineSeconds; else the seconds left (None: no deadline)."""
     if seconds is None:
         return None
-    left = seconds - (_parse(now) - _parse(start)).total_seconds()
+    left = seconds - ran
     if left <= 0:
-        fail("DeadlineExceeded", f"the run exceeded spec.runPolicy.activeDeadlineSeconds ({seconds}s)")
+        fail("DeadlineExceeded", f"the run ran longer than spec.runPolicy.activeDeadlineSeconds ({seconds}s)")
         return None
     return left
 
 
-def _queued(conditions: _Conditions, children: dict[str, Any], decision: Decision, active: bool) -> None:
-    """Queued while Kueue holds a workload of an unfinished child without admitting it; the message names it."""
-    waiting = sorted(
+def _waiting(children: dict[str, Any]) -> list[dict[str, Any]]:
+    """Kueue Workloads of unfinished children that wait for admission, by name."""
+    return sorted(
         (
             obj
             for obj in children.values()
             if obj.get("kind") == "Workload"
             and not obj["admitted"]
+            and obj.get("tried", True)
             and not obj["finished"]
+            and obj.get("active", True)
             and child_state(children.get(obj["owner"]))[0] not in ("complete", "failed")
         ),
         key=lambda obj: obj["metadata"]["name"],
     )
+
+
+def _queued(conditions: Conditions, children: dict[str, Any], decision: Decision, active: bool) -> None:
+    """Queued while Kueue holds a workload of an unfinished child without admitting it; the message names it."""
+    waiting = _waiting(children)
     if active and waiting:
         first = waiting[0]
         message = f"Workload {first['metadata']['name']} ({first['owner']}) waits for admission in {first['queue']}"
@@ -304,7 +432,7 @@ def _queued(conditions: _Conditions, children: dict[str, Any], decision: Decisio
         conditions.set(QUEUED, False, "Admitted", "Kueue admitted the run's workloads")
 
 
-def _summary_conditions(conditions: _Conditions, suspended: bool, blocked: list[str]) -> None:
+def _summary_conditions(conditions: Conditions, suspended: bool, blocked: list[str]) -> None:
     """kstatus: Ready when complete, Reconciling while work goes on, Stalled when it cannot go on (failed, or
     a pod that cannot start, e.g. a missing Secret: no retry loop, it goes on once the cause is fixed)."""
     if conditions.true(FAILED):
@@ -326,7 +454,7 @@ def _summary_conditions(conditions: _Conditions, suspended: bool, blocked: list[
             conditions.set(STALLED, False, str(current))
 
 
-def phase(conditions: _Conditions) -> Phase:
+def phase(conditions: Conditions) -> Phase:
     """The display phase, from the conditions only."""
     if conditions.true(FAILED):
         return Phase.FAILED

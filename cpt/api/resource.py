@@ -114,7 +114,7 @@ IMMUTABLE_ONCE_STARTED = tuple(
         message=f"spec.{name} is immutable once the run has started",
         field=f"spec.{name}",
     )
-    for name in ("model", "data")
+    for name in ("model", "data", "training", "evaluation", "storage")  # docs/operator.md: what an edit does
 )
 
 

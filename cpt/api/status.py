@@ -141,6 +141,13 @@ class ContinuedPretrainStatus(ApiModel):
     )
     start_time: str | None = Field(None, description="When the run started (RFC 3339).")
     completion_time: str | None = Field(None, description="When the run finished (RFC 3339).")
+    running_seconds: int | None = Field(
+        None,
+        ge=0,
+        description="Seconds the run has been running before runningSince: not suspended, not queued in Kueue, "
+        "not finished (what runPolicy.activeDeadlineSeconds counts).",
+    )
+    running_since: str | None = Field(None, description="When the current running period began (RFC 3339).")
     preprocess: PreprocessStatus | None = Field(None, description="Preprocessing counts.")
     training: TrainingStatus | None = Field(None, description="Training progress.")
     evaluation: EvaluationStatus | None = Field(None, description="Evaluation results.")

@@ -62,7 +62,7 @@ def test_printer_columns(crd_installed: Cluster, namespace: str) -> None:
     assert header == ["NAME", "PHASE", "COMPLETE", "TOKENS", "STEP", "AVG", "SCORE", "AGE"]
 
 
-def test_model_and_data_are_immutable_once_started(crd_installed: Cluster, namespace: str) -> None:
+def test_what_changes_results_is_immutable_once_started(crd_installed: Cluster, namespace: str) -> None:
     create(crd_installed, with_change("metadata", {"name": "frozen"}), namespace)
     edit = ["patch", "cpt", "frozen", "-n", namespace, "--type=merge", "-p"]
     crd_installed.kubectl(*edit, '{"spec":{"data":{"tokenBudget":900000000}}}')  # still Pending: allowed
@@ -71,5 +71,14 @@ def test_model_and_data_are_immutable_once_started(crd_installed: Cluster, names
     assert result.returncode != 0 and "spec.data is immutable once the run has started" in result.stderr
     result = crd_installed.kubectl(*edit, '{"spec":{"model":{"uri":"other/model"}}}', check=False)
     assert result.returncode != 0 and "spec.model is immutable" in result.stderr
-    crd_installed.kubectl(*edit, '{"spec":{"suspend":true}}')  # other fields stay editable
-    assert crd_installed.get_json("cpt", "frozen", "-n", namespace)["spec"]["suspend"] is True
+    for section, change in (
+        ("training", '{"microBatchSize":2}'),  # the checkpoint plan and milestone steps depend on it
+        ("evaluation", '{"baseline":false}'),  # the table would mix settings
+        ("storage", '{"uri":"s3://other/run"}'),
+    ):
+        result = crd_installed.kubectl(*edit, f'{{"spec":{{"{section}":{change}}}}}', check=False)
+        assert result.returncode != 0 and f"spec.{section} is immutable" in result.stderr, section
+    crd_installed.kubectl(*edit, '{"spec":{"suspend":true}}')  # the rest is applied (docs/operator.md)
+    crd_installed.kubectl(*edit, '{"spec":{"runPolicy":{"backoffLimit":5},"scheduling":{"serviceAccountName":"sa"}}}')
+    spec = crd_installed.get_json("cpt", "frozen", "-n", namespace)["spec"]
+    assert spec["suspend"] is True and spec["scheduling"]["serviceAccountName"] == "sa"

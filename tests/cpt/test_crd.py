@@ -89,7 +89,13 @@ def test_defaults_validations_and_enums_are_published() -> None:
     replay = nodes[".spec.data.replay.fraction"]["x-kubernetes-validations"][0]["rule"]
     assert replay == "double(self) >= 0.0 && double(self) < 1.0"
     transition = [r for r in schema()["x-kubernetes-validations"] if "oldSelf" in r["rule"]]
-    assert {r["fieldPath"] for r in transition} == {".spec.model", ".spec.data"}
+    assert {r["fieldPath"] for r in transition} == {
+        ".spec.model",
+        ".spec.data",
+        ".spec.training",
+        ".spec.evaluation",
+        ".spec.storage",
+    }
 
 
 def test_lists_with_rules_are_bounded_for_cel_cost() -> None:

@@ -324,18 +324,6 @@ def test_a_missing_secret_stalls_the_run_with_the_cause(operator: Operator, name
     assert any(e["reason"] == "PodCannotStart" and e["type"] == "Warning" for e in events)
 
 
-def test_the_deadline_fails_a_quiet_run_on_time(operator: Operator, namespace: str) -> None:
-    """A suspended run makes no events; the operator's own timer brings the pass at the deadline."""
-    cluster = operator.cluster
-    doc = run_doc("deadline", suspend=True, runPolicy={"activeDeadlineSeconds": 5})
-    cluster.apply({**doc, "metadata": {"name": "deadline", "namespace": namespace}})
-    run = eventually(
-        lambda: phase_is(cluster, namespace, "deadline", "Failed"), timeout=60, what="Failed at the deadline"
-    )
-    failed = next(c for c in run["status"]["conditions"] if c["type"] == "Failed")
-    assert failed["reason"] == "DeadlineExceeded" and "activeDeadlineSeconds (5s)" in failed["message"]
-
-
 CHILD_KINDS = (
     "jobs,jobsets,configmaps,serviceaccounts,roles.rbac.authorization.k8s.io,rolebindings.rbac.authorization.k8s.io"
 )

@@ -241,7 +241,9 @@ def workload(owner: str, admitted: bool, message: str = "", finished: bool = Fal
         "owner": owner,
         "queue": "gpu",
         "admitted": admitted,
+        "tried": True,
         "finished": finished,
+        "active": True,
         "message": message,
     }
 
@@ -291,8 +293,125 @@ def test_workload_summary_reads_kueues_conditions() -> None:
         "owner": "t-train",
         "queue": "gpu",
         "admitted": False,
+        "tried": True,
         "finished": False,
+        "active": True,
         "message": "insufficient quota",
     }
     admitted = {**pending, "status": {"conditions": [{"type": "Admitted", "status": "True"}]}}
     assert workload_summary(admitted, "t-train")["admitted"] is True
+
+
+def running_gang(**spec: Any) -> Run:
+    """A run in training: preprocess, dedup and the baseline done, the JobSet created and running."""
+    run = Run(resource(**spec))
+    run.step()
+    for name in ("t-preprocess", "t-eval-baseline"):
+        run.finish(name)
+    run.step()
+    run.finish("t-dedup")
+    run.step()
+    assert "t-train" in run.children and run.status["phase"] == "Training"
+    return run
+
+
+def test_a_failed_run_stops_its_running_children_and_says_so() -> None:
+    run = running_gang(runPolicy={"activeDeadlineSeconds": 60})
+    run.status["training"] = {"exports": [FIRST]}
+    run.step()  # the first milestone's evaluation Job starts while training goes on
+    decision = run.step(now="2026-12-02T12:01:01Z")  # past the deadline
+    assert run.condition("Failed") == "True"
+    assert sorted(decision.set_suspend) == [("Job", f"t-eval-{FIRST}", True), ("JobSet", "t-train", True)]
+    stopped = [m for kind, reason, m in decision.events if (kind, reason) == ("Warning", "Stopped")]
+    assert stopped == [f"Job t-eval-{FIRST}, JobSet t-train: the run failed"]
+    assert decision.delete == [] and "t-train" in run.children  # kept for inspection until the TTL
+    for name in (f"t-eval-{FIRST}", "t-train"):
+        run.children[name]["spec"]["suspend"] = True
+    assert run.step(now="2026-12-02T12:01:05Z").set_suspend == []  # stopped once
+
+
+def test_under_kueue_a_failed_run_deactivates_the_workloads_of_its_running_children() -> None:
+    run = running_gang(scheduling={"queueName": "gpu"})
+    run.children["t-train"]["spec"]["suspend"] = False  # Kueue admitted it
+    run.children["Workload:jobset-t-train-1a2b3"] = {**workload("t-train", admitted=True), "active": True}
+    run.finish("t-dedup", "Complete")
+    run.run = resource(scheduling={"queueName": "gpu"}, runPolicy={"activeDeadlineSeconds": 1})
+    decision = run.step(now="2026-12-02T12:00:05Z")
+    assert run.condition("Failed") == "True"
+    assert decision.set_workload_active == [("jobset-t-train-1a2b3", False)] and decision.set_suspend == []
+
+
+def test_the_deadline_counts_running_time_not_suspended_or_queued_time() -> None:
+    run = Run(resource(suspend=True, runPolicy={"activeDeadlineSeconds": 60}))
+    run.step(now="2026-12-02T12:00:00Z")
+    assert run.step(now="2026-12-02T13:00:00Z").requeue_after is None  # suspended an hour: no deadline pass
+    assert run.condition("Failed") is None and run.status["runningSeconds"] == 0
+    run.run = resource(runPolicy={"activeDeadlineSeconds": 60})
+    decision = run.step(now="2026-12-02T13:00:00Z")
+    assert decision.requeue_after == 60.0 and run.status["runningSince"] == "2026-12-02T13:00:00Z"
+    run.run = resource(suspend=True, runPolicy={"activeDeadlineSeconds": 60})
+    run.step(now="2026-12-02T13:00:40Z")  # suspended after 40 s of running
+    assert run.status["runningSeconds"] == 40 and run.status["runningSince"] is None
+    run.run = resource(runPolicy={"activeDeadlineSeconds": 60})
+    assert run.step(now="2026-12-02T14:00:00Z").requeue_after == 20.0
+    run.step(now="2026-12-02T14:00:21Z")
+    failed = next(c for c in run.status["conditions"] if c["type"] == "Failed")
+    assert failed["reason"] == "DeadlineExceeded" and run.status["runningSeconds"] == 61
+
+
+def test_time_queued_in_kueue_does_not_count_towards_the_deadline() -> None:
+    run = running_gang(scheduling={"queueName": "gpu"}, runPolicy={"activeDeadlineSeconds": 60})
+    run.children["Workload:jobset-t-train-1a2b3"] = workload("t-train", admitted=False, message="no quota")
+    run.step(now="2026-12-02T12:00:10Z")
+    assert run.status["phase"] == "Queued" and run.status["runningSeconds"] == 10
+    run.step(now="2026-12-02T15:00:00Z")  # three hours in the queue
+    assert run.condition("Failed") is None and run.status["runningSeconds"] == 10
+
+
+def test_leftovers_of_an_earlier_run_are_deleted_and_never_taken_as_this_runs() -> None:
+    run = Run(resource())
+    leftovers = [("ConfigMap", "t-spec"), ("Job", "t-preprocess")]
+    decision = reconcile(run.run, {}, {}, 1, CONFIG, NOW, leftovers=leftovers)
+    assert decision.delete == leftovers and decision.requeue_after == 2.0
+    created = [obj["metadata"]["name"] for obj in decision.create]
+    assert "t-spec" not in created and "t-preprocess" not in created and "t-eval-baseline" in created
+    assert decision.status["phase"] == "Preprocessing"
+    assert any(reason == "Replacing" and "Job t-preprocess" in message for _, reason, message in decision.events)
+
+
+def test_under_kueue_suspend_deactivates_the_workloads_and_creates_no_new_workload() -> None:
+    run = running_gang(scheduling={"queueName": "gpu"})
+    run.children["t-train"]["spec"]["suspend"] = False  # Kueue admitted it
+    run.children["Workload:jobset-t-train-1a2b3"] = {**workload("t-train", admitted=True), "active": True}
+    run.run = resource(scheduling={"queueName": "gpu"}, suspend=True)
+    run.status["training"] = {"exports": [FIRST]}  # a milestone export is due for evaluation
+    decision = run.step()
+    assert decision.set_workload_active == [("jobset-t-train-1a2b3", False)] and decision.set_suspend == []
+    assert decision.create == [] and run.status["phase"] == "Suspended"  # no new Job for Kueue to admit
+    run.children["Workload:jobset-t-train-1a2b3"]["active"] = False
+    run.children["t-train"]["spec"]["suspend"] = True  # Kueue evicted it
+    assert run.step().set_workload_active == []
+    run.run = resource(scheduling={"queueName": "gpu"})
+    decision = run.step()
+    assert decision.set_workload_active == [("jobset-t-train-1a2b3", True)]
+    assert [obj["metadata"]["name"] for obj in decision.create] == [f"t-eval-{FIRST}"]
+
+
+def test_a_spec_edit_updates_the_spec_configmap_and_the_rolebinding_follows_the_service_account() -> None:
+    run = Run(resource())
+    run.step()
+    assert run.step().update == []
+    run.run = resource(runPolicy={"backoffLimit": 7}, scheduling={"serviceAccountName": "trainer"})
+    decision = run.step()
+    updated = {obj["kind"]: obj for obj in decision.update}
+    assert sorted(updated) == ["ConfigMap", "RoleBinding"]
+    assert '"backoffLimit": 7' in updated["ConfigMap"]["data"]["spec.json"]
+    assert updated["RoleBinding"]["subjects"][0]["name"] == "trainer"
+    assert decision.create == []
+
+
+def test_a_workload_kueue_has_not_tried_yet_does_not_queue_the_run() -> None:
+    run = running_gang(scheduling={"queueName": "gpu"})
+    run.children["Workload:jobset-t-train-1a2b3"] = {**workload("t-train", admitted=False), "tried": False}
+    run.step()
+    assert run.condition("Queued") in (None, "False") and run.status["phase"] == "Training"

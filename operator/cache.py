@@ -1,0 +1,147 @@
+"""Watch caches of the runs, their children, their pods and Kueue's Workloads (kopf indices), so a pass makes no
+LIST or GET: with hundreds of runs pushing progress every few seconds, a pass costs API requests only for what it
+changes. kopf holds every handler back until each index is filled by its initial listing, so the first passes
+after a start already see every child.
+
+Only what a pass reads is kept of each object (no pod templates), which bounds the operator's memory.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterable
+from typing import Any
+
+import kopf
+
+from cpt import API_GROUP, API_VERSION, PLURAL
+from cpt_operator.kube import JOB_UID_LABEL, JOBSET, JOBSET_UID_LABEL, WORKLOAD, start_problem
+from cpt_operator.names import RUN_LABEL
+from cpt_operator.ownership import controller_uid
+
+KEPT_META = ("name", "namespace", "uid", "resourceVersion", "generation", "labels", "ownerReferences")
+KEPT_META += ("creationTimestamp", "deletionTimestamp")
+
+
+def trimmed(body: Any, kind: str) -> dict[str, Any]:
+    """What a pass reads of a child: identity, owners, times, `spec.suspend`, status, ConfigMap data, RoleBinding
+    subjects."""
+    meta = body.get("metadata", {})
+    out: dict[str, Any] = {"kind": kind, "metadata": {k: copy.deepcopy(meta[k]) for k in KEPT_META if k in meta}}
+    if "suspend" in (body.get("spec") or {}):
+        out["spec"] = {"suspend": body["spec"]["suspend"]}
+    for key in ("status", "data", "subjects"):
+        if key in body:
+            out[key] = copy.deepcopy(body[key])
+    return out
+
+
+def _run_key(namespace: str | None, labels: dict[str, str]) -> tuple[str | None, str]:
+    return namespace, labels[RUN_LABEL]
+
+
+def _register_child_index(group: str, version: str, plural: str, kind: str) -> None:
+    def index(namespace: str | None, labels: dict[str, str], body: kopf.Body, **_: Any) -> dict[Any, Any]:
+        return {_run_key(namespace, labels): trimmed(body, kind)}
+
+    index.__name__ = index.__qualname__ = f"cpt_{kind.lower()}s"
+    kopf.index(group, version, plural, labels={RUN_LABEL: kopf.PRESENT}, id=index.__name__)(index)
+
+
+CHILD_RESOURCES = (
+    ("", "v1", "configmaps", "ConfigMap"),
+    ("", "v1", "serviceaccounts", "ServiceAccount"),
+    ("rbac.authorization.k8s.io", "v1", "roles", "Role"),
+    ("rbac.authorization.k8s.io", "v1", "rolebindings", "RoleBinding"),
+    ("batch", "v1", "jobs", "Job"),
+    (*JOBSET, "JobSet"),
+)
+for _resource in CHILD_RESOURCES:
+    _register_child_index(*_resource)
+CHILD_INDICES = tuple(f"cpt_{kind.lower()}s" for *_, kind in CHILD_RESOURCES)
+
+
+def _register_owner_index(group: str, version: str, plural: str) -> None:
+    def index(namespace: str | None, labels: dict[str, str], uid: str | None, **_: Any) -> dict[Any, Any]:
+        return {uid: _run_key(namespace, labels)}
+
+    index.__name__ = index.__qualname__ = f"cpt_{plural}_by_uid"
+    kopf.index(group, version, plural, labels={RUN_LABEL: kopf.PRESENT}, id=index.__name__)(index)
+
+
+for _resource in (("batch", "v1", "jobs"), JOBSET):  # what Kueue's Workloads are owned by
+    _register_owner_index(*_resource)
+OWNER_INDICES = ("cpt_jobs_by_uid", "cpt_jobsets_by_uid")
+
+
+@kopf.index(API_GROUP, API_VERSION, PLURAL, id="cpt_runs")
+def cpt_runs(namespace: str | None, name: str | None, body: kopf.Body, **_: Any) -> dict[Any, Any]:
+    """Every run, whole."""
+    return {(namespace, name): copy.deepcopy(dict(body))}
+
+
+@kopf.index("", "v1", "pods", labels={RUN_LABEL: kopf.PRESENT}, id="cpt_pods")
+def cpt_pods(namespace: str | None, labels: dict[str, str], body: kopf.Body, **_: Any) -> dict[Any, Any]:
+    """The run's pods: their name, owners' UIDs and why they cannot start (kube.start_problem)."""
+    summary = {
+        "name": body["metadata"]["name"],
+        "owners": {labels.get(JOB_UID_LABEL), labels.get(JOBSET_UID_LABEL)} - {None},
+        "problem": start_problem(body),
+    }
+    return {_run_key(namespace, labels): summary}
+
+
+@kopf.index(*WORKLOAD, id="cpt_workloads")
+def cpt_workloads(namespace: str | None, body: kopf.Body, **_: Any) -> dict[Any, Any]:
+    """Kueue's Workloads, by (namespace, owner UID)."""
+    owner = controller_uid(body) or next((r.get("uid") for r in body["metadata"].get("ownerReferences", [])), None)
+    return {(namespace, owner): copy.deepcopy(dict(body))} if owner else {}
+
+
+class Cache:
+    """Reads the indices (filled by kopf in its event loop) from the pass threads."""
+
+    def __init__(self) -> None:
+        self.indices: dict[str, Any] = {}
+
+    def bind(self, kwargs: dict[str, Any]) -> None:
+        """Take the indices from a handler's kwargs (kopf hands them to handlers only)."""
+        if not self.indices:
+            names = (*CHILD_INDICES, *OWNER_INDICES, "cpt_runs", "cpt_pods", "cpt_workloads")
+            self.indices = {name: kwargs[name] for name in names}
+
+    @property
+    def ready(self) -> bool:
+        return bool(self.indices)
+
+    def values(self, index: str, key: Any) -> list[Any]:
+        """A consistent copy of the values under `key` (the event loop may be updating the store)."""
+        store = self.indices[index].get(key)
+        for _ in range(5):
+            try:
+                return list(store or ())
+            except RuntimeError:  # changed size during iteration: read again
+                continue
+        return list(store or ())
+
+    def run(self, namespace: str, name: str) -> dict[str, Any] | None:
+        found = self.values("cpt_runs", (namespace, name))
+        return found[0] if found else None
+
+    def children(self, namespace: str, run: str) -> Iterable[dict[str, Any]]:
+        for index in CHILD_INDICES:
+            yield from self.values(index, (namespace, run))
+
+    def pods(self, namespace: str, run: str) -> list[dict[str, Any]]:
+        return self.values("cpt_pods", (namespace, run))
+
+    def owner_run(self, uid: str) -> tuple[str, str] | None:
+        """(namespace, run) of the Job or JobSet with this UID."""
+        for index in OWNER_INDICES:
+            found = self.values(index, uid)
+            if found:
+                return found[0]
+        return None
+
+    def workloads(self, namespace: str, owner_uid: str) -> list[dict[str, Any]]:
+        return self.values("cpt_workloads", (namespace, owner_uid))
