@@ -15,6 +15,7 @@ from typing import Any
 
 from cpt import API_GROUP, API_VERSION, KIND, PLURAL
 from cpt.api import ContinuedPretrain
+from cpt.api.platform import SHUTDOWN_ENV
 from cpt.exit_codes import EXIT_PREEMPTED, PERMANENT
 from cpt.stages import SPEC_PATH, Stage, export_name, stage_argv
 from cpt_operator import pod_template as platform_template
@@ -236,6 +237,7 @@ def training_jobset(resource: ContinuedPretrain, config: OperatorConfig) -> dict
         {"name": "PET_MASTER_ADDR", "value": master},
         {"name": "PET_MASTER_PORT", "value": str(MASTER_PORT)},
         {"name": "PET_RUN_ID", "value": name},
+        {"name": SHUTDOWN_ENV, "value": str(spec.run_policy.worker_shutdown_seconds)},
         *({"name": k, "value": v} for k, v in sorted(training.extra_env.items())),
         *(
             {"name": k, "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}}}
@@ -247,6 +249,9 @@ def training_jobset(resource: ContinuedPretrain, config: OperatorConfig) -> dict
     # workers need more. A memory-backed emptyDir (counted against the pod's memory limit) gives them room.
     template["spec"]["volumes"].append({"name": SHM_VOLUME, "emptyDir": {"medium": "Memory"}})
     template["spec"]["containers"][0]["volumeMounts"].append({"name": SHM_VOLUME, "mountPath": "/dev/shm"})
+    # A preempted worker finishes its step, saves and uploads before it exits (75); the launcher's kill timer
+    # (SHUTDOWN_ENV) ends within this grace period, so the kubelet never kills a worker mid-upload.
+    template["spec"]["terminationGracePeriodSeconds"] = spec.run_policy.termination_grace_period_seconds
     job_spec: dict[str, Any] = {
         "completions": training.nodes,
         "parallelism": training.nodes,

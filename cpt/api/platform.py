@@ -8,6 +8,9 @@ from pydantic import Field
 
 from cpt.api.base import MAX_LIST, ApiModel, DnsSubdomain, Resources, Rule, SecretRef, section
 
+SHUTDOWN_MARGIN_SECONDS = 10  # of the training pods' grace period, left for the launcher's own exit
+SHUTDOWN_ENV = "KUBECPT_SHUTDOWN_SECONDS"  # the operator's RunPolicy.worker_shutdown_seconds for the launcher
+
 
 class StorageSpec(ApiModel):
     """Output location for shards, checkpoints, exports, results and the report."""
@@ -56,6 +59,27 @@ class RunPolicy(ApiModel):
     ttl_seconds_after_finished: int | None = Field(
         None, ge=0, description="Delete the child Jobs this long after the run finishes."
     )
+    termination_grace_period_seconds: int = Field(
+        300,
+        ge=30,
+        le=86400,
+        description="The training pods' terminationGracePeriodSeconds: time to finish the step, save and upload "
+        "a checkpoint on SIGTERM (preemption, eviction, drain). The launcher gives its workers this minus "
+        f"{SHUTDOWN_MARGIN_SECONDS} s before it kills them.",
+    )
+    rendezvous_timeout_seconds: int = Field(
+        900,
+        ge=10,
+        le=86400,
+        description="How long each training node waits for the whole gang to start (scheduling and image pulls "
+        "included). A gang not all there by then restarts like a preemption, not counted in maxRestarts.",
+    )
+
+    @property
+    def worker_shutdown_seconds(self) -> int:
+        """How long the launcher waits for its workers after forwarding SIGTERM: the grace period less a margin
+        for the launcher's own exit, so the workers are never killed by the kubelet mid-upload."""
+        return self.termination_grace_period_seconds - SHUTDOWN_MARGIN_SECONDS
 
 
 class Toleration(ApiModel):

@@ -261,3 +261,12 @@ def test_secret_env_reaches_the_training_pods_as_secret_references_only() -> Non
     assert env["MLFLOW_TRACKING_TOKEN"] == {"secretKeyRef": {"name": "ml", "key": "token"}}
     assert env["WANDB_PROJECT"] == "cpt"
     assert "WANDB_API_KEY" not in env_of(stage_pods(run)["t-report"])  # the training pods' only
+
+
+def test_training_pods_get_the_runs_grace_period_and_the_launcher_a_shutdown_time_within_it() -> None:
+    """A preempted worker finishes its step, saves and uploads: the pod's grace period (not the 30 s default)
+    bounds that, and the launcher's own kill timer (torchrun's shutdown timeout) ends before the kubelet's."""
+    for policy, grace in (({}, 300), ({"terminationGracePeriodSeconds": 900}, 900)):
+        pod = stage_pods(resource(runPolicy=policy))["t-train"]
+        assert pod["terminationGracePeriodSeconds"] == grace
+        assert env_of(pod)["KUBECPT_SHUTDOWN_SECONDS"] == str(grace - 10)
