@@ -7,6 +7,10 @@ node: `PET_NNODES` / `PET_NPROC_PER_NODE` (Kubeflow Trainer names), else the spe
 node of a gang derives the same id from the rendezvous endpoint, since nodes that drew their own would never
 meet. The workers' exit codes are passed on: preemption (75), a non-finite
 loss (3) and bad input (4) stay distinguishable from a crash.
+
+On SIGTERM the agent forwards the signal and gives the workers `KUBECPT_SHUTDOWN_SECONDS` (the pod's grace period
+less a margin; locally the spec's) to finish the step and save before it kills them. A gang that does not meet
+within `runPolicy.rendezvousTimeoutSeconds` (a node that cannot be placed) exits 75 too: a free restart.
 """
 
 from __future__ import annotations
@@ -16,8 +20,10 @@ import os
 import socket
 import sys
 import uuid
+from collections.abc import Mapping
 
 from cpt.api import ContinuedPretrainSpec
+from cpt.api.platform import SHUTDOWN_ENV
 from cpt_pipeline.train.exit_codes import DISTINCT, EXIT_BAD_INPUT, EXIT_PREEMPTED
 
 log = logging.getLogger(__name__)
@@ -40,7 +46,14 @@ def _run_id(nodes: int, address: str, port: int) -> str:
     return f"{address}-{port}" if nodes > 1 else uuid.uuid4().hex
 
 
+def shutdown_seconds(spec: ContinuedPretrainSpec, environ: Mapping[str, str]) -> int:
+    """How long the agent waits for its workers after forwarding SIGTERM before it kills them: the operator's
+    value for this pod (its grace period less a margin), else (the local runner) the spec's."""
+    return int(environ.get(SHUTDOWN_ENV) or spec.run_policy.worker_shutdown_seconds)
+
+
 def launch(spec: ContinuedPretrainSpec, worker_args: list[str]) -> int:
+    from torch.distributed import DistError
     from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
@@ -60,9 +73,10 @@ def launch(spec: ContinuedPretrainSpec, worker_args: list[str]) -> int:
         run_id=_run_id(nodes, address, port),
         rdzv_backend="static",
         rdzv_endpoint=f"{address}:{port}",
-        rdzv_configs={"rank": node_rank},
+        rdzv_configs={"rank": node_rank, "timeout": spec.run_policy.rendezvous_timeout_seconds},
         max_restarts=0,
         monitor_interval=0.5,
+        shutdown_timeout=shutdown_seconds(spec, os.environ),
     )
     log.info("torchrun: node %d of %d, %d process(es), rendezvous %s:%d", node_rank, nodes, procs, address, port)
     try:
@@ -71,6 +85,14 @@ def launch(spec: ContinuedPretrainSpec, worker_args: list[str]) -> int:
         # The pod was asked to stop (preemption, eviction): the agent forwarded the signal, the workers saved a
         # checkpoint if they could, and `latest` names only complete checkpoints, so a restart resumes safely.
         log.warning("launcher received signal %s: exiting with the preemption code", error.sigval)
+        return EXIT_PREEMPTED
+    except DistError as error:
+        # The static rendezvous timed out (DistStoreError on node 0: not every node joined; DistNetworkError on
+        # the others: node 0's store never answered): part of the gang could not be placed or started. Like a
+        # preemption, the gang restarts (exit 75) without using up maxRestarts.
+        timeout = spec.run_policy.rendezvous_timeout_seconds
+        print(f"train stopped: the gang did not meet within {timeout} s (runPolicy.rendezvousTimeoutSeconds): {error}")
+        log.warning("rendezvous of node %d failed (%s): exiting with the preemption code", node_rank, error)
         return EXIT_PREEMPTED
     except ChildFailedError as error:
         codes = [failure.exitcode for failure in error.failures.values()]

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
+from typing import Any
 
 from cpt.api import ContinuedPretrain
+from cpt_pipeline.train.launch import shutdown_seconds
 from tests.conftest import REPO
 
 WORKER = "import os; print('worker', os.environ['RANK'], 'of', os.environ['WORLD_SIZE'], flush=True)"
@@ -65,3 +69,110 @@ def test_two_nodes_launched_without_a_run_id_meet_and_run_every_rank(tmp_path: P
             proc.kill()
     assert [p.returncode for p in procs] == [0, 0], outputs
     assert "worker 0 of 2" in outputs[0] and "worker 1 of 2" in outputs[1], outputs
+
+
+def _spec_file(tmp_path: Path, nodes: int, **run_policy: Any) -> Path:
+    doc = {
+        "apiVersion": "cpt.kubecpt.dev/v1alpha1",
+        "kind": "ContinuedPretrain",
+        "metadata": {"name": "launch"},
+        "spec": {
+            "model": {"uri": "org/model"},
+            "data": {"sources": [{"name": "d", "uri": "/data"}], "sequenceLength": 64, "tokenBudget": 10**6},
+            "training": {"nodes": nodes, "procsPerNode": 1},
+            "storage": {"uri": "s3://bucket/launch"},
+            "runPolicy": run_policy,
+        },
+    }
+    spec = tmp_path / f"spec-{nodes}.json"
+    spec.write_text(ContinuedPretrain.model_validate(doc).model_dump_json(by_alias=True))
+    return spec
+
+
+def _launcher(spec: Path, worker: str, **env: str) -> subprocess.Popen[str]:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("PET_", "MASTER_", "JOB_COMPLETION", "KUBECPT_"))}
+    return subprocess.Popen(
+        [sys.executable, "-P", "-c", LAUNCHER, str(spec), worker],
+        cwd=REPO,
+        env={**clean, **env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def test_a_gang_whose_other_node_never_comes_ends_as_a_preemption(tmp_path: Path) -> None:
+    """A 2-node gang of which one pod cannot be placed: node 0 waits `rendezvousTimeoutSeconds` for node 1,
+    node 1 (alone) for node 0's store; both exit 75 so the JobSet restarts the gang without counting a restart.
+    Before the fix they waited torch's 900 s and then died with exit 1 (a counted restart)."""
+    spec = _spec_file(tmp_path, nodes=2, rendezvousTimeoutSeconds=10)
+    alone = {
+        rank: _launcher(
+            spec, WORKER, PET_NODE_RANK=str(rank), PET_MASTER_ADDR="127.0.0.1", PET_MASTER_PORT=str(_port())
+        )
+        for rank in (0, 1)
+    }
+    outputs = {}
+    try:
+        for rank, proc in alone.items():
+            outputs[rank] = proc.communicate(timeout=150)[0]
+    finally:
+        for proc in alone.values():
+            proc.kill()
+    assert {rank: proc.returncode for rank, proc in alone.items()} == {0: 75, 1: 75}, outputs
+    for output in outputs.values():
+        assert "the gang did not meet within 10 s" in output, output[-3000:]
+        assert "worker" not in output.replace("workers", "")  # no worker ever started
+
+
+SLOW_SAVE = """
+import signal, sys, time
+def save(*_):
+    time.sleep(20)  # a step, a save and an upload that take longer than the launcher's shutdown time
+    print("saved", flush=True)
+    sys.exit(75)
+signal.signal(signal.SIGTERM, save)
+print("ready", flush=True)
+time.sleep(120)
+"""
+
+
+def test_the_launcher_gives_its_workers_the_operators_shutdown_time_then_kills_them(tmp_path: Path) -> None:
+    """KUBECPT_SHUTDOWN_SECONDS (the pod's grace period less a margin) is torchrun's shutdown timeout: the
+    agent forwards SIGTERM, waits that long, then kills. Before the fix it waited torch's own 30 s whatever the
+    pod's grace period, so this worker saved (at 20 s) although the launcher was told 2 s."""
+    launcher = _launcher(_spec_file(tmp_path, nodes=1), SLOW_SAVE, KUBECPT_SHUTDOWN_SECONDS="2")
+    try:
+        assert launcher.stdout is not None
+        lines: list[str] = []
+        for line in launcher.stdout:
+            lines.append(line)
+            if line.strip() == "ready":
+                break
+        signalled = time.monotonic()
+        launcher.send_signal(signal.SIGTERM)
+        rest = launcher.communicate(timeout=60)[0]
+    finally:
+        launcher.kill()
+    output = "".join(lines) + rest
+    assert launcher.returncode == 75, output[-3000:]
+    assert "saved" not in output and time.monotonic() - signalled < 15, output[-3000:]
+
+
+def test_without_the_operators_variable_the_shutdown_time_comes_from_the_spec() -> None:
+    """The local runner sets no KUBECPT_SHUTDOWN_SECONDS: the spec's grace period less the same margin."""
+    spec = ContinuedPretrain.model_validate(
+        {
+            "apiVersion": "cpt.kubecpt.dev/v1alpha1",
+            "kind": "ContinuedPretrain",
+            "metadata": {"name": "launch"},
+            "spec": {
+                "model": {"uri": "org/model"},
+                "data": {"sources": [{"name": "d", "uri": "/data"}], "sequenceLength": 64, "tokenBudget": 10**6},
+                "storage": {"uri": "/tmp/launch"},
+                "runPolicy": {"terminationGracePeriodSeconds": 120},
+            },
+        }
+    ).spec
+    assert shutdown_seconds(spec, {}) == 110
+    assert shutdown_seconds(spec, {"KUBECPT_SHUTDOWN_SECONDS": "45"}) == 45
