@@ -39,7 +39,7 @@ def error_status(status: dict[str, Any], message: str, attempts: int, generation
     from cpt_operator.reconcile import FAILED, READY, RECONCILING, STALLED, Conditions
 
     conditions = Conditions(status.get("conditions", []), generation, now)
-    retry = f"{message} (attempt {attempts}, retrying in {backoff(attempts):.0f}s)"
+    retry = f"{message} (retrying with backoff)"  # no attempt count: the status changes only with the cause
     conditions.set(RECONCILING, True, "RetryingAfterError", retry)
     if not conditions.true(FAILED):
         conditions.set(READY, False, "RetryingAfterError", retry)

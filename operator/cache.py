@@ -74,10 +74,21 @@ for _resource in (("batch", "v1", "jobs"), JOBSET):  # what Kueue's Workloads ar
 OWNER_INDICES = ("cpt_jobs_by_uid", "cpt_jobsets_by_uid")
 
 
+RUN_META = ("name", "namespace", "uid", "resourceVersion", "generation", "labels", "deletionTimestamp")
+
+
+def trimmed_run(body: Any) -> dict[str, Any]:
+    """A run as a pass reads it: no managedFields, no annotations (a last-applied copy of the spec)."""
+    meta = body.get("metadata", {})
+    out = {key: copy.deepcopy(body[key]) for key in ("apiVersion", "kind", "spec", "status") if key in body}
+    out["metadata"] = {key: copy.deepcopy(meta[key]) for key in RUN_META if key in meta}
+    return out
+
+
 @kopf.index(API_GROUP, API_VERSION, PLURAL, id="cpt_runs")
 def cpt_runs(namespace: str | None, name: str | None, body: kopf.Body, **_: Any) -> dict[Any, Any]:
-    """Every run, whole."""
-    return {(namespace, name): copy.deepcopy(dict(body))}
+    """Every run, as a pass reads it."""
+    return {(namespace, name): trimmed_run(body)}
 
 
 @kopf.index("", "v1", "pods", labels={RUN_LABEL: kopf.PRESENT}, id="cpt_pods")
@@ -93,9 +104,15 @@ def cpt_pods(namespace: str | None, labels: dict[str, str], body: kopf.Body, **_
 
 @kopf.index(*WORKLOAD, id="cpt_workloads")
 def cpt_workloads(namespace: str | None, body: kopf.Body, **_: Any) -> dict[Any, Any]:
-    """Kueue's Workloads, by (namespace, owner UID)."""
+    """Kueue's Workloads, by (namespace, owner UID): what kube.workload_summary reads (no pod sets)."""
     owner = controller_uid(body) or next((r.get("uid") for r in body["metadata"].get("ownerReferences", [])), None)
-    return {(namespace, owner): copy.deepcopy(dict(body))} if owner else {}
+    spec = body.get("spec") or {}
+    kept = {
+        "metadata": {"name": body["metadata"]["name"]},
+        "spec": {key: spec[key] for key in ("queueName", "active") if key in spec},
+        "status": {"conditions": copy.deepcopy((body.get("status") or {}).get("conditions", []))},
+    }
+    return {(namespace, owner): kept} if owner else {}
 
 
 class Cache:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import threading
+import time
 from datetime import UTC, datetime
 from typing import Any
 
@@ -19,13 +19,14 @@ import kopf
 from cpt import API_GROUP, API_VERSION, PLURAL
 from cpt.api import ContinuedPretrain
 from cpt_operator import actions, api_errors, metrics
-from cpt_operator.cache import Cache, trimmed
+from cpt_operator.cache import Cache, trimmed, trimmed_run
 from cpt_operator.config import OperatorConfig
-from cpt_operator.kube import JOBSET, WORKLOAD, Kube, start_problem
+from cpt_operator.kube import JOBSET, WORKERS, WORKLOAD, Kube, start_problem
 from cpt_operator.names import RUN_LABEL
 from cpt_operator.ownership import owned_by
 from cpt_operator.reconcile import Decision, child_key, reconcile
 from cpt_operator.requeue import Requeue
+from cpt_operator.serial import Serializer
 
 log = logging.getLogger(__name__)
 
@@ -38,15 +39,16 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     settings.watching.inactivity_timeout = 300  # a silently stalled watch is restarted
     settings.watching.server_timeout = 270
     settings.posting.level = logging.WARNING
+    settings.execution.max_workers = WORKERS  # passes wait on the API server, not on the CPU
     memo.kube = Kube.connect()
     memo.config = OperatorConfig.from_env()
     metrics.serve()
 
-    memo.failures = {}  # (namespace, run) -> failed passes in a row, and the last message
+    memo.failures = {}  # (namespace, run) -> failed passes in a row, the last message, retry time, generation
     memo.cache = Cache()  # the watch caches (kopf indices), bound on the first handler call
     memo.written = {}  # (namespace, run) -> the run as the operator's last status write returned it
     memo.pod_problems = {}  # (namespace, pod) -> why it cannot start, for the run's pods that cannot
-    memo.requeue = Requeue(lambda namespace, run: serialized_pass(memo, namespace, run))
+    memo.requeue = Requeue(lambda namespace, run: serialized_pass(memo, namespace, run, timer=True))
 
 
 @kopf.on.cleanup()
@@ -54,10 +56,10 @@ def shutdown(memo: kopf.Memo, **_: Any) -> None:
     memo.requeue.stop()
 
 
-def run_pass(memo: kopf.Memo, body: dict[str, Any], seen: dict[str, Any] | None = None) -> None:
+def run_pass(memo: kopf.Memo, body: dict[str, Any], seen: dict[str, dict[str, Any]] | None = None) -> None:
     """Observe, decide, act: create children, stop or (un)suspend them, post events, write the owned status.
 
-    `seen` is the child whose event started this pass, as that event last showed it: a Job or JobSet that a
+    `seen` are the children whose events started this pass, as those events last showed them: a Job or JobSet that a
     TTL of 0 deleted the moment it finished is gone from the listing, but its final state still counts
     (else the stage would run again). Any API call that fails is retried with backoff; its cause is put in
     the status."""
@@ -68,8 +70,9 @@ def run_pass(memo: kopf.Memo, body: dict[str, Any], seen: dict[str, Any] | None 
         {"metadata": {"name": name, "namespace": namespace}, "spec": body.get("spec", {})}
     )
     observed = kube.observe(memo.cache, namespace, name, meta["uid"])
-    if seen is not None and owned_by(seen, meta["uid"]):
-        observed.children.setdefault(child_key(seen), seen)
+    for key, child in (seen or {}).items():
+        if owned_by(child, meta["uid"]):
+            observed.children.setdefault(key, child)
     status = dict(body.get("status") or {})
     metrics.PASSES.inc()
     generation = int(meta.get("generation", 1))
@@ -94,7 +97,7 @@ def run_pass(memo: kopf.Memo, body: dict[str, Any], seen: dict[str, Any] | None 
         if decision.requeue_after is not None:
             memo.requeue(namespace, name, decision.requeue_after)
     if differs(status, wanted):
-        memo.written[(namespace, name)] = kube.patch_status(namespace, name, wanted)
+        memo.written[(namespace, name)] = trimmed_run(kube.patch_status(namespace, name, wanted))
 
 
 def _observe(namespace: str, name: str, decision: Decision) -> None:
@@ -115,15 +118,15 @@ def _failed(memo: kopf.Memo, body: dict[str, Any], status: dict[str, Any], messa
     """A pass that could not finish: count it, say why (status and, once per cause, a Warning Event), retry."""
     meta = body["metadata"]
     key = (meta["namespace"], meta["name"])
-    attempts, last = memo.failures.get(key, (0, ""))
+    attempts, last, _, _ = memo.failures.get(key, (0, "", 0.0, 0))
     attempts += 1
-    memo.failures[key] = (attempts, message)
+    generation = int(meta.get("generation", 1))
+    memo.failures[key] = (attempts, message, time.monotonic() + api_errors.backoff(attempts), generation)
     metrics.ERRORS.inc()
     log.warning("pass for %s/%s failed (attempt %d): %s", *key, attempts, message)
     if message != last:
         kopf.event(body, type="Warning", reason="ApiError", message=message)
     memo.requeue(*key, api_errors.backoff(attempts))
-    generation = int(meta.get("generation", 1))
     return api_errors.error_status(status, message, attempts, generation, _now())
 
 
@@ -138,32 +141,59 @@ def differs(current: Any, wanted: Any) -> bool:
     return current != wanted
 
 
-_LOCKS: dict[tuple[str, str], threading.Lock] = {}
-_LOCKS_GUARD = threading.Lock()
+SERIAL = Serializer()
 
 
-def serialized_pass(memo: kopf.Memo, namespace: str, run: str, seen: dict[str, Any] | None = None) -> None:
-    """One pass at a time per run, on the run as it is now. kopf serializes events per object, but a run's
-    own events and its children's arrive concurrently; two passes on the same stale status would both take
-    the same transition (two events, two stage timings). A pass that raises (a listing refused, the API
-    server gone) reports the cause in the status when it can, and is retried with backoff."""
-    with _LOCKS_GUARD:
-        lock = _LOCKS.setdefault((namespace, run), threading.Lock())
-    with lock:
-        body = None
-        try:
-            body = _current(memo, namespace, run)
-            if body is not None and not body["metadata"].get("deletionTimestamp"):
-                run_pass(memo, body, seen)
-        except Exception as error:  # reported in the status and retried, never lost in a log
-            message = api_errors.describe(f"reconcile {namespace}/{run}", error)
-            if body is None:
-                log.warning("%s", message)
-                memo.requeue(namespace, run, api_errors.backoff(memo.failures.get((namespace, run), (0, ""))[0] + 1))
-                return
-            status = _failed(memo, body, dict(body.get("status") or {}), message)
+def serialized_pass(
+    memo: kopf.Memo, namespace: str, run: str, seen: dict[str, Any] | None = None, timer: bool = False
+) -> None:
+    """One pass at a time per run, on the run as it is now (two passes on the same stale status would both take
+    the same transition); a burst of events while a pass runs makes one more pass (serial.py). While a run waits
+    out its backoff after a failed pass, events (a child's, a status push) do not bring the failing call back
+    early; a spec edit does. A pass brought by the timer first checks that the run still exists (a watch that
+    missed its deletion would keep it cached)."""
+    key = (namespace, run)
+    SERIAL.run(key, {child_key(seen): seen} if seen else {}, lambda children: _pass(memo, key, children, timer))
+
+
+def _pass(memo: kopf.Memo, key: tuple[str, str], seen: dict[str, dict[str, Any]], timer: bool) -> None:
+    body = None
+    try:
+        body = _current(memo, *key)
+        if body is None or body["metadata"].get("deletionTimestamp") or _backing_off(memo, key, body, timer):
+            return
+        if timer and not memo.kube.run_exists(*key, body["metadata"]["uid"]):
+            _forget(memo, key)
+            return
+        run_pass(memo, body, seen)
+    except Exception as error:  # reported in the status and retried, never lost in a log
+        message = api_errors.describe(f"reconcile {key[0]}/{key[1]}", error)
+        if body is None:
+            log.warning("%s", message)
+            memo.requeue(*key, api_errors.backoff(memo.failures.get(key, (0, "", 0.0, 0))[0] + 1))
+            return
+        status = _failed(memo, body, dict(body.get("status") or {}), message)
+        if differs(body.get("status") or {}, status):
             with contextlib.suppress(Exception):  # the status write may fail for the same cause
-                memo.kube.patch_status(namespace, run, status)
+                memo.kube.patch_status(*key, status)
+
+
+def _backing_off(memo: kopf.Memo, key: tuple[str, str], body: dict[str, Any], timer: bool) -> bool:
+    """Is this an event's pass during the backoff of a failed one, for the same generation?"""
+    failure = memo.failures.get(key)
+    if failure is None or timer:
+        return False
+    _, _, retry_at, generation = failure
+    return time.monotonic() < retry_at and int(body["metadata"].get("generation", 1)) == generation
+
+
+def _forget(memo: kopf.Memo, key: tuple[str, str]) -> None:
+    """Drop what the operator keeps in memory for a run that is gone."""
+    metrics.PHASES.forget(*key)
+    memo.requeue.forget(*key)
+    memo.failures.pop(key, None)
+    memo.written.pop(key, None)
+    SERIAL.forget(key)
 
 
 def _current(memo: kopf.Memo, namespace: str, run: str) -> dict[str, Any] | None:
@@ -192,12 +222,7 @@ def on_run(event: dict[str, Any], body: kopf.Body, memo: kopf.Memo, **kwargs: An
     memo.cache.bind(kwargs)
     meta = body["metadata"]
     if event.get("type") == "DELETED" or meta.get("deletionTimestamp"):
-        metrics.PHASES.forget(meta["namespace"], meta["name"])
-        memo.requeue.forget(meta["namespace"], meta["name"])
-        memo.failures.pop((meta["namespace"], meta["name"]), None)
-        memo.written.pop((meta["namespace"], meta["name"]), None)
-        with _LOCKS_GUARD:
-            _LOCKS.pop((meta["namespace"], meta["name"]), None)
+        _forget(memo, (meta["namespace"], meta["name"]))
         return
     serialized_pass(memo, meta["namespace"], meta["name"])
 

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from cpt import API_GROUP, API_VERSION, PLURAL
 from cpt_operator.names import QUEUE_LABEL
-from cpt_operator.ownership import owned_by
+from cpt_operator.ownership import is_leftover, owned_by
 
 if TYPE_CHECKING:
     from cpt_operator.cache import Cache
@@ -100,14 +100,21 @@ def _recent(seconds: float = FAILED_CREATE_WINDOW) -> datetime:
     return datetime.now(UTC) - timedelta(seconds=seconds)
 
 
+WORKERS = 16  # threads running passes (kopf's executor), and API connections
+REQUEST_TIMEOUT = (5, 30)  # seconds to connect, to read: a half-open connection never holds a pass
+
+
 def _counting_client(api: Any) -> Any:
-    """The API client, with every request it makes counted in kubecpt_api_requests_total{verb}."""
+    """The API client, with every request it makes counted in kubecpt_api_requests_total{verb} and bounded in
+    time (REQUEST_TIMEOUT, unless a call sets its own)."""
     from cpt_operator import metrics
 
     request = api.request
 
     def counted(method: str, *args: Any, **kwargs: Any) -> Any:
         metrics.API_REQUESTS.labels(method).inc()
+        if kwargs.get("_request_timeout") is None:
+            kwargs["_request_timeout"] = REQUEST_TIMEOUT
         return request(method, *args, **kwargs)
 
     api.request = counted
@@ -140,7 +147,9 @@ class Kube:
             config.load_incluster_config()
         except config.ConfigException:
             config.load_kube_config()
-        api = _counting_client(client.ApiClient())
+        configuration = client.Configuration.get_default_copy()
+        configuration.connection_pool_maxsize = WORKERS  # one connection per pass thread, reused
+        api = _counting_client(client.ApiClient(configuration))
         return cls(
             client.CoreV1Api(api),
             client.BatchV1Api(api),
@@ -158,7 +167,8 @@ class Kube:
         observed = Observed()
         for obj in cache.children(namespace, run):
             if not owned_by(obj, uid):
-                observed.leftovers.append((obj["kind"], obj["metadata"]["name"]))
+                if is_leftover(obj, uid):
+                    observed.leftovers.append((obj["kind"], obj["metadata"]["name"]))
                 continue
             if obj["kind"] == "JobSet":
                 obj = {**obj, CAUSE: self._failed_job_message(namespace, obj)}
@@ -185,10 +195,15 @@ class Kube:
         """Jobs that run without a pod because the API server refuses to create them (a missing ServiceAccount,
         a ResourceQuota, Pod Security admission): the Job controller's latest FailedCreate Event says why. Asked
         only of running Jobs (and the JobSet's Jobs) with no active pod."""
+        from kubernetes.client.exceptions import ApiException
+
         found = {}
         for job in _podless_jobs(children):
             selector = f"involvedObject.kind=Job,involvedObject.name={job},reason=FailedCreate"
-            events = self.core.list_namespaced_event(namespace, field_selector=selector).items
+            try:
+                events = self.core.list_namespaced_event(namespace, field_selector=selector).items
+            except ApiException:  # best effort: without the cause, the run simply does not say why
+                continue
             latest = max(events, key=_event_time, default=None)
             if latest is not None and _event_time(latest) >= _recent():
                 found[f"Pod:job/{job}"] = {
@@ -224,6 +239,18 @@ class Kube:
             return ""
         reasons = [c.message or c.reason for c in (job.status.conditions or []) if c.type == "Failed"]
         return f"Job {match.group(1)}: {reasons[0]}" if reasons else ""
+
+    def run_exists(self, namespace: str, name: str, uid: str) -> bool:
+        """Is this incarnation of the run still there (a watch that missed its deletion keeps it cached)?"""
+        from kubernetes.client.exceptions import ApiException
+
+        try:
+            found = self.custom.get_namespaced_custom_object(API_GROUP, API_VERSION, namespace, PLURAL, name)
+        except ApiException as error:
+            if error.status == 404:
+                return False
+            raise
+        return found["metadata"].get("uid") == uid
 
     def _verbs(self, kind: str) -> tuple[Any, Any, Any]:
         """(create(namespace, body), read(name, namespace), delete(name, namespace, body)) of a child kind."""

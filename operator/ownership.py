@@ -45,3 +45,19 @@ def controller_uid(obj: dict[str, Any]) -> str | None:
 
 def owned_by(obj: dict[str, Any], uid: str) -> bool:
     return controller_uid(obj) == uid
+
+
+def is_leftover(obj: dict[str, Any], uid: str) -> bool:
+    """An object with the run's label that an earlier incarnation of the run left: made by the operator
+    (`app.kubernetes.io/managed-by`), controlled by another ContinuedPretrain or by nothing (orphaned). Anything
+    else with the label (a user's own ServiceAccount, say) is neither this run's nor the operator's to delete."""
+    from cpt_operator.names import MANAGED_BY
+
+    if (
+        owned_by(obj, uid)
+        or (obj.get("metadata") or {}).get("labels", {}).get("app.kubernetes.io/managed-by") != MANAGED_BY
+    ):
+        return False
+    references = (obj.get("metadata") or {}).get("ownerReferences") or []
+    controller = next((r for r in references if r.get("controller")), None)
+    return controller is None or controller.get("kind") == KIND

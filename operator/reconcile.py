@@ -27,7 +27,7 @@ from cpt_operator.children import (
 )
 from cpt_operator.config import OperatorConfig
 from cpt_operator.kube import CAUSE
-from cpt_operator.names import STAGE_LABEL, child_name
+from cpt_operator.names import QUEUE_LABEL, STAGE_LABEL, child_name
 
 # The condition types of the API (cpt/api/status.py), under short names
 READY, RECONCILING, STALLED = ConditionType.READY, ConditionType.RECONCILING, ConditionType.STALLED
@@ -159,7 +159,8 @@ def reconcile(
             decision.completed.append((stage_name, _duration(observed, now)))
         return state
 
-    running = not conditions.finished() and not spec.suspend and not _waiting(children)
+    working = any(o.get("kind") in ("Job", "JobSet") and child_state(o)[0] == "running" for o in children.values())
+    running = not conditions.finished() and not spec.suspend and (working or not _waiting(children))
     out.update(_running_time(status, running, now))
     if not conditions.finished():
         left = _deadline(spec.run_policy.active_deadline_seconds, _ran(out, now), fail)
@@ -167,7 +168,7 @@ def reconcile(
     if running and conditions.finished():  # (the deadline has just failed the run: its clock stops)
         out.update(_running_time(status, False, now))
     if not conditions.finished():  # (the deadline may have just failed the run)
-        _suspend_children(spec.suspend, spec.scheduling.queue_name is not None, children, decision)
+        _suspend_children(spec.suspend, children, decision)
         if spec.suspend:
             conditions.set(SUSPENDED, True, "SuspendedBySpec", "spec.suspend is true: pods stopped, progress kept")
         elif conditions.true(SUSPENDED):
@@ -248,14 +249,19 @@ def _support_objects(resource: ContinuedPretrain, children: dict[str, dict[str, 
             decision.update.append(obj)
 
 
-def _suspend_children(suspend: bool, queued: bool, children: dict[str, dict[str, Any]], decision: Decision) -> None:
+def _kueues(obj: dict[str, Any]) -> bool:
+    """Is this child Kueue's (its own queue label, whatever the spec says now)?"""
+    return QUEUE_LABEL in (obj.get("metadata") or {}).get("labels", {})
+
+
+def _suspend_children(suspend: bool, children: dict[str, dict[str, Any]], decision: Decision) -> None:
     """spec.suspend for the unfinished children: their own `suspend` without Kueue; under Kueue, which owns that
     field, their Workloads' `active` (an inactive Workload is evicted: pods stop; active again, it is re-queued)."""
     workloads = {obj["owner"]: obj for obj in children.values() if obj.get("kind") == "Workload"}
     for name, obj in sorted(children.items()):
         if obj.get("kind") not in ("Job", "JobSet") or child_state(obj)[0] not in ("running", "suspended"):
             continue
-        if not queued:
+        if not _kueues(obj):
             if bool(obj.get("spec", {}).get("suspend")) != suspend:
                 decision.set_suspend.append((obj["kind"], name, suspend))
         elif name in workloads and workloads[name].get("active", True) == suspend:
@@ -282,14 +288,15 @@ def _stop_active(children: dict[str, dict[str, Any]], failed: bool, decision: De
     workloads = {obj["owner"]: obj for obj in children.values() if obj.get("kind") == "Workload"}
     stopped = []
     for name, obj in sorted(children.items()):
-        if obj.get("kind") not in ("Job", "JobSet") or child_state(obj)[0] != "running":
+        state = child_state(obj)[0] if obj.get("kind") in ("Job", "JobSet") else "other"
+        if state not in ("running", "suspended"):
             continue
         workload = workloads.get(name)
-        if workload is not None:
+        if _kueues(obj) and workload is not None:  # queued or admitted: Kueue must not (re)admit it
             if workload.get("active", True):
                 decision.set_workload_active.append((workload["metadata"]["name"], False))
                 stopped.append(f"{obj['kind']} {name}")
-        else:
+        elif state == "running":  # (a queued child whose Workload is not seen yet: stopped now, deactivated later)
             decision.set_suspend.append((obj["kind"], name, True))
             stopped.append(f"{obj['kind']} {name}")
     if stopped:

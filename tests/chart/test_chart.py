@@ -149,3 +149,20 @@ def test_service_monitor_and_network_policy_are_optional() -> None:
     assert monitor["spec"]["selector"]["matchLabels"] == objects[("Service", f"{FULLNAME}-metrics")]["spec"]["selector"]
     policy = objects[("NetworkPolicy", FULLNAME)]["spec"]
     assert policy["policyTypes"] == ["Ingress"] and policy["ingress"][0]["ports"] == [{"port": "metrics"}]
+
+
+def test_the_operator_role_grants_every_call_the_passes_make() -> None:
+    """operator/kube.py and actions.py: what a pass calls, kind by kind (a missing verb is a 403 on a real cluster,
+    where the tests' admin kubeconfig would not see it)."""
+    granted = rules(template()[("ClusterRole", FULLNAME)])
+    needed = {
+        ("", "events", "list"),  # a Job's FailedCreate Events
+        ("kueue.x-k8s.io", "workloads", "patch"),  # spec.active: stop a finished run, suspend under Kueue
+        ("", "pods", "watch"),
+        *(("", kind, verb) for kind in ("configmaps", "serviceaccounts") for verb in ("get", "watch", "delete")),
+        ("", "configmaps", "patch"),  # the spec ConfigMap follows a spec edit
+        *(("rbac.authorization.k8s.io", kind, v) for kind in ("roles", "rolebindings") for v in ("get", "delete")),
+        ("rbac.authorization.k8s.io", "rolebindings", "patch"),  # follows scheduling.serviceAccountName
+        ("cpt.kubecpt.dev", "continuedpretrains", "get"),  # a timer's pass checks the run still exists
+    }
+    assert needed <= granted, sorted(needed - granted)

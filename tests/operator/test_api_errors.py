@@ -40,7 +40,7 @@ def test_reconciling_at_once_and_stalled_once_the_error_persists() -> None:
     first = error_status(status, "create JobSet t-train: HTTP 403: no", 1, 2, NOW)
     assert condition(first, "Reconciling")["status"] == "True"
     assert condition(first, "Reconciling")["reason"] == "RetryingAfterError"
-    assert "HTTP 403: no (attempt 1, retrying in 1s)" in condition(first, "Reconciling")["message"]
+    assert condition(first, "Reconciling")["message"] == "create JobSet t-train: HTTP 403: no (retrying with backoff)"
     assert all(c["type"] != "Stalled" for c in first["conditions"]) and first["phase"] == "Training"
     later = error_status(first, "create JobSet t-train: HTTP 403: no", STALLED_AFTER, 2, NOW)
     assert (condition(later, "Stalled")["status"], condition(later, "Stalled")["reason"]) == ("True", "ApiError")
@@ -73,3 +73,27 @@ def test_the_scheduler_runs_the_soonest_request_once_per_run() -> None:
     time.sleep(0.3)
     requeue.stop()
     assert sorted(ran) == [("ns", "a"), ("ns", "b")]
+
+
+def test_passes_asked_for_while_one_runs_coalesce_into_one_more() -> None:
+    from cpt_operator.serial import Serializer
+
+    serial = Serializer()
+    started, release = threading.Event(), threading.Event()
+    calls: list[dict] = []
+
+    def slow(seen: dict) -> None:
+        calls.append(seen)
+        if len(calls) == 1:
+            started.set()
+            release.wait(5)
+
+    first = threading.Thread(target=serial.run, args=(("ns", "r"), {}, slow))
+    first.start()
+    assert started.wait(5)
+    left = [serial.run(("ns", "r"), {f"job-{i}": {"i": i}}, slow) for i in range(5)]  # none waits
+    release.set()
+    first.join(5)
+    assert left == [False] * 5 and len(calls) == 2  # one more pass, with every child state the events brought
+    assert sorted(calls[1]) == [f"job-{i}" for i in range(5)]
+    assert serial.run(("ns", "r"), {}, slow) is True and len(calls) == 3  # the run is free again

@@ -415,3 +415,35 @@ def test_a_workload_kueue_has_not_tried_yet_does_not_queue_the_run() -> None:
     run.children["Workload:jobset-t-train-1a2b3"] = {**workload("t-train", admitted=False), "tried": False}
     run.step()
     assert run.condition("Queued") in (None, "False") and run.status["phase"] == "Training"
+
+
+def test_the_clock_runs_while_the_gang_trains_even_if_an_evaluation_waits_in_the_queue() -> None:
+    run = running_gang(scheduling={"queueName": "gpu"}, runPolicy={"activeDeadlineSeconds": 60})
+    run.children["t-train"]["spec"]["suspend"] = False  # admitted, training
+    run.children["Workload:job-t-eval-x-1a2b3"] = workload("t-eval-x", admitted=False, message="no GPU left")
+    run.children["t-eval-x"] = {"kind": "Job", "metadata": {"name": "t-eval-x"}, "spec": {"suspend": True}}
+    run.step(now="2026-12-02T12:00:30Z")
+    run.step(now="2026-12-02T12:01:01Z")
+    assert run.condition("Failed") == "True"  # the deadline fired although a Workload waits
+
+
+def test_a_failed_runs_queued_child_has_its_workload_deactivated_even_before_admission() -> None:
+    run = running_gang(scheduling={"queueName": "gpu"}, runPolicy={"activeDeadlineSeconds": 1})
+    run.children["Workload:jobset-t-train-1a2b3"] = workload("t-train", admitted=False, message="no quota")
+    decision = run.step(now="2026-12-02T12:00:05Z")  # t-train is still suspended, waiting for Kueue
+    assert run.condition("Failed") == "True"
+    assert decision.set_workload_active == [("jobset-t-train-1a2b3", False)] and decision.set_suspend == []
+
+
+def test_only_the_operators_objects_of_an_earlier_run_are_leftovers() -> None:
+    from cpt_operator.ownership import is_leftover
+
+    def obj(labels: dict[str, str], owners: list[dict[str, Any]]) -> dict[str, Any]:
+        return {"metadata": {"name": "t-spec", "labels": labels, "ownerReferences": owners}}
+
+    ours = {"app.kubernetes.io/managed-by": "kubecpt-operator", "cpt.kubecpt.dev/run": "t"}
+    old = {"kind": "ContinuedPretrain", "uid": "old", "controller": True}
+    assert is_leftover(obj(ours, []), "new") and is_leftover(obj(ours, [old]), "new")
+    assert not is_leftover(obj(ours, [{**old, "uid": "new"}]), "new")  # this run's own
+    assert not is_leftover(obj({"cpt.kubecpt.dev/run": "t"}, []), "new")  # a user's object with the label
+    assert not is_leftover(obj(ours, [{"kind": "JobSet", "uid": "x", "controller": True}]), "new")
