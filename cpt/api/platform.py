@@ -55,7 +55,12 @@ class RunPolicy(ApiModel):
     max_restarts: int = Field(
         10, ge=0, le=10000, description="Training restarts from the latest checkpoint before the run fails."
     )
-    active_deadline_seconds: int | None = Field(None, ge=1, description="Fail the run after this many seconds.")
+    active_deadline_seconds: int | None = Field(
+        None,
+        ge=1,
+        description="Fail the run once it has run this many seconds (time suspended or queued in Kueue does not "
+        "count); its pods are then stopped, as a Job's are.",
+    )
     ttl_seconds_after_finished: int | None = Field(
         None, ge=0, description="Delete the child Jobs this long after the run finishes."
     )
