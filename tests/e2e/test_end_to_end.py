@@ -25,6 +25,8 @@ from tests.cluster.cluster import Cluster
 from tests.cluster.helpers import eventually
 from tests.conftest import REPO, shared_data_dir
 from tests.e2e.conftest import WORKER_IMAGE
+from tests.e2e.node import NODE_ADDRESS
+from tests.e2e.slow_s3 import SlowCheckpoints
 from tests.operator.process import Operator
 
 NAMESPACE = "e2e"
@@ -311,3 +313,81 @@ def test_apply_runs_every_stage_in_real_pods_and_a_killed_gang_resumes_exactly(s
     }
     (logs / "timings.json").write_text(json.dumps(report, indent=1))
     print("\nend-to-end timings:", json.dumps(report, indent=1))
+
+
+PREEMPT_STEPS = 200  # far more than the test waits for: the run is deleted once the gang resumed
+HOLD_SECONDS = 20  # each checkpoint write after the delete: one node's upload alone outlasts a 30 s grace period
+
+
+def preempt_resource(endpoint: str) -> dict[str, Any]:
+    """A 2-pod gang with no checkpoint before the SIGTERM (intervalSteps past the budget), no evaluation, and
+    `maxRestarts: 0`, so a restart that counted would fail the run."""
+    doc = resource("preempt", endpoint, nodes=2, procs=1)
+    spec = doc["spec"]
+    spec["data"]["tokenBudget"] = STEP_TOKENS * PREEMPT_STEPS
+    del spec["data"]["milestones"]
+    spec["training"]["checkpoint"] = {"intervalSteps": 10**6, "keepLast": 1}
+    spec["evaluation"].update(baseline=False, atMilestones=False)
+    spec["runPolicy"] = {"maxRestarts": 0}
+    return doc
+
+
+def first_step_after_restart(cluster: Cluster) -> int | None:
+    """The first step the restarted gang's node 0 trained (its log's first progress line)."""
+    selector = "jobset.sigs.k8s.io/jobset-name=preempt-train,jobset.sigs.k8s.io/restart-attempt=1"
+    pods = get(cluster, "pods", "-l", f"{selector},batch.kubernetes.io/job-completion-index=0") or {"items": []}
+    for pod in pods["items"]:
+        log = cluster.kubectl("logs", pod["metadata"]["name"], "-n", NAMESPACE, check=False).stdout
+        steps = [json.loads(line)["step"] for line in log.splitlines() if line.startswith('{"event": "train_step"')]
+        if steps:
+            return steps[0]
+    return None
+
+
+def test_a_gracefully_deleted_gang_pod_resumes_from_the_step_sigterm_arrived(setup) -> None:
+    """`kubectl delete pod` (graceful) of one gang pod mid-run while every checkpoint write takes 20 s: the
+    worker finishes its step, saves and uploads within the pod's grace period (runPolicy default 300 s, the
+    launcher's kill timer inside it), exits 75, and the gang restarts without counting (maxRestarts 0) and
+    resumes at the step after the SIGTERM, not from the start. Before, the 30 s default grace (and torchrun's own
+    30 s) killed the upload: no checkpoint, a counted restart."""
+    cluster, fs, endpoint, operator, logs = setup
+    with SlowCheckpoints(NODE_ADDRESS, endpoint, HOLD_SECONDS) as proxy:
+        manifest = logs / "preempt.yaml"
+        manifest.write_text(dump(preempt_resource(proxy.endpoint)))
+        cluster.kubectl("apply", "-f", str(manifest))
+
+        def training() -> dict[str, Any]:
+            operator.alive()
+            obj = get(cluster, "cpt", "preempt") or {}
+            assert obj.get("status", {}).get("phase") != "Failed", json.dumps(obj["status"], indent=1)
+            return obj.get("status", {}).get("training") or {}
+
+        def stepped() -> int | None:
+            step = training().get("step", 0)
+            return step if step >= 3 else None
+
+        def restarted() -> int | None:
+            training()  # fails fast if the run failed (a counted restart)
+            return first_step_after_restart(cluster)
+
+        seen = eventually(stepped, timeout=900, interval=0.5, what="the gang's step 3")
+        proxy.armed.set()
+        victim = next(p for p in training_pods(cluster, "preempt") if "-node-0-1-" in p["metadata"]["name"])
+        cluster.kubectl("delete", "pod", victim["metadata"]["name"], "-n", NAMESPACE, "--wait=false")
+        resumed = eventually(restarted, timeout=900, interval=2, what="the restarted gang's first step")
+        proxy.armed.clear()
+
+        latest = f"{BUCKET}/runs/preempt/checkpoints/latest"
+        fs.invalidate_cache()
+        assert fs.exists(latest), f"no checkpoint saved on SIGTERM: the gang restarted at step {resumed}"
+        tag = fs.cat_file(latest).decode().strip()
+        saved = int(tag.removeprefix("step-"))
+        assert seen <= saved < PREEMPT_STEPS and resumed == saved + 1, (seen, tag, resumed)
+        assert any(f"/checkpoints/{tag}/" in path for path in proxy.held), proxy.held  # the upload was slow
+        jobset = get(cluster, "jobset", "preempt-train")["status"]
+        assert jobset["restarts"] == 1 and jobset.get("restartsCountTowardsMax", 0) == 0, jobset
+        assert training()["restarts"] == 1
+
+        cluster.kubectl("delete", "cpt", "preempt", "-n", NAMESPACE, "--wait=false")
+        pods = ["pods", "-l", "cpt.kubecpt.dev/run=preempt"]
+        eventually(lambda: not (get(cluster, *pods) or {}).get("items", [1]), timeout=600, what="pods gone")
