@@ -40,8 +40,11 @@ def apply(kube: Kube, run: dict[str, Any], decision: Decision, post: Post) -> li
         what = f"{obj['kind']} {obj['metadata']['name']}"
         if attempt(f"update {what}", lambda o=obj: kube.update(namespace, adopt(o, run))) is not FAILED:
             post("Normal", "Updated", f"{what}: the spec changed")
+    created = []
     for obj in decision.create:
         what = f"{obj['kind']} {obj['metadata']['name']}"
         if attempt(f"create {what}", lambda o=obj: kube.create(namespace, adopt(o, run))) is True:
-            post("Normal", "Created", what)  # best effort: an operator killed right here never posts it
+            created.append(what)
+    if created:  # one Event per pass (best effort: an operator killed right here never posts it)
+        post("Normal", "Created", ", ".join(created))
     return failures

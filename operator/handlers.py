@@ -66,9 +66,7 @@ def run_pass(memo: kopf.Memo, body: dict[str, Any], seen: dict[str, dict[str, An
     kube: Kube = memo.kube
     meta = body["metadata"]
     namespace, name = meta["namespace"], meta["name"]
-    resource = ContinuedPretrain.model_validate(
-        {"metadata": {"name": name, "namespace": namespace}, "spec": body.get("spec", {})}
-    )
+    resource = _resource(body)
     observed = kube.observe(memo.cache, namespace, name, meta["uid"])
     for key, child in (seen or {}).items():
         if owned_by(child, meta["uid"]):
@@ -98,6 +96,25 @@ def run_pass(memo: kopf.Memo, body: dict[str, Any], seen: dict[str, dict[str, An
             memo.requeue(namespace, name, decision.requeue_after)
     if differs(status, wanted):
         memo.written[(namespace, name)] = trimmed_run(kube.patch_status(namespace, name, wanted))
+
+
+_RESOURCES: dict[tuple[str, int], ContinuedPretrain] = {}  # (uid, generation) -> the validated spec
+
+
+def _resource(body: dict[str, Any]) -> ContinuedPretrain:
+    """The run's spec, validated once per generation (a status push brings a pass, not a new spec)."""
+    meta = body["metadata"]
+    key = (meta["uid"], int(meta.get("generation", 1)))
+    resource = _RESOURCES.get(key)
+    if resource is None:
+        resource = ContinuedPretrain.model_validate(
+            {"metadata": {"name": meta["name"], "namespace": meta["namespace"]}, "spec": body.get("spec", {})}
+        )
+        if len(_RESOURCES) >= 4096:
+            with contextlib.suppress(RuntimeError, StopIteration, KeyError):  # another thread trimmed it
+                _RESOURCES.pop(next(iter(_RESOURCES)))
+        _RESOURCES[key] = resource
+    return resource
 
 
 def _observe(namespace: str, name: str, decision: Decision) -> None:

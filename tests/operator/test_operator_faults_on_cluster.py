@@ -4,6 +4,7 @@ and a run re-created under the same name never takes the old run's children as i
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -169,3 +170,35 @@ def test_pods_that_cannot_be_created_or_scheduled_stall_the_run_with_the_cause(
         )
     finally:
         cluster.kubectl("delete", "priorityclass", quota_class, check=False)
+
+
+def test_a_spec_edit_is_applied_to_the_spec_configmap_and_the_rolebinding(operator: Operator, namespace: str) -> None:
+    """scheduling and runPolicy edits of a running run are applied: the spec ConfigMap (what later children mount)
+    and the status RoleBinding follow, and only then observedGeneration moves; a refused edit changes nothing."""
+    cluster = operator.cluster
+    cluster.apply({**run_doc("edited", suspend=True), "metadata": {"name": "edited", "namespace": namespace}})
+    eventually(lambda: phase_is(cluster, namespace, "edited", "Suspended"), what="Suspended")
+    edit = '{"spec":{"runPolicy":{"backoffLimit":7},"scheduling":{"serviceAccountName":"trainer"}}}'
+    cluster.kubectl("patch", "cpt", "edited", "-n", namespace, "--type=merge", "-p", edit)
+
+    def applied() -> dict[str, Any] | None:
+        run = get(cluster, namespace, "cpt", "edited")
+        return run if run["status"].get("observedGeneration") == run["metadata"]["generation"] == 2 else None
+
+    eventually(applied, timeout=60, what="generation 2 observed")
+    spec = json.loads(get(cluster, namespace, "configmap", "edited-spec")["data"]["spec.json"])["spec"]
+    assert spec["runPolicy"]["backoffLimit"] == 7 and spec["scheduling"]["serviceAccountName"] == "trainer"
+    subjects = get(cluster, namespace, "rolebinding", "edited-status")["subjects"]
+    assert [s["name"] for s in subjects] == ["trainer"]
+    refused = cluster.kubectl(
+        "patch",
+        "cpt",
+        "edited",
+        "-n",
+        namespace,
+        "--type=merge",
+        "-p",
+        '{"spec":{"training":{"microBatchSize":2}}}',
+        check=False,
+    )
+    assert refused.returncode != 0 and "spec.training is immutable once the run has started" in refused.stderr
