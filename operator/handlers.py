@@ -21,7 +21,7 @@ from cpt.api import ContinuedPretrain
 from cpt_operator import actions, api_errors, metrics
 from cpt_operator.cache import Cache, trimmed, trimmed_run
 from cpt_operator.config import OperatorConfig
-from cpt_operator.kube import JOBSET, WORKERS, WORKLOAD, Kube, start_problem
+from cpt_operator.kube import JOBSET, STARTUP_GRACE, WORKERS, WORKLOAD, Kube, start_problem
 from cpt_operator.names import RUN_LABEL
 from cpt_operator.ownership import owned_by
 from cpt_operator.reconcile import Decision, child_key, reconcile
@@ -48,6 +48,7 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     memo.cache = Cache()  # the watch caches (kopf indices), bound on the first handler call
     memo.written = {}  # (namespace, run) -> the run as the operator's last status write returned it
     memo.pod_problems = {}  # (namespace, pod) -> why it cannot start, for the run's pods that cannot
+    memo.checked = {}  # (namespace, run) -> when a timer's pass last checked that the run still exists
     memo.requeue = Requeue(lambda namespace, run: serialized_pass(memo, namespace, run, timer=True))
 
 
@@ -179,7 +180,7 @@ def _pass(memo: kopf.Memo, key: tuple[str, str], seen: dict[str, dict[str, Any]]
         body = _current(memo, *key)
         if body is None or body["metadata"].get("deletionTimestamp") or _backing_off(memo, key, body, timer):
             return
-        if timer and not memo.kube.run_exists(*key, body["metadata"]["uid"]):
+        if timer and _check_due(memo, key) and not memo.kube.run_exists(*key, body["metadata"]["uid"]):
             _forget(memo, key)
             return
         run_pass(memo, body, seen)
@@ -193,6 +194,16 @@ def _pass(memo: kopf.Memo, key: tuple[str, str], seen: dict[str, dict[str, Any]]
         if differs(body.get("status") or {}, status):
             with contextlib.suppress(Exception):  # the status write may fail for the same cause
                 memo.kube.patch_status(*key, status)
+
+
+def _check_due(memo: kopf.Memo, key: tuple[str, str]) -> bool:
+    """Is it time to check that the run still exists (at most once per reconcileSeconds per run)?"""
+    now = time.monotonic()
+    last = memo.checked.setdefault(key, now)
+    if now - last < memo.config.reconcile_seconds:
+        return False
+    memo.checked[key] = now
+    return True
 
 
 def _backing_off(memo: kopf.Memo, key: tuple[str, str], body: dict[str, Any], timer: bool) -> bool:
@@ -210,6 +221,7 @@ def _forget(memo: kopf.Memo, key: tuple[str, str]) -> None:
     memo.requeue.forget(*key)
     memo.failures.pop(key, None)
     memo.written.pop(key, None)
+    memo.checked.pop(key, None)
     SERIAL.forget(key)
 
 
@@ -244,22 +256,28 @@ def on_run(event: dict[str, Any], body: kopf.Body, memo: kopf.Memo, **kwargs: An
     serialized_pass(memo, meta["namespace"], meta["name"])
 
 
-def _owner_pass(body: kopf.Body, kind: str, memo: kopf.Memo, kwargs: dict[str, Any]) -> None:
+def _owner_pass(event: dict[str, Any], body: kopf.Body, kind: str, memo: kopf.Memo, kwargs: dict[str, Any]) -> None:
     memo.cache.bind(kwargs)
     run = body["metadata"].get("labels", {}).get(RUN_LABEL)
     namespace = body["metadata"].get("namespace")
-    if run and namespace:
-        serialized_pass(memo, namespace, run, seen=trimmed(body, kind))
+    if not (run and namespace):
+        return
+    if event.get("type") == "ADDED" and not body.get("status"):
+        # Just created (by a pass that already decided on it): nothing to decide until its controller acts, which
+        # brings an event; if the controller cannot make its pods, the pass due here asks why (STARTUP_GRACE).
+        memo.requeue(namespace, run, STARTUP_GRACE + 1.0)
+        return
+    serialized_pass(memo, namespace, run, seen=trimmed(body, kind))
 
 
 @kopf.on.event("batch", "v1", "jobs", labels={RUN_LABEL: kopf.PRESENT})
-def on_job(body: kopf.Body, memo: kopf.Memo, **kwargs: Any) -> None:
-    _owner_pass(body, "Job", memo, kwargs)
+def on_job(event: dict[str, Any], body: kopf.Body, memo: kopf.Memo, **kwargs: Any) -> None:
+    _owner_pass(event, body, "Job", memo, kwargs)
 
 
 @kopf.on.event(*JOBSET, labels={RUN_LABEL: kopf.PRESENT})
-def on_jobset(body: kopf.Body, memo: kopf.Memo, **kwargs: Any) -> None:
-    _owner_pass(body, "JobSet", memo, kwargs)
+def on_jobset(event: dict[str, Any], body: kopf.Body, memo: kopf.Memo, **kwargs: Any) -> None:
+    _owner_pass(event, body, "JobSet", memo, kwargs)
 
 
 @kopf.on.event(*WORKLOAD)
