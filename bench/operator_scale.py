@@ -140,7 +140,12 @@ def start_operator(cluster: Any, scratch: Path, metrics_port: int) -> subprocess
             f"http://127.0.0.1:{free_port()}/healthz",
         ],
         cwd=REPO,
-        env={**cluster.env(), "KUBECPT_METRICS_PORT": str(metrics_port), "KUBECPT_METRICS_ADDRESS": "127.0.0.1"},
+        env={
+            **cluster.env(),
+            "KUBECPT_METRICS_PORT": str(metrics_port),
+            "KUBECPT_METRICS_ADDRESS": "127.0.0.1",
+            "MALLOC_ARENA_MAX": "2",  # as the Helm chart's Deployment sets it
+        },
         stdout=(scratch / "operator.log").open("wb"),
         stderr=subprocess.STDOUT,
     )
