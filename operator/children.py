@@ -20,14 +20,13 @@ from cpt.exit_codes import EXIT_PREEMPTED, PERMANENT
 from cpt.stages import SPEC_PATH, Stage, export_name, stage_argv
 from cpt_operator import pod_template as platform_template
 from cpt_operator.config import OperatorConfig
-from cpt_operator.names import QUEUE_LABEL, TARGET_LABEL, child_name, labels
+from cpt_operator.names import PRIORITY_LABEL, QUEUE_LABEL, TARGET_LABEL, child_name, labels
 from cpt_operator.placement import CONTAINER_SECURITY, POD_SECURITY, stage_placement
 
 RUN_ENV = "KUBECPT_RUN"  # where a stage pod pushes its status (cpt_pipeline.status_push reads it)
 # A stage pod that requests no GPU sees none, even from a CUDA image (NVIDIA_VISIBLE_DEVICES=all) on a GPU node
 # with the nvidia runtime; the device plugin sets it for a pod that requests GPUs. Training is left alone.
 NO_GPU_ENV = {"name": "NVIDIA_VISIBLE_DEVICES", "value": "void"}
-PRIORITY_LABEL = "kueue.x-k8s.io/priority-class"
 SPEC_VOLUME = "spec"
 SPEC_KEY = posixpath.basename(SPEC_PATH)
 TRAINER = "trainer"

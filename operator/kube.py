@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from cpt import API_GROUP, API_VERSION, PLURAL
-from cpt_operator.names import QUEUE_LABEL
+from cpt_operator.names import PRIORITY_LABEL, QUEUE_LABEL
 from cpt_operator.ownership import is_leftover, owned_by
 
 if TYPE_CHECKING:
@@ -187,6 +187,7 @@ class Kube:
                 for workload in cache.workloads(namespace, obj["metadata"]["uid"]):
                     summary = workload_summary(workload, name)
                     observed.children[f"Workload:{summary['metadata']['name']}"] = summary
+        observed.children.update(self._unqueueable(observed.children))
         observed.children = dict(sorted(observed.children.items()))
         observed.leftovers.sort()
         return observed
@@ -213,6 +214,38 @@ class Kube:
                     "problem": f"FailedCreate: {latest.message}",
                 }
         return found
+
+    def _unqueueable(self, children: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        """Queued children that still have no Workload STARTUP_GRACE after their creation because the
+        WorkloadPriorityClass their `kueue.x-k8s.io/priority-class` label names does not exist (Kueue then only
+        logs it): reported like a pod that cannot start."""
+        with_workload = {obj["owner"] for obj in children.values() if obj.get("kind") == "Workload"}
+        found = {}
+        for name, obj in children.items():
+            priority = (obj.get("metadata") or {}).get("labels", {}).get(PRIORITY_LABEL)
+            if obj.get("kind") not in ("Job", "JobSet") or not priority or name in with_workload:
+                continue
+            created = obj["metadata"].get("creationTimestamp")
+            if not created or datetime.fromisoformat(created.replace("Z", "+00:00")) > _recent(STARTUP_GRACE):
+                continue
+            if self._workload_priority_class_missing(priority):
+                found[f"Pod:kueue/{name}"] = {
+                    "kind": "Pod",
+                    "metadata": {"name": name},
+                    "what": f"{obj['kind']} {name}",
+                    "problem": f"WorkloadPriorityClass {priority} not found: Kueue cannot queue it "
+                    "(spec.scheduling.priorityClassName names the PriorityClass and the WorkloadPriorityClass)",
+                }
+        return found
+
+    def _workload_priority_class_missing(self, name: str) -> bool:
+        from kubernetes.client.exceptions import ApiException
+
+        try:
+            self.custom.get_cluster_custom_object(WORKLOAD[0], WORKLOAD[1], "workloadpriorityclasses", name)
+        except ApiException as error:
+            return error.status == 404
+        return False
 
     def _failed_job_message(self, namespace: str, jobset: dict[str, Any]) -> str:
         """The Failed condition of the JobSet's first failed Job (the exit code or pod condition that ended

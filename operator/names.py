@@ -8,6 +8,7 @@ import hashlib
 from cpt import API_GROUP
 
 QUEUE_LABEL = "kueue.x-k8s.io/queue-name"  # Kueue: the LocalQueue a child waits in
+PRIORITY_LABEL = "kueue.x-k8s.io/priority-class"  # Kueue: the WorkloadPriorityClass of a child's Workload
 
 RUN_LABEL = f"{API_GROUP}/run"  # every child and every pod: the ContinuedPretrain's name
 STAGE_LABEL = f"{API_GROUP}/stage"  # preprocess, dedup, train, evaluate, report

@@ -62,3 +62,19 @@ def test_a_queue_label_on_the_run_does_not_reach_its_children(operator: Operator
             labels = child["metadata"].get("labels", {})
             assert QUEUE_LABEL not in labels and "team" not in labels, (child["metadata"]["name"], labels)
     assert workloads_of(cluster, namespace, "labelled-train") == []
+
+
+def test_a_missing_workload_priority_class_is_reported(operator: Operator, namespace: str) -> None:
+    """scheduling.priorityClassName also names the Workloads' WorkloadPriorityClass: when none exists, Kueue makes
+    no Workload (it only logs why), and the run says so in Stalled."""
+    cluster = operator.cluster
+    cluster.apply(queued_run("no-class", namespace, priority="missing-class"))
+
+    def stalled() -> dict[str, Any] | None:
+        operator.alive()
+        run = get(cluster, namespace, "cpt", "no-class")
+        stalls = [c for c in (run or {}).get("status", {}).get("conditions", []) if c["type"] == "Stalled"]
+        return run if stalls and "WorkloadPriorityClass missing-class not found" in stalls[0]["message"] else None
+
+    run = eventually(stalled, timeout=90, what="Stalled naming the missing WorkloadPriorityClass")
+    assert condition(run, "Failed") is None
