@@ -82,14 +82,20 @@ def _podless_jobs(children: dict[str, dict[str, Any]]) -> list[str]:
             continue
         if any(c.get("status") == "True" for c in status.get("conditions") or []):
             continue  # finished (or failing)
-        created = obj["metadata"].get("creationTimestamp")
-        if created and datetime.fromisoformat(created.replace("Z", "+00:00")) > _recent(STARTUP_GRACE):
+        created = _created(obj)
+        if created is not None and created > _recent(STARTUP_GRACE):
             continue  # its controller may not have made its pods yet
         if obj["kind"] == "Job" and not status.get("active"):
             found.append(name)
         elif obj["kind"] == "JobSet":
             found += [f"{name}-{r['name']}-0" for r in status.get("replicatedJobsStatus") or [] if not r.get("active")]
     return found
+
+
+def _created(obj: dict[str, Any]) -> datetime | None:
+    """The object's creationTimestamp, if it has one."""
+    created = obj["metadata"].get("creationTimestamp")
+    return datetime.fromisoformat(created.replace("Z", "+00:00")) if created else None
 
 
 def _event_time(event: Any) -> datetime:
@@ -225,8 +231,8 @@ class Kube:
             priority = (obj.get("metadata") or {}).get("labels", {}).get(PRIORITY_LABEL)
             if obj.get("kind") not in ("Job", "JobSet") or not priority or name in with_workload:
                 continue
-            created = obj["metadata"].get("creationTimestamp")
-            if not created or datetime.fromisoformat(created.replace("Z", "+00:00")) > _recent(STARTUP_GRACE):
+            created = _created(obj)
+            if created is None or created > _recent(STARTUP_GRACE):
                 continue
             if self._workload_priority_class_missing(priority):
                 found[f"Pod:kueue/{name}"] = {

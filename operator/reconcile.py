@@ -249,6 +249,11 @@ def _support_objects(resource: ContinuedPretrain, children: dict[str, dict[str, 
             decision.update.append(obj)
 
 
+def _workloads_by_owner(children: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """The observed Kueue Workloads, by the name of the child that owns each."""
+    return {obj["owner"]: obj for obj in children.values() if obj.get("kind") == "Workload"}
+
+
 def _kueues(obj: dict[str, Any]) -> bool:
     """Is this child Kueue's (its own queue label, whatever the spec says now)?"""
     return QUEUE_LABEL in (obj.get("metadata") or {}).get("labels", {})
@@ -257,7 +262,7 @@ def _kueues(obj: dict[str, Any]) -> bool:
 def _suspend_children(suspend: bool, children: dict[str, dict[str, Any]], decision: Decision) -> None:
     """spec.suspend for the unfinished children: their own `suspend` without Kueue; under Kueue, which owns that
     field, their Workloads' `active` (an inactive Workload is evicted: pods stop; active again, it is re-queued)."""
-    workloads = {obj["owner"]: obj for obj in children.values() if obj.get("kind") == "Workload"}
+    workloads = _workloads_by_owner(children)
     for name, obj in sorted(children.items()):
         if obj.get("kind") not in ("Job", "JobSet") or child_state(obj)[0] not in ("running", "suspended"):
             continue
@@ -285,7 +290,7 @@ def _stop_active(children: dict[str, dict[str, Any]], failed: bool, decision: De
     """A finished run leaves no pod behind: its running Jobs and JobSet are suspended (under Kueue, their
     Workload is deactivated: Kueue would admit a Job suspended behind its back again) and kept for inspection
     until the TTL."""
-    workloads = {obj["owner"]: obj for obj in children.values() if obj.get("kind") == "Workload"}
+    workloads = _workloads_by_owner(children)
     stopped = []
     for name, obj in sorted(children.items()):
         state = child_state(obj)[0] if obj.get("kind") in ("Job", "JobSet") else "other"

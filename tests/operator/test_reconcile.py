@@ -249,14 +249,7 @@ def workload(owner: str, admitted: bool, message: str = "", finished: bool = Fal
 
 
 def test_a_gang_kueue_has_not_admitted_is_queued_with_its_workload_named() -> None:
-    run = Run(resource(scheduling={"queueName": "gpu"}))
-    run.step()
-    for name in ("t-preprocess", "t-eval-baseline"):
-        run.finish(name)
-    run.step()
-    run.finish("t-dedup")
-    run.step()
-    assert "t-train" in run.children
+    run = running_gang(scheduling={"queueName": "gpu"})
     pending = "couldn't assign flavors to pod set node: insufficient quota for nvidia.com/gpu in flavor default"
     run.children["Workload:jobset-t-train-1a2b3"] = workload("t-train", admitted=False, message=pending)
     decision = run.step()
