@@ -34,19 +34,7 @@ def _port() -> int:
 def test_two_nodes_launched_without_a_run_id_meet_and_run_every_rank(tmp_path: Path) -> None:
     """Two launchers (node ranks 0 and 1, as the operator's env gives two pods) with no PET_RUN_ID: before the
     fix each drew its own run id, so their rendezvous keys never met and the gang hung at step 0."""
-    doc = {
-        "apiVersion": "cpt.kubecpt.dev/v1alpha1",
-        "kind": "ContinuedPretrain",
-        "metadata": {"name": "launch"},
-        "spec": {
-            "model": {"uri": "org/model"},
-            "data": {"sources": [{"name": "d", "uri": "/data"}], "sequenceLength": 64, "tokenBudget": 10**6},
-            "training": {"nodes": 2, "procsPerNode": 1},
-            "storage": {"uri": "s3://bucket/launch"},
-        },
-    }
-    spec = tmp_path / "spec.json"
-    spec.write_text(ContinuedPretrain.model_validate(doc).model_dump_json(by_alias=True))
+    spec = _spec_file(tmp_path, 2)
     port = str(_port())
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PET_", "MASTER_", "JOB_COMPLETION"))}
     procs = [
