@@ -129,7 +129,7 @@ class Stages(ApiModel):
 
 
 class Scheduling(ApiModel):
-    """Placement of the child pods; labels here (e.g. the Kueue queue) pass through to every child."""
+    """Placement of the child pods, their images, and the Kueue queue (children carry only the operator's labels)."""
 
     node_selector: dict[str, str] = Field(
         default_factory=dict,
