@@ -30,6 +30,8 @@ from pathlib import Path
 
 import yaml
 
+from cpt_pipeline import jsonl
+
 REPO = Path(__file__).resolve().parent.parent
 SHARED = REPO.parent / "shared" / "data"
 MODEL = SHARED / "models" / "stories260K"
@@ -39,7 +41,7 @@ SEQ, MICRO, LR, HELD_OUT, GENERAL_HELD = 256, 8, 1e-3, 0.03, 200
 
 
 def read_texts(path: Path) -> list[str]:
-    return [json.loads(line)["text"] for line in path.read_text().splitlines() if line.strip()]
+    return [record["text"] for record in jsonl.records(path.read_bytes())]
 
 
 def split_stories(work: Path) -> tuple[Path, Path]:

@@ -127,7 +127,9 @@ def training_stage(args: argparse.Namespace) -> dict[str, Any]:
         if result.returncode != 0:
             sys.stderr.write(result.stderr[-5000:])
             raise SystemExit(f"the training stage failed with exit code {result.returncode}")
-        metrics = [json.loads(line) for line in (root / "run" / "train" / "metrics.jsonl").read_text().splitlines()]
+        metrics = [
+            json.loads(line) for line in (root / "run" / "train" / "metrics.jsonl").read_text().split("\n") if line
+        ]
     timed = metrics[args.warmup : -1]
     seconds = sum(r["stepSeconds"] for r in timed)
     return {

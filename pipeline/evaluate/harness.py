@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from cpt.api.evaluation import Task
+from cpt_pipeline import jsonl
 
 log = logging.getLogger(__name__)
 TASKS_DIR = Path(__file__).resolve().parent / "tasks"
@@ -83,7 +84,7 @@ def _with_present_splits(text: str, name: str, data_dir: Path) -> str:
 
 
 def _read_jsonl(path: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return jsonl.records(path.read_bytes())
 
 
 def _render_mmlu(data_dir: Path, template: str, target: Path) -> None:

@@ -12,7 +12,6 @@ byte, NLL / (bytes x ln 2). The latter is comparable across tokenizers.
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ from typing import Any
 import fsspec
 
 from cpt.api.evaluation import TextSet
+from cpt_pipeline import jsonl
 from cpt_pipeline.storage import storage_options
 
 
@@ -42,11 +42,10 @@ def read_texts(text_set: TextSet) -> list[str]:
                 t for t in pq.read_table(io.BytesIO(data), columns=[text_set.text_field]).column(0).to_pylist() if t
             ]
         elif path.endswith((".jsonl", ".json")):
-            for line in data.decode("utf-8").splitlines():
-                if line.strip():
-                    value = json.loads(line).get(text_set.text_field)
-                    if isinstance(value, str) and value.strip():
-                        texts.append(value)
+            for record in jsonl.records(data):
+                value = record.get(text_set.text_field)
+                if isinstance(value, str) and value.strip():
+                    texts.append(value)
         else:
             texts.append(data.decode("utf-8"))
         if len(texts) >= text_set.max_documents:

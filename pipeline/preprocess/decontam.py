@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import xxhash
 
+from cpt_pipeline import jsonl
 from cpt_pipeline.fetch import local_dir
 from cpt_pipeline.preprocess.ngrams import ngram_hashes
 
@@ -78,10 +79,9 @@ class Decontaminator:
     def from_files(cls, files: list[Path], n: int) -> Decontaminator:
         texts: list[str] = []
         for path in files:
-            lines = path.read_text(encoding="utf-8").splitlines() if path.suffix == ".jsonl" else [path.read_text()]
-            for line in lines:
-                if line.strip():  # one text per record: question, choices and passage together
-                    texts.append(" ".join(_strings(json.loads(line))))
+            text = path.read_text(encoding="utf-8")
+            rows = jsonl.records(text) if path.suffix == ".jsonl" else [json.loads(text)] if text.strip() else []
+            texts += [" ".join(_strings(row)) for row in rows]  # one text per record: question, choices, passage
         return cls(texts, n)
 
     def __len__(self) -> int:

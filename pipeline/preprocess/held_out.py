@@ -14,6 +14,7 @@ import json
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from cpt_pipeline import jsonl
 from cpt_pipeline.preprocess.dedup import exact_hash
 from cpt_pipeline.preprocess.readers import Document
 from cpt_pipeline.storage import Storage
@@ -52,7 +53,7 @@ def merge(rank_dirs: list[Storage], storage: Storage, limit: int) -> int:
     records: list[dict[str, Any]] = []
     for rank_dir in rank_dirs:
         if rank_dir.exists(RANK_FILE):
-            records += [json.loads(line) for line in rank_dir.read_bytes(RANK_FILE).decode().splitlines() if line]
+            records += jsonl.records(rank_dir.read_bytes(RANK_FILE))
     records.sort(key=lambda r: (r["unit"], r["position"]))
     seen: set[int] = set()
     lines = []

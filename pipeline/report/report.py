@@ -7,9 +7,9 @@ from __future__ import annotations
 import base64
 import html
 import io
-import json
 from typing import Any
 
+from cpt_pipeline import jsonl
 from cpt_pipeline.evaluate.results import load_summaries
 from cpt_pipeline.storage import Storage
 
@@ -156,7 +156,7 @@ def build_report(storage: Storage, name: str = "Continued pre-training report") 
     header, rows = table(summaries)
     history = []
     if storage.exists("train", "metrics.jsonl"):
-        history = [json.loads(line) for line in storage.read_bytes("train", "metrics.jsonl").decode().splitlines()]
+        history = jsonl.records(storage.read_bytes("train", "metrics.jsonl"))
     images = {}
     if history:
         images["Training loss"] = loss_figure(history, [s["tokens"] for s in summaries if s["tokens"]])

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from cpt.exit_codes import EXIT_UNAVAILABLE
+from cpt_pipeline import jsonl
 from cpt_pipeline.errors import exit_code_for
 from cpt_pipeline.status_push import push_status
 from cpt_pipeline.storage import Storage
@@ -89,8 +90,8 @@ class Progress:
         """Keep the history up to the resumed step (a restart replays the steps after it)."""
         self.exports = [n for n in self.storage.list("exports") if self.storage.exists("exports", n, "export.json")]
         if self.storage.exists("train", "metrics.jsonl"):
-            lines = self.storage.read_bytes("train", "metrics.jsonl").decode().splitlines()
-            self.history = [r for r in map(json.loads, lines) if r["step"] <= resumed_step]
+            records = jsonl.records(self.storage.read_bytes("train", "metrics.jsonl"))
+            self.history = [r for r in records if r["step"] <= resumed_step]
         if self.tensorboard_dir is not None:
             try:
                 from torch.utils.tensorboard import SummaryWriter
