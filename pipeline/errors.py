@@ -18,12 +18,14 @@ _UNAVAILABLE_NAMES = {"EndpointConnectionError", "ConnectTimeoutError", "ReadTim
 
 def _user_error_types() -> tuple[type[BaseException], ...]:
     from cpt_pipeline.evaluate.harness import TaskDataError
+    from cpt_pipeline.preprocess.identity import PreparedUnderAnotherSpec
     from cpt_pipeline.preprocess.readers import SourceError
     from cpt_pipeline.preprocess.tokenize import TokenizerError
     from cpt_pipeline.train.data import DataError
 
     return (
         SourceError,
+        PreparedUnderAnotherSpec,
         TokenizerError,
         DataError,
         TaskDataError,

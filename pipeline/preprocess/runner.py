@@ -38,6 +38,13 @@ from cpt_pipeline.preprocess.decontam import Decontaminator, eval_files
 from cpt_pipeline.preprocess.dedup import MinHasher, exact_hash, first_occurrences
 from cpt_pipeline.preprocess.filters import FilterChain
 from cpt_pipeline.preprocess.held_out import HELD_OUT_PATH, HeldOutWriter, is_held_out, merge
+from cpt_pipeline.preprocess.identity import (
+    decontamination_inputs,
+    prepare_identity,
+    rank_identity,
+    refuse_if_changed,
+    set_identity,
+)
 from cpt_pipeline.preprocess.readers import Document, SourceError, WorkUnit, plan_units, read_unit
 from cpt_pipeline.preprocess.shards import FORMAT, ShardPacker, rows_per_shard
 from cpt_pipeline.preprocess.stats import Stats
@@ -92,7 +99,7 @@ def _decontaminator(spec: ContinuedPretrainSpec) -> tuple[Decontaminator | None,
     cfg = spec.data.decontamination
     if not cfg.enabled:
         return None, "disabled"
-    locations = list(cfg.eval_data) or ([spec.evaluation.local_task_dir] if spec.evaluation.local_task_dir else [])
+    locations = decontamination_inputs(spec)
     if not locations:
         return None, "skipped: no evaluation data configured (decontamination.evalData or evaluation.localTaskDir)"
     files = eval_files(locations)
@@ -180,22 +187,28 @@ def prepare(spec: ContinuedPretrainSpec, storage: Storage, rank: int, world_size
     decontaminator, decontam_note = _decontaminator(spec)
     chain = FilterChain.from_spec(spec.data.filters)
     hasher = MinHasher(spec.data.dedup.minhash) if spec.data.dedup.minhash.enabled else None
-    tokenizer: TextTokenizer | None = None
-    for data_set in data_sets(spec):
+    sets = data_sets(spec)
+    first = sets[0]
+    tokenizer = TextTokenizer(
+        spec.model.tokenizer_uri,
+        sample=_tokenizer_sample(plan_units(first.sources, world_size), {s.name: s for s in first.sources}),
+        revision=spec.model.tokenizer_revision,
+    )
+    for data_set in sets:
+        prepared = prepare_identity(spec, data_set.name, data_set.tokens_needed, tokenizer.info)
         out = work_dir(storage, data_set.name, rank)
+        if _packed(spec, storage, data_set.name, prepared):
+            log.info("preprocess %s rank %d: the set is packed already, skipped", data_set.name, rank)
+            continue
         if out.exists("done.json"):
+            done = out.read_json("done.json")
+            refuse_if_changed(done.get("identity"), rank_identity(prepared, world_size), out.path("done.json"), storage)
             log.info("preprocess %s rank %d: already done, skipped", data_set.name, rank)
-            total.merge(Stats.from_json(out.read_json("done.json")["stats"]))
+            total.merge(Stats.from_json(done["stats"]))
             continue
         started = time.perf_counter()
         by_name = {s.name: s for s in data_set.sources}
         units = plan_units(data_set.sources, world_size)
-        if tokenizer is None:
-            tokenizer = TextTokenizer(
-                spec.model.tokenizer_uri,
-                sample=_tokenizer_sample(units, by_name),
-                revision=spec.model.tokenizer_revision,
-            )
         batch_docs = spec.data.preprocessing.tokenizer_batch_size
         caps = source_caps(data_set, units, world_size, spec.data.preprocessing.limit_to_budget)
         stats = Stats()
@@ -243,6 +256,7 @@ def prepare(spec: ContinuedPretrainSpec, storage: Storage, rank: int, world_size
             {
                 "rank": rank,
                 "world_size": world_size,
+                "identity": rank_identity(prepared, world_size),
                 "units": len(units),
                 "stats": stats.to_json(),
                 "tokenizer": tokenizer.info.to_json(),
@@ -264,6 +278,17 @@ def prepare(spec: ContinuedPretrainSpec, storage: Storage, rank: int, world_size
         )
         total.merge(stats)
     return total
+
+
+def _packed(spec: ContinuedPretrainSpec, storage: Storage, set_name: str, prepared: dict[str, Any]) -> bool:
+    """Whether the set's manifest exists; refused when it was packed under another identity."""
+    target = storage.sub("data", set_name)
+    if not target.exists("manifest.json"):
+        return False
+    recorded = target.read_json("manifest.json").get("identity")
+    current = set_identity(prepared, spec.data.sequence_length)
+    refuse_if_changed(recorded, current, target.path("manifest.json"), storage)
+    return True
 
 
 def _keep(
@@ -339,13 +364,14 @@ def reduce(
 ) -> dict[str, Any]:
     """Deduplicate globally, pack each set into shards and write its manifest; returns the status summary."""
     manifests = {}
+    tokenizer = TextTokenizer(spec.model.tokenizer_uri, revision=spec.model.tokenizer_revision).info
     for data_set in data_sets(spec):
-        target = storage.sub("data", data_set.name)
-        if target.exists("manifest.json"):
+        prepared = prepare_identity(spec, data_set.name, data_set.tokens_needed, tokenizer)
+        if _packed(spec, storage, data_set.name, prepared):
             log.info("preprocess %s: manifest exists, skipped", data_set.name)
         else:
-            _reduce_set(spec, storage, data_set, world_size, shard_rows)
-        manifests[data_set.name] = target.read_json("manifest.json")
+            _reduce_set(spec, storage, data_set, world_size, shard_rows, prepared)
+        manifests[data_set.name] = storage.read_json("data", data_set.name, "manifest.json")
     summary = status_summary(manifests)
     storage.write_json(summary, "data", "preprocess-status.json")
     push_status("kubecpt-dedup", {"preprocess": summary})
@@ -353,10 +379,18 @@ def reduce(
 
 
 def _reduce_set(
-    spec: ContinuedPretrainSpec, storage: Storage, data_set: DataSet, world_size: int, shard_rows: int | None
+    spec: ContinuedPretrainSpec,
+    storage: Storage,
+    data_set: DataSet,
+    world_size: int,
+    shard_rows: int | None,
+    prepared: dict[str, Any],
 ) -> None:
     started = time.perf_counter()
     ranks = [_load_rank(storage, data_set.name, r, world_size) for r in range(world_size)]
+    for rank in ranks:
+        recorded = rank["done"].get("identity")
+        refuse_if_changed(recorded, rank_identity(prepared, world_size), rank["dir"].path("done.json"), storage)
     stats = Stats()
     for rank in ranks:
         stats.merge(Stats.from_json(rank["done"]["stats"]))
@@ -410,6 +444,7 @@ def _reduce_set(
     manifest = {
         "format": FORMAT,
         "set": data_set.name,
+        "identity": set_identity(prepared, seq_len),
         "dtype": dtype.name,
         "seq_len": seq_len,
         "tokenizer": tokenizer,

@@ -21,7 +21,7 @@ from cpt.stages import export_name
 from cpt_pipeline.errors import exit_code_for, one_line
 from cpt_pipeline.storage import Storage
 from cpt_pipeline.train.checkpoint import Checkpointer, export_hf
-from cpt_pipeline.train.data import DataError, MixedSamples, load_set
+from cpt_pipeline.train.data import MixedSamples, load_set
 from cpt_pipeline.train.distributed import LOOP_COLLECTIVE_DEVICE, node_scratch, process_group_backend
 from cpt_pipeline.train.ds_config import deepspeed_config, effective_precision
 from cpt_pipeline.train.exit_codes import EXIT_BAD_INPUT, EXIT_NONFINITE, EXIT_PREEMPTED
@@ -29,6 +29,7 @@ from cpt_pipeline.train.model import count_parameters, load_model
 from cpt_pipeline.train.progress import Progress, flops_per_token, peak_flops
 from cpt_pipeline.train.resume import ZERO_KEY, resume_plan
 from cpt_pipeline.train.schedule import lr_multiplier
+from cpt_pipeline.train.shard_check import check_data, model_eos_id
 from cpt_pipeline.train.zero_auto import Footprint, ModelShape, choose_stage, device_memory_bytes
 
 log = logging.getLogger(__name__)
@@ -67,25 +68,6 @@ def _param_groups(model: Any, weight_decay: float) -> list[dict[str, Any]]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": plain, "weight_decay": 0.0}]
 
 
-def check_data(manifests: dict[str, dict[str, Any]], spec: ContinuedPretrainSpec, model_vocab: int) -> None:
-    """Fail before training when the shards cannot feed this model."""
-    domain = manifests["domain"]
-    if domain["seq_len"] != spec.data.sequence_length:
-        raise DataError(
-            f"shards have sequence length {domain['seq_len']}, spec.data.sequenceLength is "
-            f"{spec.data.sequence_length}: preprocess again"
-        )
-    prints = {name: m["tokenizer"]["fingerprint"] for name, m in manifests.items()}
-    if len(set(prints.values())) > 1:
-        raise DataError(f"the shard sets were tokenized with different tokenizers: {prints}")
-    vocab = domain["tokenizer"]["vocab_size"]
-    if vocab > model_vocab:
-        raise DataError(
-            f"tokenizer/vocab mismatch: the shards use a {vocab}-token vocabulary "
-            f"({domain['tokenizer']['uri']}) but the model has {model_vocab} embeddings"
-        )
-
-
 def train(spec: ContinuedPretrainSpec, storage: Storage) -> int:
     import deepspeed
     import torch
@@ -107,7 +89,7 @@ def train(spec: ContinuedPretrainSpec, storage: Storage) -> int:
     if spec.data.active_replay is not None:
         manifests["replay"], replay = load_set(storage, "replay", str(scratch / "shards"))
     model = load_model(spec.model, manifests["domain"]["tokenizer"]["vocab_size"], tcfg.attention, tcfg.seed)
-    check_data(manifests, spec, model.get_input_embeddings().num_embeddings)
+    check_data(manifests, spec, model.get_input_embeddings().num_embeddings, model_eos_id(spec.model, model.config))
     if tcfg.deepspeed.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.config.use_cache = False
@@ -117,7 +99,7 @@ def train(spec: ContinuedPretrainSpec, storage: Storage) -> int:
     checkpointer = Checkpointer(storage, scratch, tcfg.checkpoint.keep_last, rank, local_rank, {})
     recorded = checkpointer.recorded_plan()
     stage = _zero_stage(spec, model, precision, world, device, local_rank, recorded)
-    checkpointer.plan = resume_plan(spec, world, plan.total_steps, stage)
+    checkpointer.plan = resume_plan(spec, world, plan.total_steps, stage, manifests)
     checkpointer.check_resumable(recorded)
     config = deepspeed_config(tcfg, world, precision, stage)
     opt = tcfg.optimizer

@@ -11,19 +11,28 @@ from __future__ import annotations
 from typing import Any
 
 from cpt.api import ContinuedPretrainSpec
+from cpt_pipeline.preprocess.identity import shard_digest
 from cpt_pipeline.train.data import DataError
 
 PLAN_FILE = "plan.json"
 ZERO_KEY = "spec.training.deepspeed.zeroStage (the stage used)"
+SHARDS_KEY = "shards (data/<set>/manifest.json)"
 
 
 class ResumeMismatch(DataError):
     """The spec changed since the checkpoint in a way that changes the data order or the LR."""
 
 
-def resume_plan(spec: ContinuedPretrainSpec, world_size: int, total_steps: int, zero_stage: int) -> dict[str, Any]:
+def resume_plan(
+    spec: ContinuedPretrainSpec,
+    world_size: int,
+    total_steps: int,
+    zero_stage: int,
+    manifests: dict[str, dict[str, Any]],
+) -> dict[str, Any]:
     """{spec field path: value} of everything a resume must keep (world size as nodes x procsPerNode; the ZeRO
-    stage, since the checkpoint's partitions are laid out by it)."""
+    stage, since the checkpoint's partitions are laid out by it; a digest of each set's shards, since shards
+    made again under another spec hold other rows)."""
     t, d = spec.training, spec.data
     return {
         "spec.training.nodes * spec.training.procsPerNode": world_size,
@@ -35,6 +44,7 @@ def resume_plan(spec: ContinuedPretrainSpec, world_size: int, total_steps: int, 
         "spec.data.replay.fraction": str(float(d.active_replay.fraction)) if d.active_replay else "0.0",
         "total steps (spec.data.tokenBudget / tokens per step)": total_steps,
         ZERO_KEY: zero_stage,
+        SHARDS_KEY: {name: shard_digest(manifest) for name, manifest in sorted(manifests.items())},
     }
 
 

@@ -40,15 +40,19 @@ def stories_tokenizer() -> str:
 
 
 def make_spec(
-    storage: Path | str, sources: list[dict[str, Any]], evaluation: dict[str, Any] | None = None, **data: Any
+    storage: Path | str,
+    sources: list[dict[str, Any]],
+    evaluation: dict[str, Any] | None = None,
+    model: str | None = None,
+    **data: Any,
 ) -> ContinuedPretrainSpec:
-    """A spec over the given sources with the stories260K tokenizer (vocab 512, fast)."""
+    """A spec over the given sources with the stories260K tokenizer (vocab 512, fast), or the model at `model`."""
     data_section = {"sources": sources, "sequenceLength": 64, "tokenBudget": 10**9, **data}
     data_section.setdefault("decontamination", {"enabled": False})
     data_section.setdefault("preprocessing", {"limitToBudget": False})
     doc = {
         "spec": {
-            "model": {"uri": stories_tokenizer()},
+            "model": {"uri": model or stories_tokenizer()},
             "data": data_section,
             "training": {"microBatchSize": 1, "gradAccumulation": 1},
             "storage": {"uri": str(storage)},
@@ -56,3 +60,22 @@ def make_spec(
         }
     }
     return ContinuedPretrain.model_validate(doc).spec
+
+
+def local_tokenizer(directory: Path, vocab_size: int, texts: list[str]) -> str:
+    """A byte-level BPE tokenizer trained here on texts (tokenizer.json + tokenizer_config.json, EOS `</s>`)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tokenizer = Tokenizer(models.BPE(unk_token="<unk>"))
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=["<unk>", "<s>", "</s>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    tokenizer.train_from_iterator(texts, trainer)
+    directory.mkdir(parents=True, exist_ok=True)
+    tokenizer.save(str(directory / "tokenizer.json"))
+    (directory / "tokenizer_config.json").write_text(json.dumps({"eos_token": "</s>", "bos_token": "<s>"}))
+    return str(directory)

@@ -21,8 +21,8 @@ def spec(**training: object):
 
 
 def test_an_unchanged_spec_resumes() -> None:
-    check_resume(resume_plan(spec(), 2, 100, 3), resume_plan(spec(), 2, 100, 3), "step-00000010")
-    check_resume(None, resume_plan(spec(), 2, 100, 3), "step-00000010")  # a checkpoint from before plans
+    check_resume(resume_plan(spec(), 2, 100, 3, {}), resume_plan(spec(), 2, 100, 3, {}), "step-00000010")
+    check_resume(None, resume_plan(spec(), 2, 100, 3, {}), "step-00000010")  # a checkpoint from before plans
 
 
 @pytest.mark.parametrize(
@@ -37,16 +37,18 @@ def test_an_unchanged_spec_resumes() -> None:
 )
 def test_a_change_to_the_data_order_or_the_schedule_is_refused(change: dict, world: int, words: str) -> None:
     with pytest.raises(ResumeMismatch, match="cannot resume from checkpoint step-00000010") as error:
-        check_resume(resume_plan(spec(), 2, 100, 3), resume_plan(spec(**change), world, 100, 3), "step-00000010")
+        check_resume(
+            resume_plan(spec(), 2, 100, 3, {}), resume_plan(spec(**change), world, 100, 3, {}), "step-00000010"
+        )
     assert words in str(error.value)
 
 
 def test_the_learning_rate_and_the_checkpoint_interval_may_change() -> None:
     changed = spec(optimizer={"lr": "3e-4"}, checkpoint={"intervalSteps": 7})
-    check_resume(resume_plan(spec(), 2, 100, 3), resume_plan(changed, 2, 100, 3), "step-00000010")
+    check_resume(resume_plan(spec(), 2, 100, 3, {}), resume_plan(changed, 2, 100, 3, {}), "step-00000010")
 
 
 def test_a_checkpoint_written_under_another_zero_stage_is_refused() -> None:
     """Its partitions are laid out by the stage, so loading them under another would fail or mislead."""
     with pytest.raises(ResumeMismatch, match=r"zeroStage \(the stage used\) was 3, is 0"):
-        check_resume(resume_plan(spec(), 2, 100, 3), resume_plan(spec(), 2, 100, 0), "step-00000010")
+        check_resume(resume_plan(spec(), 2, 100, 3, {}), resume_plan(spec(), 2, 100, 0, {}), "step-00000010")
