@@ -28,6 +28,9 @@ def export_name(milestone: int) -> str:
     return f"tokens-{milestone:013d}"
 
 
+TRAINING_COMPLETE = ("train", "complete.json")  # written by the trainer after its last step; read by evaluation
+
+
 def stage_argv(
     stage: Stage, spec_path: str = SPEC_PATH, python: str = "python", extra: list[str] | None = None
 ) -> list[str]:

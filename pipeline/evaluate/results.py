@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from cpt.api import ContinuedPretrainSpec
+from cpt.stages import TRAINING_COMPLETE, export_name
 from cpt_pipeline.evaluate.harness import TaskDataError
 from cpt_pipeline.fetch import local_dir
 from cpt_pipeline.status_push import push_merged_status
@@ -39,6 +40,22 @@ def targets(spec: ContinuedPretrainSpec, storage: Storage) -> list[tuple[str, in
                 seen = storage.read_json("exports", name, "export.json").get("tokens")  # tokens actually trained
                 found.append((name, int(seen or name.split("-", 1)[1]), storage.url("exports", name), None))
     return found
+
+
+def check_milestone_exports(spec: ContinuedPretrainSpec, storage: Storage, complete: set[str]) -> None:
+    """Once training has completed, every milestone (and the budget) must have a complete export: a missing
+    one (an export that failed) would leave its row out of the table without a word."""
+    if not spec.evaluation.at_milestones or not storage.exists(*TRAINING_COMPLETE):
+        return
+    missing = [m for m in spec.data.milestones_with_budget if export_name(m) not in complete]
+    if missing:
+        shown = ", ".join(f"{export_name(m)} ({m} tokens)" for m in missing)
+        what = f"milestone {shown} has" if len(missing) == 1 else f"milestones {shown} have"
+        raise FileNotFoundError(
+            f"{what} no export in {storage.url('exports')} although training completed "
+            f"({storage.url(*TRAINING_COMPLETE)}): its evaluation row would be missing; train again under a new "
+            "spec.storage.uri"
+        )
 
 
 def summarize(
@@ -94,6 +111,8 @@ def evaluate_run(
     if "domain" in sets and sets["domain"].held_out:  # the documents preprocessing held out from training
         sets["domain"] = sets["domain"].model_copy(update={"uri": storage.url(*HELD_OUT_PATH)})
     found = targets(spec, storage)
+    if target in (None, "milestones"):
+        check_milestone_exports(spec, storage, {name for name, *_ in found})
     if target not in (None, *TARGETS) and target not in {name for name, *_ in found}:
         raise FileNotFoundError(
             f"--target {target}: no complete export {storage.url('exports', target)} (training writes it at its "

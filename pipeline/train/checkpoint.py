@@ -7,9 +7,10 @@ folder shared by the node's processes; after a barrier, the node's local rank 0 
 (its own ranks' partitions and, on node 0, the common files). Each node reports the files it uploaded;
 global rank 0 checks that every one of them is in the bucket and only then writes `checkpoints/latest`.
 A checkpoint that a crash interrupted is therefore never referenced, and resume always loads a complete
-one. On resume each node's local rank 0 downloads the whole tag into the node folder before any rank
-loads. Periodic checkpoints beyond `keepLast` are deleted. Milestone checkpoints (tag suffix `-milestone`)
-are kept.
+one. `latest` moves in a separate `commit`, after the caller's own work for that step (a milestone's
+export): a crash before it leaves the previous `latest`, and the restart does that step again. On resume
+each node's local rank 0 downloads the whole tag into the node folder before any rank loads. Periodic
+checkpoints beyond `keepLast` are deleted. Milestone checkpoints (tag suffix `-milestone`) are kept.
 """
 
 from __future__ import annotations
@@ -69,6 +70,8 @@ class Checkpointer:
         return Path(self.storage.root) if self.storage.is_local else self.scratch / "checkpoints"
 
     def save(self, engine: Any, step: int, client_state: dict[str, Any], milestone: bool) -> str:
+        """Write (and upload) the checkpoint of `step` on every rank; returns its tag. `latest` still names the
+        previous checkpoint until `commit(tag)`."""
         tag = tag_for(step, milestone)
         engine.save_checkpoint(str(self._dir()), tag=tag, client_state=client_state, save_latest=False)
         dist.barrier()  # every rank of the node has written its files into the node folder
@@ -85,6 +88,12 @@ class Checkpointer:
             raise RuntimeError(failures[0])
         if self.rank == 0:
             self._confirm(tag, sorted({name for report in reports for name in report}))
+        return tag
+
+    def commit(self, tag: str) -> str:
+        """Make the saved checkpoint `tag` the one a restart resumes from (`latest`, written last), and purge
+        periodic checkpoints beyond keepLast; returns its URL."""
+        if self.rank == 0:
             self.storage.write_json(self.plan, tag, PLAN_FILE)
             self.storage.write_text(tag + "\n", "latest")
             self._purge(keep={tag})

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from cpt.api import ContinuedPretrainSpec
-from cpt.stages import export_name
+from cpt.stages import TRAINING_COMPLETE, export_name
 from cpt_pipeline.errors import exit_code_for, one_line
 from cpt_pipeline.storage import Storage
 from cpt_pipeline.train.checkpoint import Checkpointer, export_hf
@@ -35,6 +35,7 @@ from cpt_pipeline.train.zero_auto import Footprint, ModelShape, choose_stage, de
 log = logging.getLogger(__name__)
 FAULT_EXIT_AFTER_STEPS = "CPT_FAULT_EXIT_AFTER_STEPS"  # tests: simulate a crash after step N
 FAULT_NAN_AT_STEP = "CPT_FAULT_NAN_AT_STEP"  # tests: make the loss of step N non-finite
+FAULT_EXIT_BEFORE_EXPORT = "CPT_FAULT_EXIT_BEFORE_EXPORT"  # tests: crash after step N's checkpoint, before its export
 LOG_SAMPLE_IDS = "CPT_LOG_SAMPLE_IDS"  # tests: record the sample ids of every step in metrics
 
 
@@ -190,10 +191,12 @@ def train(spec: ContinuedPretrainSpec, storage: Storage) -> int:
         checkpointed = done in plan.milestones or done % tcfg.checkpoint.interval_steps == 0 or bool(flags.item())
         if checkpointed:
             milestone = done in plan.milestones
-            latest = checkpointer.save(
+            tag = checkpointer.save(
                 engine, done, {"step": done, "tokens": done * plan.tokens_per_step, "restarts": restarts}, milestone
             )
-            if milestone:
+            if milestone:  # exported before `latest` moves: a restart after a failed export exports it again
+                if os.environ.get(FAULT_EXIT_BEFORE_EXPORT) == str(done):
+                    os._exit(137)
                 name = export_name(plan.milestones[done])
                 export_hf(
                     engine,
@@ -206,6 +209,7 @@ def train(spec: ContinuedPretrainSpec, storage: Storage) -> int:
                 )
                 if rank == 0:
                     progress.exports = sorted({*progress.exports, name})
+            latest = checkpointer.commit(tag)
         if rank == 0:
             extra = {"sampleIds": _gather_ids(ids, world)} if os.environ.get(LOG_SAMPLE_IDS) else None
             progress.step(
@@ -234,8 +238,7 @@ def train(spec: ContinuedPretrainSpec, storage: Storage) -> int:
                 "steps": plan.total_steps,
                 "tokens": plan.total_steps * plan.tokens_per_step,
             },
-            "train",
-            "complete.json",
+            *TRAINING_COMPLETE,
         )
     dist.barrier()
     if local_rank == 0:

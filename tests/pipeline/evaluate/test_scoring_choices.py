@@ -151,3 +151,39 @@ def test_one_export_is_evaluated_by_name_and_a_missing_one_is_an_error(
     assert [m["tokens"] for m in status["milestones"]] == [1024]  # neither the baseline nor the other export
     with pytest.raises(FileNotFoundError, match="--target tokens-0000000002048: no complete export"):
         evaluate_run(spec, Storage.from_spec(spec.storage), target="tokens-0000000002048")
+
+
+def test_a_milestone_without_an_export_fails_the_evaluation_once_training_completed(
+    tmp_path: Path, shared_data: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A completed training whose milestone export is missing (an export that failed) must not give a table
+    without its row: the stage fails naming the milestone. While training runs, what exists is evaluated."""
+    import shutil
+
+    monkeypatch.setattr(ppl, "perplexity", lambda *a, **k: {"perplexity": 1.0, "tokens": 1})
+    model = shared_data / "models" / "stories260K"
+    text = tmp_path / "general.txt"
+    text.write_text("Once upon a time there was a cat.")
+    shutil.copytree(model, tmp_path / "out" / "exports" / "tokens-0000000001024")
+    (tmp_path / "out" / "exports" / "tokens-0000000001024" / "export.json").write_text("{}")
+    doc = {
+        "spec": {
+            "model": {"uri": str(model)},
+            "data": {
+                "sources": [{"name": "s", "uri": "x"}],
+                "tokenBudget": 1024,
+                "milestones": [512],
+                "sequenceLength": 16,
+            },
+            "training": {"microBatchSize": 1, "gradAccumulation": 1},
+            "evaluation": {"tasks": [], "baseline": False, "perplexity": {"general": {"uri": str(text)}}},
+            "storage": {"uri": str(tmp_path / "out")},
+        }
+    }
+    spec = ContinuedPretrain.model_validate(doc).spec
+    storage = Storage.from_spec(spec.storage)
+    assert [m["tokens"] for m in evaluate_run(spec, storage)["milestones"]] == [1024]  # training still running
+    storage.write_json({"exports": ["tokens-0000000001024"], "steps": 64, "tokens": 1024}, "train", "complete.json")
+    for target in (None, "milestones"):
+        with pytest.raises(FileNotFoundError, match=r"milestone tokens-0000000000512 \(512 tokens\) has no export"):
+            evaluate_run(spec, storage, target=target)

@@ -20,7 +20,7 @@ from cpt.api.status import TrainingStatus
 from cpt.kube_yaml import dump
 from cpt_pipeline.local import run_preprocessing
 from cpt_pipeline.train.exit_codes import EXIT_BAD_INPUT, EXIT_NONFINITE, EXIT_PREEMPTED
-from cpt_pipeline.train.loop import FAULT_EXIT_AFTER_STEPS, FAULT_NAN_AT_STEP, LOG_SAMPLE_IDS
+from cpt_pipeline.train.loop import FAULT_EXIT_AFTER_STEPS, FAULT_EXIT_BEFORE_EXPORT, FAULT_NAN_AT_STEP, LOG_SAMPLE_IDS
 from cpt_pipeline.train.resume import ZERO_KEY
 from tests.conftest import shared_data_dir
 
@@ -159,6 +159,26 @@ def test_a_killed_run_resumes_exactly(tmp_path: Path, prepared: Path) -> None:
     assert json.loads((out / "train" / "progress.json").read_text())["restarts"] == 1
     assert len(set(got[0]["sampleIds"])) == 8  # 2 ranks x 4 rows: disjoint samples
     assert sum(i.startswith("replay/") for r in got for i in r["sampleIds"]) == STEPS * 8 // 4  # 25% replay
+
+
+@pytest.mark.parametrize("step", [6, STEPS])
+def test_a_crash_between_a_milestone_checkpoint_and_its_export_loses_no_milestone(
+    tmp_path: Path, prepared: Path, step: int
+) -> None:
+    """Killed after the milestone's checkpoint but before its export (mid-run, and at the last step): the
+    restart trains the milestone again and exports it; no run completes without every milestone's export."""
+    spec, out = run_dir(tmp_path, prepared)
+    killed = train(spec, {FAULT_EXIT_BEFORE_EXPORT: str(step)})
+    assert killed.returncode != 0
+    assert not (out / "train" / "complete.json").exists()
+    resumed = train(spec)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    exports = ["tokens-0000000003072", "tokens-0000000006144"]
+    assert sorted(os.listdir(out / "exports")) == exports
+    for name in exports:
+        assert json.loads((out / "exports" / name / "export.json").read_text())["files"], name
+    assert json.loads((out / "train" / "complete.json").read_text())["exports"] == exports
+    assert json.loads((out / "train" / "progress.json").read_text())["exports"] == exports
 
 
 def test_zero_stage_auto_picks_0_for_a_tiny_model_and_records_it(tmp_path: Path, prepared: Path) -> None:
