@@ -1,10 +1,11 @@
 """Failures a user can fix, told in one line with a documented exit code; everything else is a bug.
 
 A user error (a missing file, model, tokenizer or task data; data that cannot feed the model; a spec
-that cannot resume a checkpoint) ends the stage with one line on stderr that names the file or field
-and says what to do, and exit code 4 (`cpt/exit_codes.py`). An object store that keeps failing after
-the retries ends it with exit code 5, which is worth retrying. Any other exception is a bug: it keeps its
-traceback and exits 1. `--debug` prints the traceback of user errors too.
+that cannot resume a checkpoint; a model with code of its own the spec does not trust) ends the stage
+with one line on stderr that names the file or field and says what to do, and exit code 4
+(`cpt/exit_codes.py`). An object store that keeps failing after the retries ends it with exit code 5,
+which is worth retrying. Any other exception is a bug: it keeps its traceback and exits 1. `--debug`
+prints the traceback of user errors too.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ _UNAVAILABLE_NAMES = {"EndpointConnectionError", "ConnectTimeoutError", "ReadTim
 
 def _user_error_types() -> tuple[type[BaseException], ...]:
     from cpt_pipeline.evaluate.harness import TaskDataError
+    from cpt_pipeline.hf_loading import RemoteCodeError
     from cpt_pipeline.preprocess.identity import PreparedUnderAnotherSpec
     from cpt_pipeline.preprocess.readers import SourceError
     from cpt_pipeline.preprocess.tokenize import TokenizerError
@@ -29,6 +31,7 @@ def _user_error_types() -> tuple[type[BaseException], ...]:
         TokenizerError,
         DataError,
         TaskDataError,
+        RemoteCodeError,
         FileNotFoundError,
         PermissionError,
         IsADirectoryError,

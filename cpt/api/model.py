@@ -70,6 +70,12 @@ class ModelSpec(ApiModel):
     secret_ref: SecretKeyRef | None = Field(
         None, description="Secret holding a hub token (e.g. HF_TOKEN) for gated or private models."
     )
+    trust_remote_code: bool = Field(
+        False,
+        description="Run the model's own Python code (config.json auto_map, e.g. facebook/MobileLLM-125M) "
+        "when loading it and its tokenizer. That code comes from the model's repository and runs in the "
+        "worker pods with their credentials: review it and pin revision to the commit reviewed.",
+    )
 
     rules = (
         Rule(

@@ -19,6 +19,7 @@ from typing import Any
 
 from cpt.api.evaluation import Task
 from cpt_pipeline import jsonl
+from cpt_pipeline.hf_loading import adds_bos, document_start, load_tokenizer
 
 log = logging.getLogger(__name__)
 TASKS_DIR = Path(__file__).resolve().parent / "tasks"
@@ -132,6 +133,8 @@ def run_tasks(
     batch_size: str = "auto",
     device: str | None = None,
     seed: int = 1234,
+    tokenizer: Any = None,
+    trust_remote_code: bool = False,
 ) -> dict[str, Any]:
     """lm-eval results for every task: {"results": {task: {metric,filter: value}}, "configs": ..., ...}."""
     import torch
@@ -140,6 +143,7 @@ def run_tasks(
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = "bfloat16" if device == "cuda" and torch.cuda.is_bf16_supported() else "float32"
+    args = model_args(model_dir, dtype, tokenizer, trust_remote_code)
     if device != "cuda" and batch_size == "auto":
         batch_size = "8"
     merged: dict[str, Any] = {"results": {}, "configs": {}, "n-samples": {}, "versions": {}}
@@ -159,7 +163,7 @@ def run_tasks(
             log.info("lm-eval: %s, %d-shot, limit %s, on %s (%s, %s)", names, fewshot, limit, model_dir, device, dtype)
             out = simple_evaluate(
                 model="hf",
-                model_args={"pretrained": model_dir, "dtype": dtype},
+                model_args=args,
                 tasks=names,
                 num_fewshot=fewshot,
                 limit=limit,
@@ -175,6 +179,20 @@ def run_tasks(
             for key in merged:
                 merged[key].update(out.get(key, {}))
     return merged
+
+
+def model_args(model_dir: str, dtype: str, tokenizer: Any = None, trust_remote_code: bool = False) -> dict[str, Any]:
+    """lm-eval's HFLM arguments: the model's own code only when trusted, and the tokenizer training's shards were
+    made with (given, else the model's own), starting documents with BOS exactly when that tokenizer adds it."""
+    tokenizer = tokenizer or load_tokenizer(Path(model_dir), trust_remote_code)
+    return {
+        "pretrained": model_dir,
+        "dtype": dtype,
+        "trust_remote_code": trust_remote_code,
+        "tokenizer": tokenizer,
+        "add_bos_token": adds_bos(tokenizer),
+        "prefix_token_id": document_start(tokenizer),
+    }
 
 
 def metric_filter(values: dict[str, Any], task: Task) -> str:

@@ -1,9 +1,10 @@
 """Perplexity on held-out text: the domain gain and, on general text, the forgetting signal.
 
-Documents are tokenized with the model's tokenizer, each one on its own, after a document-start token: BOS
-when the tokenizer has one, else EOS (what precedes every document in the packed training rows). So every
-token of a document, its first included, is predicted, and the bits-per-byte denominator (all the
-document's bytes) matches the tokens scored. Each document is cut into windows of `window` tokens
+Documents are tokenized with the tokenizer training's shards were made with (`hf_loading.load_tokenizer`),
+each one on its own, after a document-start token: BOS when the tokenizer adds it, else EOS (what precedes
+every document in the packed training rows, `hf_loading.document_start`). So every token of a document,
+its first included, is predicted, and the bits-per-byte denominator (all the document's bytes) matches the
+tokens scored. Each document is cut into windows of `window` tokens
 (default: the training sequence length, capped by the model's context; a 128k-context model is not scored
 in 128k windows), without overlap, and windows go through the model `batch_size` at a time. The result
 counts every predicted token once and reports per-token perplexity exp(NLL / tokens) and bits per UTF-8
@@ -20,6 +21,7 @@ import fsspec
 
 from cpt.api.evaluation import TextSet
 from cpt_pipeline import jsonl
+from cpt_pipeline.hf_loading import document_start, load_causal_lm, load_tokenizer
 from cpt_pipeline.storage import storage_options
 
 
@@ -57,14 +59,6 @@ def scoring_window(model_context: int | None, requested: int | None) -> int:
     """Tokens per scored window: the requested length, capped by the model's context (at least 2)."""
     context = int(model_context or 2048)
     return max(2, min(context, requested or context))
-
-
-def document_start(tokenizer: Any) -> int:
-    """The token every document is scored after: BOS, else EOS."""
-    start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
-    if start is None:
-        raise ValueError("perplexity: the tokenizer has neither a BOS nor an EOS token to start documents with")
-    return int(start)
 
 
 def perplexity(
@@ -122,16 +116,18 @@ def evaluate_sets(
     device: str | None = None,
     batch_size: str = "auto",
     window: int | None = None,
+    tokenizer: Any = None,
+    trust_remote_code: bool = False,
 ) -> dict[str, Any]:
-    """Perplexity of each named text set under the model in model_dir."""
+    """Perplexity of each named text set under the model in model_dir (with tokenizer, else the model's own)."""
     if not sets:
         return {}
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32).to(device)
-    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+    model_dir = Path(model_dir)
+    model = load_causal_lm(model_dir, trust_remote_code, str(model_dir), dtype=torch.float32).to(device)
+    tokenizer = tokenizer or load_tokenizer(model_dir, trust_remote_code)
     size = batch_size_for(batch_size, device)
     return {
         name: perplexity(model, tokenizer, read_texts(text_set), device, size, window)

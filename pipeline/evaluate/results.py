@@ -18,6 +18,7 @@ from cpt.api import ContinuedPretrainSpec
 from cpt.stages import TRAINING_COMPLETE, export_name
 from cpt_pipeline.evaluate.harness import TaskDataError
 from cpt_pipeline.fetch import local_dir
+from cpt_pipeline.hf_loading import check_remote_code, load_tokenizer
 from cpt_pipeline.status_push import push_merged_status
 from cpt_pipeline.storage import Storage
 
@@ -125,9 +126,20 @@ def evaluate_run(
             log.info("evaluation of %s exists, skipped", name)
             continue
         model_dir = str(local_dir(model, revision=revision))
+        trust = spec.model.trust_remote_code
+        check_remote_code(Path(model_dir), trust, model)
+        tokenizer = trained_tokenizer(Path(model_dir), trust, storage)
         task_scores: list[dict[str, Any]] = []
         if cfg.tasks:
-            results = run_tasks(model_dir, list(cfg.tasks), local_data, cfg.batch_size, device)
+            results = run_tasks(
+                model_dir,
+                list(cfg.tasks),
+                local_data,
+                cfg.batch_size,
+                device,
+                tokenizer=tokenizer,
+                trust_remote_code=trust,
+            )
             storage.write_bytes(
                 json.dumps(
                     {k: results[k] for k in ("results", "configs", "versions", "n-samples")}, indent=1, default=str
@@ -138,7 +150,7 @@ def evaluate_run(
             )
             task_scores = scores(results, list(cfg.tasks))
         window = cfg.perplexity.window_tokens or spec.data.sequence_length
-        perplexities = evaluate_sets(model_dir, sets, device, cfg.batch_size, window)
+        perplexities = evaluate_sets(model_dir, sets, device, cfg.batch_size, window, tokenizer, trust)
         summary = summarize(name, tokens, model, task_scores, perplexities, storage.url("eval", name, "results.json"))
         storage.write_json(summary, "eval", name, "summary.json")
         log.info("evaluated %s (%d tokens): average %s", name, tokens, summary["average"])
@@ -149,6 +161,23 @@ def evaluate_run(
     storage.write_json(status, "eval", "status.json")
     push_evaluation(summaries, target)
     return status
+
+
+def trained_tokenizer(model_dir: Path, trust_remote_code: bool, storage: Storage) -> Any:
+    """The model's tokenizer, encoding as training's shards were encoded: with the backend preprocessing chose
+    (SentencePiece or fast; recorded in the domain manifest) when the manifest's tokenizer is this one, else with
+    the backend preprocessing would choose for it."""
+    from cpt_pipeline.preprocess.tokenize import TextTokenizer
+
+    info = TextTokenizer(str(model_dir), trust_remote_code=trust_remote_code).info
+    manifest = (
+        storage.read_json("data", "domain", "manifest.json")
+        if storage.exists("data", "domain", "manifest.json")
+        else {}
+    )
+    recorded = manifest.get("tokenizer", {})
+    backend = recorded["backend"] if recorded.get("fingerprint") == info.fingerprint else info.backend
+    return load_tokenizer(model_dir, trust_remote_code, sentencepiece=backend == "sentencepiece")
 
 
 def push_evaluation(summaries: list[dict[str, Any]], target: str | None) -> bool:

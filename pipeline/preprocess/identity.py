@@ -50,6 +50,7 @@ def prepare_identity(
         "spec.data.decontamination": {**data.decontamination.to_api(), "reads": decontamination_inputs(spec)},
         "tokenizer fingerprint (spec.model.uri / spec.model.tokenizer)": tokenizer.fingerprint,
         "tokenizer EOS id": tokenizer.eos_id,
+        "tokenizer BOS id (starts every document when the tokenizer adds it)": tokenizer.bos_id,
         "spec.data.preprocessing.limitToBudget": limit,
         "tokens needed (spec.data.tokenBudget x the set's share)": tokens_needed if limit else None,
     }

@@ -193,6 +193,7 @@ def prepare(spec: ContinuedPretrainSpec, storage: Storage, rank: int, world_size
         spec.model.tokenizer_uri,
         sample=_tokenizer_sample(plan_units(first.sources, world_size), {s.name: s for s in first.sources}),
         revision=spec.model.tokenizer_revision,
+        trust_remote_code=spec.model.trust_remote_code,
     )
     for data_set in sets:
         prepared = prepare_identity(spec, data_set.name, data_set.tokens_needed, tokenizer.info)
@@ -364,7 +365,11 @@ def reduce(
 ) -> dict[str, Any]:
     """Deduplicate globally, pack each set into shards and write its manifest; returns the status summary."""
     manifests = {}
-    tokenizer = TextTokenizer(spec.model.tokenizer_uri, revision=spec.model.tokenizer_revision).info
+    tokenizer = TextTokenizer(
+        spec.model.tokenizer_uri,
+        revision=spec.model.tokenizer_revision,
+        trust_remote_code=spec.model.trust_remote_code,
+    ).info
     for data_set in data_sets(spec):
         prepared = prepare_identity(spec, data_set.name, data_set.tokens_needed, tokenizer)
         if _packed(spec, storage, data_set.name, prepared):

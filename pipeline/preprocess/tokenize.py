@@ -5,7 +5,11 @@ Converting a SentencePiece model to fast form can change ids: the Llama-2 conver
 spaces differently. So when a SentencePiece model is present, the fast tokenizer (shipped, or converted
 here) is compared with it on whitespace probes and a sample of the data. It is used only if every id
 matches; otherwise SentencePiece itself encodes (multi-threaded; about as fast on this data). The
-choice and the reason are recorded in the shard manifest.
+choice and the reason are recorded in the shard manifest; perplexity and lm-eval encode with the same
+backend (`hf_loading.load_tokenizer`).
+
+Each document is packed as [BOS] ids EOS, BOS only when the tokenizer adds it by default
+(`hf_loading.adds_bos`): the same start of document perplexity and lm-eval use.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from cpt_pipeline.fetch import local_dir
+from cpt_pipeline.hf_loading import adds_bos, load_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +59,7 @@ class TokenizerInfo:
     eos_id: int
     fingerprint: str
     fast_checked: str
+    bos_id: int | None = None  # prepended to every document when the tokenizer adds BOS
 
     def to_json(self) -> dict[str, Any]:
         return {**asdict(self), "dtype": self.dtype}
@@ -87,9 +93,15 @@ class TextTokenizer:
     """Encodes batches of documents to id lists with the chosen backend."""
 
     def __init__(
-        self, uri: str, sample: list[str] | None = None, threads: int | None = None, revision: str | None = None
+        self,
+        uri: str,
+        sample: list[str] | None = None,
+        threads: int | None = None,
+        revision: str | None = None,
+        trust_remote_code: bool = False,
     ) -> None:
         self.directory = resolve_tokenizer_dir(uri, revision)
+        self.trust_remote_code = trust_remote_code
         # Rust threads follow RAYON_NUM_THREADS; SentencePiece gets the same per-worker share.
         self.threads = threads or int(os.environ.get("OMP_NUM_THREADS", 0)) or os.cpu_count() or 1
         fast_path, sp_path = self.directory / "tokenizer.json", self.directory / "tokenizer.model"
@@ -112,7 +124,11 @@ class TextTokenizer:
             self._fast = None
         vocab = self._sp.get_piece_size() if self._sp is not None else self._fast.get_vocab_size()
         label = f"{uri}@{revision}" if revision else uri
-        self.info = TokenizerInfo(label, backend, int(vocab), self._eos_id(), _fingerprint(self.directory), checked)
+        packed = load_tokenizer(self.directory, trust_remote_code, sentencepiece=backend == "sentencepiece")
+        bos = int(packed.bos_token_id) if adds_bos(packed) else None
+        self.info = TokenizerInfo(
+            label, backend, int(vocab), self._eos_id(), _fingerprint(self.directory), checked, bos
+        )
 
     def _load_fast(self, fast_path: Path, sp_path: Path) -> Any:
         import tokenizers
@@ -120,9 +136,7 @@ class TextTokenizer:
         if fast_path.exists():
             return tokenizers.Tokenizer.from_file(str(fast_path))
         try:  # SentencePiece only: convert with transformers, then verify like a shipped one
-            from transformers import AutoTokenizer
-
-            return AutoTokenizer.from_pretrained(str(self.directory)).backend_tokenizer
+            return load_tokenizer(self.directory, self.trust_remote_code).backend_tokenizer
         except Exception as error:  # conversion unsupported for this model: SentencePiece will encode
             log.warning("could not convert %s to a fast tokenizer (%s); using SentencePiece", sp_path, error)
             return None
@@ -144,18 +158,20 @@ class TextTokenizer:
         return f"ids differ from SentencePiece on {len(differ)} of {len(texts)} texts (e.g. {differ[0][:40]!r})"
 
     def _eos_id(self) -> int:
+        """The EOS tokenizer_config.json names, else the SentencePiece model's, else a conventional one."""
         config_path = self.directory / "tokenizer_config.json"
-        names = list(EOS_CANDIDATES)
-        if config_path.exists():
-            eos = json.loads(config_path.read_text()).get("eos_token")
-            if eos:
-                names.insert(0, eos["content"] if isinstance(eos, dict) else eos)
-        for name in names:
+        eos = json.loads(config_path.read_text()).get("eos_token") if config_path.exists() else None
+        named = (eos.get("content") if isinstance(eos, dict) else eos) or None
+        token_id = self._token_id(named) if named else None
+        if token_id is not None:
+            return token_id
+        if self._sp is not None and self._sp.eos_id() >= 0:
+            return int(self._sp.eos_id())
+        names = [*([named] if named else []), *EOS_CANDIDATES]
+        for name in EOS_CANDIDATES:
             token_id = self._token_id(name)
             if token_id is not None:
                 return token_id
-        if self._sp is not None and self._sp.eos_id() >= 0:
-            return int(self._sp.eos_id())
         raise TokenizerError(f"tokenizer in {self.directory}: no EOS token found (tried {names})")
 
     def _token_id(self, token: str) -> int | None:
@@ -167,7 +183,10 @@ class TextTokenizer:
         return None
 
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
-        """Token ids of each text (no special tokens added)."""
+        """Token ids of each text as it is packed: BOS first when the tokenizer adds it, no EOS."""
         if self._fast is not None:
-            return [e.ids for e in self._fast.encode_batch(texts, add_special_tokens=False)]
-        return self._sp.encode(texts, num_threads=self.threads)
+            encoded = [e.ids for e in self._fast.encode_batch(texts, add_special_tokens=False)]
+        else:
+            encoded = self._sp.encode(texts, num_threads=self.threads)
+        bos = self.info.bos_id
+        return encoded if bos is None else [[bos, *ids] for ids in encoded]

@@ -65,6 +65,8 @@ def load_model(spec: ModelSpec, vocab_size: int, attention: str, seed: int) -> A
     import torch
     from transformers import AutoModelForCausalLM
 
+    from cpt_pipeline.hf_loading import load_causal_lm
+
     attn = None if attention == "auto" else attention
     if spec.architecture is not None:
         torch.manual_seed(seed)
@@ -76,10 +78,10 @@ def load_model(spec: ModelSpec, vocab_size: int, attention: str, seed: int) -> A
 
     kwargs: dict[str, Any] = {"attn_implementation": attn} if attn else {}
     try:
-        path = str(local_dir(spec.uri or "", revision=spec.revision))
+        path = local_dir(spec.uri or "", revision=spec.revision)
     except FileNotFoundError as error:
         raise FileNotFoundError(f"spec.model.uri: {error}") from error
-    return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, **kwargs)
+    return load_causal_lm(path, spec.trust_remote_code, spec.uri or "", dtype=torch.float32, **kwargs)
 
 
 def count_parameters(model: Any) -> int:

@@ -56,7 +56,9 @@ def check_data(
 def _check_tokenizer(domain: dict[str, Any], spec: ContinuedPretrainSpec) -> None:
     """The shards' tokenizer is the spec's (same files and EOS id)."""
     recorded = domain["tokenizer"]
-    expected = TextTokenizer(spec.model.tokenizer_uri, revision=spec.model.tokenizer_revision).info
+    expected = TextTokenizer(
+        spec.model.tokenizer_uri, revision=spec.model.tokenizer_revision, trust_remote_code=spec.model.trust_remote_code
+    ).info
     if recorded["fingerprint"] != expected.fingerprint:
         raise DataError(
             f"the shards were tokenized with another tokenizer than the spec's: {recorded['uri']} (fingerprint "
