@@ -68,6 +68,11 @@ class PreprocessStatus(ApiModel):
         0, ge=0, description="Domain documents held out from training (evaluation.perplexity.domain.heldOut)."
     )
     bad_records: int = Field(0, ge=0, description="Malformed records skipped.")
+    epochs: dict[str, float] = Field(
+        default_factory=dict,
+        description="Passes training makes over each prepared set (tokens needed / tokens held, worst source); "
+        "above 1 the data is repeated.",
+    )
 
 
 class TrainingStatus(ApiModel):

@@ -11,11 +11,13 @@ made again under another identity is refused too (`shard_digest`).
 from __future__ import annotations
 
 import json
+import os
 from typing import Any
 
 import xxhash
 
 from cpt.api import ContinuedPretrainSpec
+from cpt.api.data import Source
 from cpt_pipeline.preprocess.tokenize import TokenizerInfo
 from cpt_pipeline.storage import Storage
 
@@ -67,9 +69,16 @@ def rank_identity(prepared: dict[str, Any], world_size: int) -> dict[str, Any]:
     return {**prepared, WORKERS: world_size}
 
 
-def set_identity(prepared: dict[str, Any], sequence_length: int) -> dict[str, Any]:
-    """The identity a set's manifest records: what its documents were prepared under, and the row length."""
-    return {**prepared, SEQUENCE_LENGTH: sequence_length}
+def set_identity(
+    prepared: dict[str, Any], sequence_length: int, sources: list[Source], world_size: int
+) -> dict[str, Any]:
+    """The identity a set's manifest records: what its documents were prepared under, and the row length. The
+    worker count only when a source is a streamed hub dataset (split per worker); otherwise the same documents
+    are read for any number of workers."""
+    identity = {**prepared, SEQUENCE_LENGTH: sequence_length}
+    if any(s.format == "hf" and not os.path.isdir(s.uri) for s in sources):
+        identity[WORKERS] = world_size
+    return identity
 
 
 def changes(recorded: dict[str, Any] | None, current: dict[str, Any]) -> list[str]:

@@ -3,7 +3,9 @@
 Work is split by file AND inside files, so one big file still keeps every worker busy: uncompressed
 jsonl by byte range (a line belongs to the range in which it starts), parquet by row group and row
 range, a local Hugging Face dataset by row range. Compressed jsonl cannot be split and is one unit per
-file. Units are numbered in a fixed order; worker `rank` takes units `rank, rank + world, ...`.
+file. The plan does not depend on the number of workers (except for a streamed hub dataset, split per
+worker): about `UNITS_PER_SOURCE` units per source, within [MIN_CHUNK, MAX_CHUNK] bytes for jsonl. Units
+are numbered in a fixed order; worker `rank` takes units `rank, rank + world, ...`.
 
 Bad records (malformed JSON, bytes that are not UTF-8, a missing or empty text field, a corrupt file) are
 counted and reported with file and line, and reading goes on. A transport error (a dropped connection,
@@ -34,7 +36,7 @@ from cpt_pipeline.storage import storage_options
 log = logging.getLogger(__name__)
 MIN_CHUNK = 1 << 20
 MAX_CHUNK = 64 << 20
-UNITS_PER_WORKER = 4
+UNITS_PER_SOURCE = 256  # enough for 64 workers x 4 units, whatever the number of workers
 COMPRESSED = (".gz", ".zst", ".zstd")
 READ_RETRIES = 5
 RETRY_DELAY_SECONDS = 1.0  # doubled after each failed attempt
@@ -57,7 +59,8 @@ class Document:
 
 @dataclass(frozen=True)
 class WorkUnit:
-    """A piece of one source: bytes [start, end) of a jsonl file, rows [start, end) otherwise."""
+    """A piece of one source: bytes [start, end) of a jsonl file, rows [start, end) otherwise. `size` (bytes
+    or rows) is its share of the source: the unit reads at most that share of the source's token budget."""
 
     index: int
     source: str
@@ -66,6 +69,7 @@ class WorkUnit:
     start: int
     end: int
     row_group: int = -1
+    size: int = 1
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -104,34 +108,35 @@ def list_files(source: Source) -> tuple[fsspec.AbstractFileSystem, list[tuple[st
 
 
 def plan_units(sources: list[Source], world_size: int) -> list[WorkUnit]:
-    """Every work unit of the sources, numbered in a fixed order."""
+    """Every work unit of the sources, numbered in a fixed order (the same for any world size, except for a
+    streamed hub dataset: one unit per worker)."""
     units: list[WorkUnit] = []
     for source in sources:
         if source.format == "jsonl":
-            units += _plan_jsonl(source, world_size, len(units))
+            units += _plan_jsonl(source, len(units))
         elif source.format == "parquet":
-            units += _plan_parquet(source, world_size, len(units))
+            units += _plan_parquet(source, len(units))
         else:
             units += _plan_hf(source, world_size, len(units))
     return units
 
 
-def _plan_jsonl(source: Source, world_size: int, first: int) -> list[WorkUnit]:
+def _plan_jsonl(source: Source, first: int) -> list[WorkUnit]:
     _, files = list_files(source)
     total = sum(size for _, size in files)
-    chunk = min(MAX_CHUNK, max(MIN_CHUNK, math.ceil(total / (world_size * UNITS_PER_WORKER))))
+    chunk = min(MAX_CHUNK, max(MIN_CHUNK, math.ceil(total / UNITS_PER_SOURCE)))
     units = []
     for url, size in files:
         if url.endswith(COMPRESSED) or size <= chunk:
-            ranges = [(0, -1)]
+            ranges = [(0, -1, size)]
         else:
-            ranges = [(start, min(start + chunk, size)) for start in range(0, size, chunk)]
-        for start, end in ranges:
-            units.append(WorkUnit(first + len(units), source.name, url, "jsonl", start, end))
+            ranges = [(start, min(start + chunk, size), min(chunk, size - start)) for start in range(0, size, chunk)]
+        for start, end, length in ranges:
+            units.append(WorkUnit(first + len(units), source.name, url, "jsonl", start, end, size=max(1, length)))
     return units
 
 
-def _plan_parquet(source: Source, world_size: int, first: int) -> list[WorkUnit]:
+def _plan_parquet(source: Source, first: int) -> list[WorkUnit]:
     import pyarrow.parquet as pq
 
     fs, files = list_files(source)
@@ -141,7 +146,7 @@ def _plan_parquet(source: Source, world_size: int, first: int) -> list[WorkUnit]
             meta = pq.ParquetFile(handle).metadata
             groups += [(url, g, meta.row_group(g).num_rows) for g in range(meta.num_row_groups)]
     total_rows = sum(rows for *_, rows in groups)
-    rows_per_unit = max(1, math.ceil(total_rows / (world_size * UNITS_PER_WORKER)))
+    rows_per_unit = max(1, math.ceil(total_rows / UNITS_PER_SOURCE))
     units = []
     for url, group, rows in groups:
         for start in range(0, rows, rows_per_unit):
@@ -154,6 +159,7 @@ def _plan_parquet(source: Source, world_size: int, first: int) -> list[WorkUnit]
                     start,
                     min(start + rows_per_unit, rows),
                     row_group=group,
+                    size=min(rows_per_unit, rows - start),
                 )
             )
     return units
@@ -164,9 +170,17 @@ def _plan_hf(source: Source, world_size: int, first: int) -> list[WorkUnit]:
     if dataset is None:  # a hub dataset: streamed, one unit per worker (split_dataset_by_node)
         return [WorkUnit(first + r, source.name, source.uri, "hf-stream", r, world_size) for r in range(world_size)]
     rows = len(dataset)
-    per_unit = max(1, math.ceil(rows / (world_size * UNITS_PER_WORKER)))
+    per_unit = max(1, math.ceil(rows / UNITS_PER_SOURCE))
     return [
-        WorkUnit(first + i, source.name, source.uri, "hf", start, min(start + per_unit, rows))
+        WorkUnit(
+            first + i,
+            source.name,
+            source.uri,
+            "hf",
+            start,
+            min(start + per_unit, rows),
+            size=min(per_unit, rows - start),
+        )
         for i, start in enumerate(range(0, rows, per_unit))
     ]
 

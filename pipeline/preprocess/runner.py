@@ -25,7 +25,7 @@ import tempfile
 import time
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -54,7 +54,7 @@ from cpt_pipeline.storage import Storage
 
 log = logging.getLogger(__name__)
 TOKENIZER_SAMPLE = 64
-HEADROOM = 1.2
+HEADROOM = 1.5  # read up to 1.5 x each unit's share: room for dedup, and for units that give less than theirs
 PROGRESS_SECONDS = 2.0  # a preprocess_progress event at most this often per worker
 
 
@@ -77,18 +77,23 @@ def data_sets(spec: ContinuedPretrainSpec) -> list[DataSet]:
     return sets
 
 
-def source_caps(data_set: DataSet, units: list[WorkUnit], world_size: int, limit: bool) -> dict[str, float]:
-    """Tokens each rank reads from each source: the set's need shared by source weight, plus headroom, split
-    over the ranks that hold units of that source (infinite when limitToBudget is off)."""
-    if not limit:
-        return {s.name: math.inf for s in data_set.sources}
+def source_needs(data_set: DataSet) -> dict[str, int]:
+    """Tokens each source should give: the set's need shared by source weight."""
     total_weight = sum(s.weight for s in data_set.sources)
-    caps = {}
-    for source in data_set.sources:
-        ranks = {position % world_size for position, unit in enumerate(units) if unit.source == source.name}
-        need = data_set.tokens_needed * source.weight / total_weight
-        caps[source.name] = math.ceil(need * HEADROOM / max(1, len(ranks)))
-    return caps
+    return {s.name: math.ceil(data_set.tokens_needed * s.weight / total_weight) for s in data_set.sources}
+
+
+def unit_caps(data_set: DataSet, units: list[WorkUnit], limit: bool) -> dict[int, float]:
+    """Tokens each unit may give (infinite when limitToBudget is off): its source's need, plus headroom, shared
+    over the source's units by size (bytes or rows). Caps belong to units, not workers, so the same documents
+    are read for any number of workers, and a big file among small ones gives its full share."""
+    if not limit:
+        return {unit.index: math.inf for unit in units}
+    needs = source_needs(data_set)
+    sizes: Counter[str] = Counter()
+    for unit in units:
+        sizes[unit.source] += unit.size
+    return {u.index: math.ceil(needs[u.source] * HEADROOM * u.size / sizes[u.source]) for u in units}
 
 
 def work_dir(storage: Storage, set_name: str, rank: int) -> Storage:
@@ -137,7 +142,6 @@ class _RankWriter:
         self.handle = self.path.open("wb")
         self.dtype = np.dtype(dtype).newbyteorder("<")
         self.tokens = 0
-        self.source_tokens: Counter[int] = Counter()  # by source index
         self.columns: dict[str, list[Any]] = {k: [] for k in ("ends", "units", "positions", "sources", "exact")}
         self.minhash_perm = minhash_perm
         self.signatures: list[np.ndarray] | None = [] if minhash_perm else None
@@ -147,7 +151,6 @@ class _RankWriter:
         self.handle.write(array.tobytes())
         self.handle.write(np.array([eos], dtype=self.dtype).tobytes())
         self.tokens += len(ids) + 1
-        self.source_tokens[source] += len(ids) + 1
         for key, value in (
             ("ends", self.tokens),
             ("units", doc.unit),
@@ -198,7 +201,7 @@ def prepare(spec: ContinuedPretrainSpec, storage: Storage, rank: int, world_size
     for data_set in sets:
         prepared = prepare_identity(spec, data_set.name, data_set.tokens_needed, tokenizer.info)
         out = work_dir(storage, data_set.name, rank)
-        if _packed(spec, storage, data_set.name, prepared):
+        if _packed(spec, storage, data_set, prepared, world_size):
             log.info("preprocess %s rank %d: the set is packed already, skipped", data_set.name, rank)
             continue
         if out.exists("done.json"):
@@ -210,10 +213,10 @@ def prepare(spec: ContinuedPretrainSpec, storage: Storage, rank: int, world_size
         started = time.perf_counter()
         by_name = {s.name: s for s in data_set.sources}
         units = plan_units(data_set.sources, world_size)
-        batch_docs = spec.data.preprocessing.tokenizer_batch_size
-        caps = source_caps(data_set, units, world_size, spec.data.preprocessing.limit_to_budget)
+        caps = unit_caps(data_set, units, spec.data.preprocessing.limit_to_budget)
         stats = Stats()
         source_index = {s.name: i for i, s in enumerate(data_set.sources)}
+        cut: dict[str, list[int]] = {}
         with tempfile.TemporaryDirectory(prefix="cpt-prep-") as scratch:
             writer = _RankWriter(Path(scratch), tokenizer.info.dtype, hasher.cfg.num_perm if hasher else None)
             # dropped documents stream to a scratch file, uploaded (streamed) with the rank's other outputs
@@ -221,28 +224,13 @@ def prepare(spec: ContinuedPretrainSpec, storage: Storage, rank: int, world_size
             perplexity = spec.evaluation.perplexity
             held_out = perplexity.domain_held_out if data_set.name == "domain" else 0.0
             held = HeldOutWriter(Path(scratch), perplexity.domain.max_documents) if held_out else None
-            last_event = time.monotonic()
+            steps = _DocumentSteps(chain, decontaminator, tokenizer, hasher, dropped, held, held_out)
+            reader = _UnitReader(
+                steps, spec.data.preprocessing.tokenizer_batch_size, stats, writer, data_set.name, rank
+            )
             for unit in units[rank::world_size]:
-                cap, source = caps[unit.source], source_index[unit.source]
-                if writer.source_tokens[source] >= cap:
-                    continue  # this source's share is covered; the next units may belong to other sources
-                for batch in _batches(read_unit(unit, by_name[unit.source], stats), batch_docs):
-                    kept = _keep(batch, chain, decontaminator, stats, dropped)
-                    if held is not None:
-                        kept = _hold_out(kept, held_out, held, stats)
-                    last_event = _progress_event(last_event, data_set.name, rank, stats, writer.tokens)
-                    for doc, ids in zip(kept, tokenizer.encode_batch([d.text for d in kept]), strict=True):
-                        if writer.source_tokens[source] >= cap:  # covered: stop at a document boundary
-                            break
-                        writer.add(
-                            doc,
-                            source,
-                            ids,
-                            tokenizer.info.eos_id,
-                            hasher.signature(doc.text) if hasher else None,
-                        )
-                    if writer.source_tokens[source] >= cap:
-                        break
+                if reader.read(unit, by_name[unit.source], source_index[unit.source], caps[unit.index]):
+                    cut.setdefault(unit.source, []).append(unit.index)
             arrays = writer.arrays()
             stats.add(keys.TOKENS, writer.tokens)
             stats.seconds = time.perf_counter() - started
@@ -262,7 +250,7 @@ def prepare(spec: ContinuedPretrainSpec, storage: Storage, rank: int, world_size
                 "stats": stats.to_json(),
                 "tokenizer": tokenizer.info.to_json(),
                 "decontamination": decontam_note,
-                "token_caps": {name: None if cap == math.inf else cap for name, cap in caps.items()},
+                "cut_units": cut,  # by source: the units left at their cap, with documents unread
             },
             "done.json",
         )
@@ -281,13 +269,60 @@ def prepare(spec: ContinuedPretrainSpec, storage: Storage, rank: int, world_size
     return total
 
 
-def _packed(spec: ContinuedPretrainSpec, storage: Storage, set_name: str, prepared: dict[str, Any]) -> bool:
+@dataclass(frozen=True)
+class _DocumentSteps:
+    """What happens to each document read: filters, decontamination, the held-out split, tokenization."""
+
+    chain: FilterChain
+    decontaminator: Decontaminator | None
+    tokenizer: TextTokenizer
+    hasher: MinHasher | None
+    dropped: BinaryIO | None
+    held: HeldOutWriter | None
+    held_fraction: float
+
+
+@dataclass
+class _UnitReader:
+    """One rank's reading: each unit's documents through the steps into the writer, up to the unit's cap."""
+
+    steps: _DocumentSteps
+    batch_docs: int
+    stats: Stats
+    writer: _RankWriter
+    set_name: str
+    rank: int
+    last_event: float = field(default_factory=time.monotonic)
+
+    def read(self, unit: WorkUnit, source: Source, source_index: int, cap: float) -> bool:
+        """Add the unit's documents until it gave `cap` tokens (stopping at a document boundary); True when it
+        stopped at the cap rather than at its end."""
+        steps, writer = self.steps, self.writer
+        start = writer.tokens
+        for batch in _batches(read_unit(unit, source, self.stats), self.batch_docs):
+            kept = _keep(batch, steps.chain, steps.decontaminator, self.stats, steps.dropped)
+            if steps.held is not None:
+                kept = _hold_out(kept, steps.held_fraction, steps.held, self.stats)
+            self.last_event = _progress_event(self.last_event, self.set_name, self.rank, self.stats, writer.tokens)
+            for doc, ids in zip(kept, steps.tokenizer.encode_batch([d.text for d in kept]), strict=True):
+                if writer.tokens - start >= cap:
+                    return True
+                signature = steps.hasher.signature(doc.text) if steps.hasher else None
+                writer.add(doc, source_index, ids, steps.tokenizer.info.eos_id, signature)
+            if writer.tokens - start >= cap:
+                return True
+        return False
+
+
+def _packed(
+    spec: ContinuedPretrainSpec, storage: Storage, data_set: DataSet, prepared: dict[str, Any], world_size: int
+) -> bool:
     """Whether the set's manifest exists; refused when it was packed under another identity."""
-    target = storage.sub("data", set_name)
+    target = storage.sub("data", data_set.name)
     if not target.exists("manifest.json"):
         return False
     recorded = target.read_json("manifest.json").get("identity")
-    current = set_identity(prepared, spec.data.sequence_length)
+    current = set_identity(prepared, spec.data.sequence_length, data_set.sources, world_size)
     refuse_if_changed(recorded, current, target.path("manifest.json"), storage)
     return True
 
@@ -372,7 +407,7 @@ def reduce(
     ).info
     for data_set in data_sets(spec):
         prepared = prepare_identity(spec, data_set.name, data_set.tokens_needed, tokenizer)
-        if _packed(spec, storage, data_set.name, prepared):
+        if _packed(spec, storage, data_set, prepared, world_size):
             log.info("preprocess %s: manifest exists, skipped", data_set.name)
         else:
             _reduce_set(spec, storage, data_set, world_size, shard_rows, prepared)
@@ -420,6 +455,7 @@ def _reduce_set(
     seq_len = spec.data.sequence_length
     rows = shard_rows or rows_per_shard(seq_len, dtype.itemsize)
     per_source: dict[str, Any] = {}
+    needs = source_needs(data_set)
     kept_tokens = 0
     with tempfile.TemporaryDirectory(prefix="cpt-reduce-") as cache:
         streams = [_token_stream(r["dir"], dtype, cache) for r in ranks]
@@ -438,6 +474,8 @@ def _reduce_set(
                     "its weight. Check its files and filters, or remove it from the spec"
                 )
             entry["weight"] = source.weight
+            entry["tokens_needed"] = needs[source.name]
+            entry["epochs"] = round(needs[source.name] / entry["tokens"], 3)  # passes training makes over it
             kept_tokens += entry["tokens"] + entry["tail_tokens"]
             per_source[source.name] = entry
         del streams  # close the memmaps before their directory goes
@@ -449,7 +487,7 @@ def _reduce_set(
     manifest = {
         "format": FORMAT,
         "set": data_set.name,
-        "identity": set_identity(prepared, seq_len),
+        "identity": set_identity(prepared, seq_len, data_set.sources, world_size),
         "dtype": dtype.name,
         "seq_len": seq_len,
         "tokenizer": tokenizer,
@@ -459,6 +497,7 @@ def _reduce_set(
         "tokens": sum(s["tokens"] for s in per_source.values()),
         "tail_tokens": sum(s["tail_tokens"] for s in per_source.values()),
         "tokens_needed": data_set.tokens_needed,
+        "epochs": max(entry["epochs"] for entry in per_source.values()),
         "workers": world_size,
         "decontamination": ranks[0]["done"]["decontamination"],
         "held_out": held_out,
@@ -467,14 +506,41 @@ def _reduce_set(
     }
     storage.write_json(manifest, "data", data_set.name, "manifest.json")
     log.info(
-        "preprocess %s: %d rows of %d tokens in %d shards (+%d tail tokens); %s",
+        "preprocess %s: %d rows of %d tokens in %d shards (+%d tail tokens), %s epochs of the %d tokens needed; %s",
         data_set.name,
         manifest["rows"],
         seq_len,
         sum(len(s["shards"]) for s in per_source.values()),
         manifest["tail_tokens"],
+        manifest["epochs"],
+        data_set.tokens_needed,
         stats.summary(),
     )
+    _warn_if_short(data_set.name, per_source, [r["done"].get("cut_units", {}) for r in ranks])
+
+
+def _warn_if_short(set_name: str, per_source: dict[str, Any], cut_units: list[dict[str, list[int]]]) -> None:
+    """A warning for each source whose rows cannot cover its share of the budget: training repeats them."""
+    for name, entry in per_source.items():
+        if entry["epochs"] <= 1:
+            continue
+        cut = sum(len(rank.get(name, [])) for rank in cut_units)
+        why = (
+            f"{cut} of its units stopped at their share (dedup or filters removed more than the "
+            f"{HEADROOM:g}x headroom): set spec.data.preprocessing.limitToBudget to false to read all of it"
+            if cut
+            else "all of its data is used: add data, lower its weight or spec.data.tokenBudget"
+        )
+        log.warning(
+            "preprocess %s: source '%s' holds %d of the %d tokens its weight needs: training will repeat it, "
+            "%s epochs; %s",
+            set_name,
+            name,
+            entry["tokens"],
+            entry["tokens_needed"],
+            entry["epochs"],
+            why,
+        )
 
 
 def _token_stream(rank_dir: Storage, dtype: np.dtype, cache_dir: str) -> np.ndarray:
@@ -503,4 +569,5 @@ def status_summary(manifests: dict[str, dict[str, Any]]) -> dict[str, Any]:
         "contaminated": c[keys.CONTAMINATED],
         "heldOut": c[keys.HELD_OUT],
         "badRecords": c[keys.BAD_RECORDS],
+        "epochs": {name: manifest["epochs"] for name, manifest in manifests.items()},
     }

@@ -3,18 +3,22 @@ sources that yield nothing, and the tokenizer batch size."""
 
 from __future__ import annotations
 
+import gzip
+import json
+import logging
 from collections import Counter
 from pathlib import Path
 
 import pytest
 
+from cpt_pipeline.preprocess import readers
 from cpt_pipeline.preprocess.readers import SourceError
 from cpt_pipeline.preprocess.runner import prepare
 from cpt_pipeline.preprocess.tokenize import TextTokenizer
 from cpt_pipeline.storage import Storage
 from cpt_pipeline.train.data import MixedSamples, load_set
 from tests.pipeline.preprocess.helpers import document, make_spec, stories_tokenizer, write_jsonl
-from tests.pipeline.preprocess.test_pipeline import run
+from tests.pipeline.preprocess.test_pipeline import run, shards_of
 
 
 def set_tokens(storage: Storage, set_name: str) -> dict[str, int]:
@@ -39,10 +43,10 @@ def test_the_budget_is_shared_across_sources_by_weight_and_training_samples_both
     run(spec, world=2)
     storage = Storage.from_spec(spec.storage)
     tokens = set_tokens(storage, "domain")
-    # each rank stops at the first document boundary past its cap: it overshoots by at most one document
+    # each unit (here: each file) stops at the first document boundary past its cap of 1.5 x its share
     longest = 1 + max(map(len, TextTokenizer(stories_tokenizer()).encode_batch(docs_a + docs_b)))
-    assert 20000 * 1.2 * 3 / 4 <= tokens["a"] < 20000 * 1.2 * 3 / 4 + 2 * longest, tokens
-    assert 20000 * 1.2 / 4 <= tokens["b"] < 20000 * 1.2 / 4 + 2 * longest, tokens
+    assert 20000 * 1.5 * 3 / 4 <= tokens["a"] < 20000 * 1.5 * 3 / 4 + longest, tokens
+    assert 20000 * 1.5 / 4 <= tokens["b"] < 20000 * 1.5 / 4 + longest, tokens
     assert 2.6 < tokens["a"] / tokens["b"] < 3.2, tokens
     _, sources = load_set(storage, "domain", str(tmp_path / "cache"))
     samples = MixedSamples(sources, [], 0.0, seed=1)
@@ -102,3 +106,74 @@ def test_the_tokenizer_batch_size_is_used(tmp_path: Path, monkeypatch: pytest.Mo
     monkeypatch.setattr(TextTokenizer, "encode_batch", recording)
     prepare(spec, Storage.from_spec(spec.storage), 0, 1)
     assert sizes == [7, 7, 7, 7, 2]
+
+
+def write_gz(path: Path, texts: list[str]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with gzip.open(path, "wt", encoding="utf-8") as handle:
+        handle.writelines(json.dumps({"text": t}) + "\n" for t in texts)
+
+
+def test_one_big_and_fifteen_small_gz_files_still_fill_the_budget(tmp_path: Path) -> None:
+    """Compressed files are one unit each: the big file must give what the small ones cannot."""
+    write_gz(tmp_path / "in" / "a-big.jsonl.gz", [document(i, lines=8) for i in range(600)])
+    for f in range(15):
+        write_gz(tmp_path / "in" / f"s{f:02d}.jsonl.gz", [document(10000 + 10 * f + j) for j in range(4)])
+    spec = make_spec(
+        tmp_path / "out",
+        [{"name": "web", "uri": str(tmp_path / "in")}],
+        tokenBudget=60000,
+        preprocessing={"limitToBudget": True, "workers": 4},
+    )
+    summary = run(spec, world=4)
+    manifest = Storage.from_spec(spec.storage).read_json("data", "domain", "manifest.json")
+    assert manifest["tokens"] >= 60000, manifest["sources"]["web"]  # full rows: what training reads
+    assert manifest["epochs"] == manifest["sources"]["web"]["epochs"] == round(60000 / manifest["tokens"], 3)
+    assert manifest["epochs"] <= 1 and summary["epochs"] == {"domain": manifest["epochs"]}
+
+
+def test_a_source_too_short_for_its_share_is_reported_in_epochs_with_a_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    write_jsonl(tmp_path / "a" / "a.jsonl", [document(i, lines=20) for i in range(150)])
+    write_jsonl(tmp_path / "b" / "b.jsonl", [document(1000 + i, lines=20) for i in range(2)])
+    spec = make_spec(
+        tmp_path / "out",
+        [
+            {"name": "a", "uri": str(tmp_path / "a")},
+            {"name": "b", "uri": str(tmp_path / "b")},
+        ],
+        tokenBudget=20000,
+        preprocessing={"limitToBudget": True, "workers": 2},
+    )
+    spec.data.sources[1].weight = 3  # b should give 15000 tokens and holds about 2500
+    with caplog.at_level(logging.WARNING):
+        summary = run(spec, world=2)
+    manifest = Storage.from_spec(spec.storage).read_json("data", "domain", "manifest.json")
+    b = manifest["sources"]["b"]
+    assert b["tokens_needed"] == 15000 and b["epochs"] == round(15000 / b["tokens"], 3) > 3
+    assert manifest["sources"]["a"]["epochs"] <= 1
+    assert manifest["epochs"] == b["epochs"] and summary["epochs"] == {"domain": b["epochs"]}
+    warning = next(r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)
+    assert f"source 'b' holds {b['tokens']} of the 15000 tokens" in warning and f"{b['epochs']} epochs" in warning
+
+
+def test_the_same_documents_for_any_worker_count_under_the_budget(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(readers, "MIN_CHUNK", 4096)  # the bigger files are split into byte ranges too
+    for f, count in enumerate((40, 120, 15, 80, 60)):
+        write_jsonl(tmp_path / "in" / f"{f}.jsonl", [document(100 * f + i) for i in range(count)])
+    outputs = []
+    for world in (2, 3):
+        spec = make_spec(
+            tmp_path / f"out{world}",
+            [{"name": "d", "uri": str(tmp_path / "in")}],
+            tokenBudget=20000,
+            preprocessing={"limitToBudget": True, "workers": world},
+        )
+        summary = run(spec, world)
+        rows, tail, _ = shards_of(Storage.from_spec(spec.storage), "domain", "d")
+        outputs.append((rows.tobytes(), tail.tobytes()))
+        assert summary["docsKept"] < 315  # the corpus is larger than the budget: each unit stopped at its cap
+    assert outputs[0] == outputs[1]

@@ -114,8 +114,8 @@ def test_replay_is_its_own_shard_set_and_budget_caps_reading(tmp_path: Path, sha
     storage = Storage.from_spec(spec.storage)
     domain, replay = (storage.read_json("data", s, "manifest.json") for s in ("domain", "replay"))
     assert set(replay["sources"]) == {"stories"} and replay["tokens_needed"] == 5000
-    longest_story = 1000  # tokens; each worker stops at the first document boundary past its share of 1.2 x need
-    assert 5000 <= replay["tokens"] + replay["tail_tokens"] < 5000 * 1.2 + 2 * longest_story
+    longest_story = 1000  # tokens; each unit stops at the first document boundary past its share of 1.5 x need
+    assert 5000 <= replay["tokens"] + replay["tail_tokens"] < 5000 * 1.5 + longest_story
     assert domain["tokens"] + domain["tail_tokens"] >= 15000
     assert summary["replayTokens"] == replay["tokens"] + replay["tail_tokens"]
 
