@@ -59,10 +59,10 @@ def test_the_held_out_merge_reads_what_the_workers_wrote_and_perplexity_reads_th
     scratch.mkdir()
     writer = HeldOutWriter(scratch, limit=10)
     for position, text in enumerate(TEXTS):
-        writer.add(Document(text=text, unit=0, position=position, location="a.jsonl"))
+        writer.add(Document(text=text, unit=0, position=position, location="a.jsonl"), "a")
     writer.close()
     storage = Storage.open_uri(str(tmp_path / "run"))
-    assert merge([Storage.open_uri(str(scratch))], storage, limit=10) == len(TEXTS)
+    assert merge([Storage.open_uri(str(scratch))], storage, limit=10, weights={"a": 1}) == len(TEXTS)
     merged = Path(storage.root, *HELD_OUT_PATH)
     assert read_texts(TextSet(uri=str(merged))) == TEXTS
 

@@ -302,7 +302,7 @@ class _UnitReader:
         for batch in _batches(read_unit(unit, source, self.stats), self.batch_docs):
             kept = _keep(batch, steps.chain, steps.decontaminator, self.stats, steps.dropped)
             if steps.held is not None:
-                kept = _hold_out(kept, steps.held_fraction, steps.held, self.stats)
+                kept = _hold_out(kept, source.name, steps.held_fraction, steps.held, self.stats)
             self.last_event = _progress_event(self.last_event, self.set_name, self.rank, self.stats, writer.tokens)
             for doc, ids in zip(kept, steps.tokenizer.encode_batch([d.text for d in kept]), strict=True):
                 if writer.tokens - start >= cap:
@@ -365,12 +365,12 @@ def _progress_event(last: float, set_name: str, rank: int, stats: Stats, tokens:
     return now
 
 
-def _hold_out(docs: list[Document], fraction: float, held: HeldOutWriter, stats: Stats) -> list[Document]:
+def _hold_out(docs: list[Document], source: str, fraction: float, held: HeldOutWriter, stats: Stats) -> list[Document]:
     """The documents that train; the held-out ones go to `held` (counted, never tokenized)."""
     kept = []
     for doc in docs:
         if is_held_out(doc.text, fraction):
-            held.add(doc)
+            held.add(doc, source)
             stats.add(keys.HELD_OUT)
         else:
             kept.append(doc)
@@ -483,7 +483,9 @@ def _reduce_set(
     held_out = None
     if data_set.name == "domain" and spec.evaluation.perplexity.domain_held_out:
         limit = spec.evaluation.perplexity.domain.max_documents
-        held_out = {"documents": merge([r["dir"] for r in ranks], storage, limit), "uri": storage.url(*HELD_OUT_PATH)}
+        weights = {s.name: s.weight for s in data_set.sources}
+        documents = merge([r["dir"] for r in ranks], storage, limit, weights)
+        held_out = {"documents": documents, "uri": storage.url(*HELD_OUT_PATH)}
     manifest = {
         "format": FORMAT,
         "set": data_set.name,

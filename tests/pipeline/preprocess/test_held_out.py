@@ -66,3 +66,28 @@ def test_the_held_out_file_keeps_max_documents(tmp_path: Path) -> None:
     assert len(held_out(storage)) == 5
     trained = {int(m) for m in MARK.findall(trained_text(storage))}
     assert not trained & {int(m) for d in docs if is_held_out(d, 0.2) for m in MARK.findall(d)}
+
+
+def test_the_held_out_file_samples_the_sources_by_weight(tmp_path: Path) -> None:
+    """Two sources, units planned source by source: the capped file still holds both, 3:1 as weighted."""
+    write_jsonl(tmp_path / "a.jsonl", [document(i) for i in range(300)])
+    write_jsonl(tmp_path / "b.jsonl", [document(1000 + i) for i in range(300)])
+    sources = [
+        {"name": "a", "uri": str(tmp_path / "a.jsonl"), "weight": 3},
+        {"name": "b", "uri": str(tmp_path / "b.jsonl")},
+    ]
+    files = []
+    for world in (1, 3):
+        spec = make_spec(
+            tmp_path / f"out{world}",
+            sources,
+            evaluation={"perplexity": {"domain": {"heldOut": "0.2", "maxDocuments": 20}}},
+            preprocessing={"workers": world, "limitToBudget": False},
+        )
+        run(spec, world=world)
+        files.append(held_out(Storage.from_spec(spec.storage)))
+    seeds = [int(MARK.search(text).group(1)) for text in files[0]]
+    assert len(seeds) == 20 and len(set(seeds)) == 20
+    assert sum(s < 1000 for s in seeds) == 15 and sum(s >= 1000 for s in seeds) == 5
+    assert all(is_held_out(text, 0.2) for text in files[0])
+    assert files[0] == files[1]  # the same sample whatever the workers
