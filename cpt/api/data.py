@@ -121,8 +121,9 @@ class Decontamination(ApiModel):
     eval_data: list[Uri] = Field(
         default_factory=list,
         max_length=MAX_LIST,
-        description="Local files or directories of evaluation data (jsonl); default: evaluation.localTaskDir. "
-        "Without either, decontamination is skipped and the manifest says so.",
+        description="Local files or directories of evaluation data (jsonl), all indexed; default: the evaluated "
+        "split of each task under evaluation.localTaskDir. Without either (hub tasks), nothing is decontaminated "
+        "and the stage output, manifest and status say so.",
     )
 
 

@@ -73,6 +73,9 @@ class PreprocessStatus(ApiModel):
         description="Passes training makes over each prepared set (tokens needed / tokens held, worst source); "
         "above 1 the data is repeated.",
     )
+    decontamination: str | None = Field(
+        None, description="What decontamination indexed (n-grams, files), or why nothing was decontaminated."
+    )
 
 
 class TrainingStatus(ApiModel):

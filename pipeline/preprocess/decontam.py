@@ -1,9 +1,16 @@
 """Decontamination: drop training documents that share a long word n-gram with the evaluation data.
 
 Text is normalised as lm-evaluation-harness's decontamination does: lower case, punctuation removed,
-whitespace split. The string fields of each evaluation record are joined, so a short question with its
-choices still forms long n-grams. Every n-gram (13 words by default) is hashed into one sorted array,
-and a training document is contaminated when any of its n-gram hashes is in that array.
+whitespace split. The text fields of each evaluation record (not its id or label fields) are joined, so
+a short question with its choices still forms long n-grams. Every n-gram (13 words by default) is hashed
+into one sorted array, and a training document is contaminated when any of its n-gram hashes is in that
+array.
+
+What is indexed is what is evaluated. With `evaluation.localTaskDir`, each task's evaluated split only
+(`evaluated_files`: test when the task declares it and its file exists, else validation, as the shipped
+task YAMLs are rendered), never its training or few-shot split: web text that overlaps a training split
+is not contamination. `decontamination.evalData` names the files to index itself. With hub tasks neither
+exists: nothing is decontaminated, and the stage says so (a warning, the manifest and the status).
 """
 
 from __future__ import annotations
@@ -22,6 +29,8 @@ from cpt_pipeline.fetch import local_dir
 from cpt_pipeline.preprocess.ngrams import ngram_hashes
 
 _PUNCT = re.compile(r"[^\w\s]")
+TASKS_DIR = Path(__file__).resolve().parents[1] / "evaluate" / "tasks"  # the shipped task YAMLs
+NOT_TEXT = frozenset({"id", "idx", "ind", "label", "labels", "answerKey"})  # ids and labels: no text to match
 
 
 def normalised_words(text: str) -> list[str]:
@@ -36,34 +45,63 @@ def stable_ngram_hashes(words: list[str], n: int) -> np.ndarray:
     return ngram_hashes(ids, n)
 
 
-def _strings(value: Any) -> Iterator[str]:
+def _strings(value: Any, key: str | None = None) -> Iterator[str]:
+    """The text of a record: its strings, nested ones included, except under id and label keys."""
+    if key in NOT_TEXT:
+        return
     if isinstance(value, str):
         yield value
     elif isinstance(value, dict):
-        for item in value.values():
-            yield from _strings(item)
+        for name, item in value.items():
+            yield from _strings(item, name)
     elif isinstance(value, list):
         for item in value:
-            yield from _strings(item)
+            yield from _strings(item, key)
+
+
+def _local(location: str) -> Path:
+    """A local path for a location: itself, or (s3:// and gs://) its .jsonl/.json files downloaded once into
+    the cache, as evaluation does with the same localTaskDir."""
+    path = Path(location.removeprefix("file://"))
+    if location.startswith(("s3://", "gs://")):
+        try:
+            path = local_dir(location.rstrip("/"), ("*.jsonl", "*.json"))  # fnmatch: * crosses "/"
+        except FileNotFoundError as error:
+            raise FileNotFoundError(f"decontamination: evaluation data {location!r} not found") from error
+    if not path.exists():
+        raise FileNotFoundError(f"decontamination: evaluation data {location!r} not found")
+    return path
+
+
+def evaluated_files(task_dir: str, tasks: Iterable[str]) -> list[Path]:
+    """The split file lm-eval scores for each task under a localTaskDir: `<task>/test.jsonl` when the shipped
+    task declares a test split and the file exists, else `<task>/validation.jsonl`; for a task YAML of the
+    user's own (`<task>.yaml`), every file of `<task>/` but train ones. Tasks without files are skipped."""
+    root = _local(task_dir)
+    files: list[Path] = []
+    for name in tasks:
+        folder = root / name
+        if (root / f"{name}.yaml").is_file():
+            own = (p for p in folder.rglob("*") if p.suffix in (".jsonl", ".json") and not p.stem.startswith("train"))
+            files += sorted(own)
+            continue
+        template = TASKS_DIR / f"{name}.yaml"
+        declared = template.read_text() if template.exists() else "test_split: test\nvalidation_split: validation"
+        split = next(
+            (s for s in ("test", "validation") if f"{s}_split: {s}" in declared and (folder / f"{s}.jsonl").is_file()),
+            None,
+        )
+        if split is not None:
+            files.append(folder / f"{split}.jsonl")
+    return files
 
 
 def eval_files(locations: Iterable[str]) -> list[Path]:
-    """Every .jsonl/.json file under the given directories or files: local, or on s3:// / gs:// (downloaded
-    once into the cache, as evaluation does with the same localTaskDir)."""
+    """Every .jsonl/.json file under the given directories or files (decontamination.evalData)."""
     found: list[Path] = []
     for location in locations:
-        path = Path(location.removeprefix("file://"))
-        if location.startswith(("s3://", "gs://")):
-            try:
-                path = local_dir(location.rstrip("/"), ("*.jsonl", "*.json"))  # fnmatch: * crosses "/"
-            except FileNotFoundError as error:
-                raise FileNotFoundError(f"decontamination: evaluation data {location!r} not found") from error
-        if path.is_dir():
-            found += sorted(p for p in path.rglob("*") if p.suffix in (".jsonl", ".json"))
-        elif path.is_file():
-            found.append(path)
-        else:
-            raise FileNotFoundError(f"decontamination: evaluation data {location!r} not found")
+        path = _local(location)
+        found += sorted(p for p in path.rglob("*") if p.suffix in (".jsonl", ".json")) if path.is_dir() else [path]
     return found
 
 

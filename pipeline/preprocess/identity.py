@@ -37,6 +37,12 @@ def decontamination_inputs(spec: ContinuedPretrainSpec) -> list[str]:
     return list(cfg.eval_data) or ([spec.evaluation.local_task_dir] if spec.evaluation.local_task_dir else [])
 
 
+def _indexes_tasks(spec: ContinuedPretrainSpec) -> bool:
+    """Whether decontamination indexes the evaluated splits of spec.evaluation.tasks (under localTaskDir)."""
+    cfg = spec.data.decontamination
+    return cfg.enabled and not cfg.eval_data and spec.evaluation.local_task_dir is not None
+
+
 def prepare_identity(
     spec: ContinuedPretrainSpec, set_name: str, tokens_needed: int, tokenizer: TokenizerInfo
 ) -> dict[str, Any]:
@@ -49,7 +55,11 @@ def prepare_identity(
         "spec.data.sources" if set_name == "domain" else "spec.data.replay.source": sources,
         "spec.data.filters": filters,
         "spec.data.dedup": data.dedup.to_api(),
-        "spec.data.decontamination": {**data.decontamination.to_api(), "reads": decontamination_inputs(spec)},
+        "spec.data.decontamination": {
+            **data.decontamination.to_api(),
+            "reads": decontamination_inputs(spec),
+            "tasks": [t.name for t in spec.evaluation.tasks] if _indexes_tasks(spec) else None,
+        },
         "tokenizer fingerprint (spec.model.uri / spec.model.tokenizer)": tokenizer.fingerprint,
         "tokenizer EOS id": tokenizer.eos_id,
         "tokenizer BOS id (starts every document when the tokenizer adds it)": tokenizer.bos_id,

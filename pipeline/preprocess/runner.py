@@ -34,12 +34,11 @@ import numpy as np
 from cpt.api import ContinuedPretrainSpec
 from cpt.api.data import Source
 from cpt_pipeline.preprocess import stats as keys
-from cpt_pipeline.preprocess.decontam import Decontaminator, eval_files
+from cpt_pipeline.preprocess.decontam import Decontaminator, eval_files, evaluated_files
 from cpt_pipeline.preprocess.dedup import MinHasher, exact_hash, first_occurrences
 from cpt_pipeline.preprocess.filters import FilterChain
 from cpt_pipeline.preprocess.held_out import HELD_OUT_PATH, HeldOutWriter, is_held_out, merge
 from cpt_pipeline.preprocess.identity import (
-    decontamination_inputs,
     prepare_identity,
     rank_identity,
     refuse_if_changed,
@@ -55,6 +54,10 @@ from cpt_pipeline.storage import Storage
 log = logging.getLogger(__name__)
 TOKENIZER_SAMPLE = 64
 HEADROOM = 1.5  # read up to 1.5 x each unit's share: room for dedup, and for units that give less than theirs
+NOT_DECONTAMINATED = (
+    "skipped: nothing was decontaminated: the evaluation tasks come from the hub, and neither "
+    "decontamination.evalData nor evaluation.localTaskDir names their files"
+)
 PROGRESS_SECONDS = 2.0  # a preprocess_progress event at most this often per worker
 
 
@@ -101,15 +104,21 @@ def work_dir(storage: Storage, set_name: str, rank: int) -> Storage:
 
 
 def _decontaminator(spec: ContinuedPretrainSpec) -> tuple[Decontaminator | None, str]:
+    """The index of what is evaluated (decontam.py), and the note the manifest and status record."""
     cfg = spec.data.decontamination
     if not cfg.enabled:
         return None, "disabled"
-    locations = decontamination_inputs(spec)
-    if not locations:
-        return None, "skipped: no evaluation data configured (decontamination.evalData or evaluation.localTaskDir)"
-    files = eval_files(locations)
+    if cfg.eval_data:
+        files, what = eval_files(cfg.eval_data), "decontamination.evalData"
+    elif spec.evaluation.local_task_dir:
+        tasks = [t.name for t in spec.evaluation.tasks]
+        files = evaluated_files(spec.evaluation.local_task_dir, tasks)
+        what = f"the evaluated splits of {', '.join(tasks)}"
+    else:
+        log.warning("preprocess: %s", NOT_DECONTAMINATED)
+        return None, NOT_DECONTAMINATED
     index = Decontaminator.from_files(files, cfg.ngram)
-    return index, f"{len(index)} {cfg.ngram}-grams from {len(files)} files"
+    return index, f"{len(index)} {cfg.ngram}-grams from {len(files)} files ({what})"
 
 
 def _tokenizer_sample(units: list[WorkUnit], sources: dict[str, Source]) -> list[str]:
@@ -412,6 +421,8 @@ def reduce(
         else:
             _reduce_set(spec, storage, data_set, world_size, shard_rows, prepared)
         manifests[data_set.name] = storage.read_json("data", data_set.name, "manifest.json")
+    if str(manifests["domain"]["decontamination"]).startswith("skipped"):
+        log.warning("preprocess domain: decontamination %s", manifests["domain"]["decontamination"])
     summary = status_summary(manifests)
     storage.write_json(summary, "data", "preprocess-status.json")
     push_status("kubecpt-dedup", {"preprocess": summary})
@@ -572,4 +583,5 @@ def status_summary(manifests: dict[str, dict[str, Any]]) -> dict[str, Any]:
         "heldOut": c[keys.HELD_OUT],
         "badRecords": c[keys.BAD_RECORDS],
         "epochs": {name: manifest["epochs"] for name, manifest in manifests.items()},
+        "decontamination": domain.get("decontamination"),
     }

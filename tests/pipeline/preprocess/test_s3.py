@@ -65,7 +65,8 @@ def test_the_storage_endpoint_applies_to_every_s3_uri_and_task_data_on_s3_decont
     item = next(i for i in map(json.loads, lines) if len(i["question"].split()) >= 15)
     leaked = document(1) + "\n" + item["question"] + " " + " ".join(item["choices"]["text"])
     s3.put_file(str(write_jsonl(tmp_path / "in.jsonl", [document(0), leaked, document(2)])), f"{bucket}/in/a.jsonl")
-    s3.put_file(str(shared_data / "benchmarks" / "arc_easy" / "validation.jsonl"), f"{bucket}/tasks/arc_easy/v.jsonl")
+    evaluated = shared_data / "benchmarks" / "arc_easy" / "validation.jsonl"  # the split lm-eval scores
+    s3.put_file(str(evaluated), f"{bucket}/tasks/arc_easy/validation.jsonl")
     spec = make_spec(
         f"s3://{bucket}/run",
         [{"name": "c", "uri": f"s3://{bucket}/in/*.jsonl"}],
