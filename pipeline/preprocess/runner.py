@@ -429,6 +429,27 @@ def reduce(
     return summary
 
 
+def _checked_ranks(storage: Storage, set_name: str, world_size: int, prepared: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every worker's outputs, each refused when prepared under another identity."""
+    ranks = [_load_rank(storage, set_name, r, world_size) for r in range(world_size)]
+    for rank in ranks:
+        recorded = rank["done"].get("identity")
+        refuse_if_changed(recorded, rank_identity(prepared, world_size), rank["dir"].path("done.json"), storage)
+    return ranks
+
+
+def _merge_held_out(
+    spec: ContinuedPretrainSpec, storage: Storage, data_set: DataSet, ranks: list[dict[str, Any]]
+) -> dict[str, Any] | None:
+    """The held-out file's manifest entry (domain set, heldOut set), after writing it from the workers' shares."""
+    if data_set.name != "domain" or not spec.evaluation.perplexity.domain_held_out:
+        return None
+    limit = spec.evaluation.perplexity.domain.max_documents
+    weights = {s.name: s.weight for s in data_set.sources}
+    documents = merge([r["dir"] for r in ranks], storage, limit, weights)
+    return {"documents": documents, "uri": storage.url(*HELD_OUT_PATH)}
+
+
 def _reduce_set(
     spec: ContinuedPretrainSpec,
     storage: Storage,
@@ -438,10 +459,7 @@ def _reduce_set(
     prepared: dict[str, Any],
 ) -> None:
     started = time.perf_counter()
-    ranks = [_load_rank(storage, data_set.name, r, world_size) for r in range(world_size)]
-    for rank in ranks:
-        recorded = rank["done"].get("identity")
-        refuse_if_changed(recorded, rank_identity(prepared, world_size), rank["dir"].path("done.json"), storage)
+    ranks = _checked_ranks(storage, data_set.name, world_size, prepared)
     stats = Stats()
     for rank in ranks:
         stats.merge(Stats.from_json(rank["done"]["stats"]))
@@ -491,12 +509,7 @@ def _reduce_set(
             per_source[source.name] = entry
         del streams  # close the memmaps before their directory goes
     stats.counts[keys.TOKENS] = kept_tokens
-    held_out = None
-    if data_set.name == "domain" and spec.evaluation.perplexity.domain_held_out:
-        limit = spec.evaluation.perplexity.domain.max_documents
-        weights = {s.name: s.weight for s in data_set.sources}
-        documents = merge([r["dir"] for r in ranks], storage, limit, weights)
-        held_out = {"documents": documents, "uri": storage.url(*HELD_OUT_PATH)}
+    held_out = _merge_held_out(spec, storage, data_set, ranks)
     manifest = {
         "format": FORMAT,
         "set": data_set.name,
