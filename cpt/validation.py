@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,24 +36,58 @@ def field_path(loc: tuple[int | str, ...]) -> str:
     return out
 
 
+# Wrong JSON types, named as the structural schema names them (pydantic error type -> schema type).
+_TYPE_ERRORS = {
+    "bool_type": "a boolean",
+    "int_type": "an integer",
+    "string_type": "a string",
+    "float_type": "a number",
+    "model_type": "an object",
+    "dict_type": "an object",
+    "list_type": "a list",
+}
+# Location parts that pydantic adds for validators and union members, not fields.
+_NOT_A_FIELD = re.compile(r"^(function-.*|int|str|bool|float|none|[a-z-]+\[.*\])$")
+
+
+def _json_kind(value: Any) -> str:
+    for kind, types in (("boolean", bool), ("integer", int), ("number", float), ("string", str), ("list", list)):
+        if isinstance(value, types):
+            return kind
+    return "object" if isinstance(value, dict) else "null"
+
+
 def problems_from_error(error: ValidationError, source: str) -> list[Problem]:
-    """One Problem per pydantic error, with rule errors pointing at the field they are about."""
-    problems = []
+    """One Problem per field, with rule errors pointing at the field they are about and the wrong types of
+    a union (int or string) said in one message."""
+    problems: dict[str, Problem] = {}
+    wanted: dict[str, list[str]] = {}
     for err in error.errors():
-        loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
+        loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and _NOT_A_FIELD.match(p)))
         extra = (err.get("ctx") or {}).get("field") if err["type"] == "rule" else None
         path = field_path(loc + tuple(extra.split("."))) if extra else field_path(loc)
-        message = err["msg"].removeprefix("Value error, ")
-        problems.append(Problem(source, path, message))
-    return problems
+        if err["type"] in _TYPE_ERRORS:
+            wanted.setdefault(path, []).append(_TYPE_ERRORS[err["type"]])
+            got = _json_kind(err["input"])
+            message = f"must be {' or '.join(wanted[path])}, got {got}" + (
+                f" {json.dumps(err['input'])}" if got not in ("object", "list") else ""
+            )
+        else:
+            message = err["msg"].removeprefix("Value error, ")
+        problems[path] = Problem(source, path, message) if path not in problems or path in wanted else problems[path]
+    return list(problems.values())
 
 
 def validate_object(obj: Any, source: str) -> tuple[ContinuedPretrain | None, list[Problem]]:
-    """Validate one parsed document; returns the model or the problems."""
+    """Validate one parsed document as the API server does; returns the model or the problems.
+
+    The document is validated as the JSON that kubectl sends, in pydantic's strict mode: as in the CRD's
+    structural schema, "yes" or "true" is not a boolean and "1", 1.5 or true is not an integer.
+    """
     if not isinstance(obj, dict):
         return None, [Problem(source, "", f"expected a mapping (a {KIND} resource), got {type(obj).__name__}")]
     try:
-        return ContinuedPretrain.model_validate(obj), []
+        return ContinuedPretrain.model_validate_json(json.dumps(obj, default=str), strict=True), []
     except ValidationError as error:
         return None, problems_from_error(error, source)
 

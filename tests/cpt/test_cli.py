@@ -42,7 +42,7 @@ def test_validate_reports_field_paths_and_fails(tmp_path: Path) -> None:
     result = cpt("validate", str(bad), str(EXAMPLES[0]))
     assert result.returncode == 1
     assert f"{bad}: spec.data.milestones: milestones must be strictly ascending" in result.stderr
-    assert f"{bad}: spec.training.optimizer.lr: Input should be a valid string" in result.stderr
+    assert f"{bad}: spec.training.optimizer.lr: must be a string, got number 0.001" in result.stderr
     assert ": valid (" in result.stdout  # the good file is still reported
 
 

@@ -42,4 +42,6 @@ def test_unquoted_scientific_lr_is_rejected_like_the_api_server_does() -> None:
     )
     resource, problems = validate_object(doc, "x.yaml")
     assert resource is None
-    assert [(p.path, p.message) for p in problems] == [("spec.training.optimizer.lr", "Input should be a valid string")]
+    assert [(p.path, p.message) for p in problems] == [
+        ("spec.training.optimizer.lr", "must be a string, got number 0.0001")
+    ]
