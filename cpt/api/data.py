@@ -133,8 +133,8 @@ class Preprocessing(ApiModel):
     workers: int = Field(4, ge=1, le=4096, description="Parallel workers (pods of an Indexed Job, or processes).")
     limit_to_budget: bool = Field(
         True,
-        description="Stop reading a set once it holds the tokens the budget needs plus 20% headroom (for dedup); "
-        "false reads every document.",
+        description="Read about the tokens the budget needs: each work unit stops at its share (by source weight "
+        "and unit size) plus 50% headroom (for dedup and short units); false reads every document.",
     )
     tokenizer_batch_size: int = Field(1000, ge=1, le=1000000, description="Documents per tokenizer batch.")
 
