@@ -24,12 +24,14 @@ def _user_error_types() -> tuple[type[BaseException], ...]:
     from cpt_pipeline.preprocess.readers import SourceError
     from cpt_pipeline.preprocess.tokenize import TokenizerError
     from cpt_pipeline.train.data import DataError
+    from cpt_pipeline.train.zero_auto import MemoryPlanError
 
     return (
         SourceError,
         PreparedUnderAnotherSpec,
         TokenizerError,
         DataError,
+        MemoryPlanError,
         TaskDataError,
         RemoteCodeError,
         FileNotFoundError,

@@ -21,6 +21,7 @@ from cpt.stages import TRAINING_COMPLETE, export_name
 from cpt_pipeline.errors import exit_code_for, one_line
 from cpt_pipeline.storage import Storage
 from cpt_pipeline.train.checkpoint import Checkpointer, export_hf
+from cpt_pipeline.train.chunked_loss import causal_lm_loss
 from cpt_pipeline.train.data import MixedSamples, load_set
 from cpt_pipeline.train.distributed import LOOP_COLLECTIVE_DEVICE, node_scratch, process_group_backend
 from cpt_pipeline.train.ds_config import deepspeed_config, effective_precision
@@ -168,7 +169,7 @@ def train(spec: ContinuedPretrainSpec, storage: Storage) -> int:
             rows, batch_ids = samples.batch(step, micro, rank, world, tcfg.micro_batch_size, tcfg.grad_accumulation)
             ids += batch_ids
             inputs = torch.from_numpy(rows).to(device)
-            loss = engine(input_ids=inputs, labels=inputs).loss
+            loss = causal_lm_loss(engine, inputs)
             if nan_step and step + 1 == nan_step:
                 loss = loss + float("nan")
             if _skip_micro_batch(loss, tcfg.non_finite_loss, spec, step + 1, rank):
