@@ -23,6 +23,7 @@ from cpt.api.evaluation import TextSet
 from cpt_pipeline import jsonl
 from cpt_pipeline.hf_loading import document_start, load_causal_lm, load_tokenizer
 from cpt_pipeline.storage import storage_options
+from cpt_pipeline.train.chunked_loss import IGNORE_INDEX, summed_cross_entropy, supports_chunked_loss
 
 
 def read_texts(text_set: TextSet) -> list[str]:
@@ -85,13 +86,9 @@ def perplexity(
             for row, piece in enumerate(batch):
                 ids[row, : len(piece)] = torch.tensor(piece)
                 mask[row, : len(piece)] = 1
-            logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float()
-            logprobs = torch.log_softmax(logits[:, :-1], dim=-1)
-            target = ids[:, 1:].to(device)
-            picked = logprobs.gather(-1, target.unsqueeze(-1)).squeeze(-1)
-            valid = mask[:, 1:].to(device).bool()
-            nll -= float(picked[valid].sum())
-            tokens += int(valid.sum())
+            batch_nll, batch_tokens = _scored(model, ids.to(device), mask.to(device))
+            nll += batch_nll
+            tokens += batch_tokens
     size = sum(len(t.encode("utf-8")) for t in texts)
     return {
         "perplexity": math.exp(nll / tokens) if tokens else float("nan"),
@@ -101,6 +98,21 @@ def perplexity(
         "documents": len(texts),
         "nll": nll,
     }
+
+
+def _scored(model: Any, ids: Any, mask: Any) -> tuple[float, int]:
+    """(summed NLL, tokens scored) of a padded batch of windows: through the chunked cross-entropy of training
+    (one chunk of logits at a time), or the model's full logits when its head is not a plain linear one."""
+    import torch
+
+    valid = mask[:, 1:].bool()
+    if supports_chunked_loss(model):
+        hidden = model.base_model(input_ids=ids, attention_mask=mask)[0]
+        labels = ids.masked_fill(mask == 0, IGNORE_INDEX)
+        return float(summed_cross_entropy(hidden, model.get_output_embeddings(), labels)), int(valid.sum())
+    logprobs = torch.log_softmax(model(input_ids=ids, attention_mask=mask).logits.float()[:, :-1], dim=-1)
+    picked = logprobs.gather(-1, ids[:, 1:].unsqueeze(-1)).squeeze(-1)
+    return -float(picked[valid].sum()), int(valid.sum())
 
 
 def batch_size_for(setting: str, device: str) -> int:
