@@ -78,10 +78,11 @@ def fused_kernel(head: Any, device_type: str) -> Any | None:
 
 
 def supports_chunked_loss(model: Any) -> bool:
-    """A causal LM whose logits are a plain linear head over its base model's last hidden state."""
+    """A causal LM whose logits are a plain linear head over its base model's last hidden state (anything else,
+    e.g. a wrapper that is only callable, is scored through its own forward)."""
     import torch
 
-    head = model.get_output_embeddings()
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     scaled = any(getattr(model.config, name, None) not in (None, 1, 1.0) for name in _SCALED_LOGITS)
     return isinstance(head, torch.nn.Linear) and getattr(model, "base_model", model) is not model and not scaled
 
