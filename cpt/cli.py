@@ -1,4 +1,4 @@
-"""The `cpt` command line: validate resources and print the CRD."""
+"""The `cpt` command line: validate resources, expand sweeps and print the CRD."""
 
 from __future__ import annotations
 
@@ -9,7 +9,9 @@ from importlib.metadata import entry_points
 from pathlib import Path
 
 from cpt.crd import render_crd, render_helm_crd
-from cpt.validation import validate_file
+from cpt.kube_yaml import dump
+from cpt.sweep import SweepError, expand, parse_setting
+from cpt.validation import load_documents, validate_file
 
 # Packages that add subcommands register `add(subparsers)` under this entry-point group, so this module never
 # imports them (the operator image has no pipeline, and so no `cpt report`).
@@ -39,6 +41,26 @@ def _crd(args: argparse.Namespace) -> int:
     return 0
 
 
+def _sweep(args: argparse.Namespace) -> int:
+    try:
+        documents = load_documents(Path(args.file))
+        if len(documents) != 1:
+            raise SweepError(f"{args.file}: expected one ContinuedPretrain, found {len(documents)} documents")
+        runs = expand(documents[0][1], [parse_setting(text) for text in args.set])
+    except (SweepError, ValueError) as error:
+        print(f"cpt sweep: {error}", file=sys.stderr)
+        return 1
+    if args.output:
+        folder = Path(args.output)
+        folder.mkdir(parents=True, exist_ok=True)
+        for run in runs:
+            (folder / f"{run['metadata']['name']}.yaml").write_text(dump(run), encoding="utf-8")
+        print(f"{len(runs)} runs written to {folder}", file=sys.stderr)
+    else:
+        sys.stdout.write("---\n".join(dump(run) for run in runs))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cpt", description="Continued pre-training of small language models.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -49,6 +71,18 @@ def build_parser() -> argparse.ArgumentParser:
     crd.add_argument("-o", "--output", help="write to this file instead of stdout")
     crd.add_argument("--helm", action="store_true", help="as the Helm chart's template (charts/kubecpt/templates)")
     crd.set_defaults(func=_crd)
+    sweep = sub.add_parser("sweep", help="one ContinuedPretrain per combination of --set values")
+    sweep.add_argument("file", metavar="FILE", help="the base ContinuedPretrain")
+    sweep.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="PATH=V1,V2",
+        required=True,
+        help="a field under spec and its values, e.g. data.replay.fraction=0,0.05,0.25 (repeatable)",
+    )
+    sweep.add_argument("-o", "--output", help="write one FILE per run into this folder instead of stdout")
+    sweep.set_defaults(func=_sweep)
     for plugin in entry_points(group=PLUGIN_GROUP):  # e.g. `cpt report`, when the pipeline is installed
         plugin.load()(sub)
     return parser
