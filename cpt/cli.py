@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from importlib.metadata import entry_points
 from pathlib import Path
 
+from cpt.compare import CompareError, load_run, render
 from cpt.crd import render_crd, render_helm_crd
 from cpt.kube_yaml import dump
 from cpt.sweep import SweepError, expand, parse_setting
@@ -61,6 +62,16 @@ def _sweep(args: argparse.Namespace) -> int:
     return 0
 
 
+def _compare(args: argparse.Namespace) -> int:
+    try:
+        runs = [load_run(arg) for arg in args.runs]
+    except (CompareError, ValueError) as error:
+        print(f"cpt compare: {error}", file=sys.stderr)
+        return 1
+    sys.stdout.write(render(runs))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cpt", description="Continued pre-training of small language models.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -83,6 +94,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sweep.add_argument("-o", "--output", help="write one FILE per run into this folder instead of stdout")
     sweep.set_defaults(func=_sweep)
+    compare = sub.add_parser("compare", help="several runs' evaluations in one table, and the forgetting frontier")
+    compare.add_argument("runs", nargs="+", metavar="RUN", help="a run's ContinuedPretrain YAML or storage folder")
+    compare.set_defaults(func=_compare)
     for plugin in entry_points(group=PLUGIN_GROUP):  # e.g. `cpt report`, when the pipeline is installed
         plugin.load()(sub)
     return parser
