@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,11 @@ from pydantic import ValidationError
 
 from cpt import KIND
 from cpt.api import ContinuedPretrain
+from cpt.crd import openapi_schema
 from cpt.kube_yaml import load_all
+
+# The CRD's schema, built once from the models: where the API server prunes nulls.
+_schema = cache(openapi_schema)
 
 
 @dataclass(frozen=True)
@@ -69,13 +74,29 @@ def problems_from_error(error: ValidationError, source: str) -> list[Problem]:
         if err["type"] in _TYPE_ERRORS:
             wanted.setdefault(path, []).append(_TYPE_ERRORS[err["type"]])
             got = _json_kind(err["input"])
-            message = f"must be {' or '.join(wanted[path])}, got {got}" + (
-                f" {json.dumps(err['input'])}" if got not in ("object", "list") else ""
-            )
+            shown = f" {json.dumps(err['input'])}" if got not in ("object", "list", "null") else ""
+            message = f"must be {' or '.join(wanted[path])}, got {got}{shown}"
         else:
             message = err["msg"].removeprefix("Value error, ")
         problems[path] = Problem(source, path, message) if path not in problems or path in wanted else problems[path]
     return list(problems.values())
+
+
+def without_pruned_nulls(value: Any, schema: dict[str, Any]) -> Any:
+    """`value` less the nulls the API server prunes before validating: a null field (or map value) whose
+    schema is not nullable counts as unset, so its default applies or, if required, it is missing."""
+    if isinstance(value, list):
+        return [without_pruned_nulls(item, schema.get("items", {})) for item in value]
+    if not isinstance(value, dict):
+        return value
+    properties, extra = schema.get("properties", {}), schema.get("additionalProperties")
+    out = {}
+    for key, item in value.items():
+        sub = properties.get(key, extra if isinstance(extra, dict) else {})
+        if item is None and sub and not sub.get("nullable"):
+            continue
+        out[key] = without_pruned_nulls(item, sub)
+    return out
 
 
 def validate_object(obj: Any, source: str) -> tuple[ContinuedPretrain | None, list[Problem]]:
@@ -87,7 +108,8 @@ def validate_object(obj: Any, source: str) -> tuple[ContinuedPretrain | None, li
     if not isinstance(obj, dict):
         return None, [Problem(source, "", f"expected a mapping (a {KIND} resource), got {type(obj).__name__}")]
     try:
-        return ContinuedPretrain.model_validate_json(json.dumps(obj, default=str), strict=True), []
+        document = json.dumps(without_pruned_nulls(obj, _schema()), default=str)
+        return ContinuedPretrain.model_validate_json(document, strict=True), []
     except ValidationError as error:
         return None, problems_from_error(error, source)
 

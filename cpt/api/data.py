@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field
 
@@ -151,11 +151,10 @@ class DataSpec(ApiModel):
     token_budget: int = Field(
         ge=1, le=10**15, description="Training tokens in total (an integer, e.g. 1000000000 for 1B)."
     )
-    milestones: list[int] = Field(
+    milestones: list[Annotated[int, Field(ge=1)]] = Field(
         default_factory=list,
         max_length=MAX_LIST,
         description="Token counts at which to checkpoint, export and evaluate (ascending, at most the budget).",
-        json_schema_extra={"items": {"type": "integer", "minimum": 1}},
     )
     preprocessing: Preprocessing = section(Preprocessing, "Preprocessing parallelism.")
 

@@ -57,3 +57,32 @@ def test_the_yaml_file_is_read_strictly(tmp_path: Path) -> None:
 def test_valid_values_still_pass() -> None:
     resource, problems = validate_object(changed("spec.suspend", True), "x.yaml")
     assert problems == [] and resource is not None and resource.spec.suspend is True
+
+
+@pytest.mark.parametrize(
+    "path", ["spec.data.sequenceLength", "spec.training.nodes", "spec.suspend", "spec.training.checkpoint"]
+)
+def test_null_means_unset_as_the_api_server_prunes_it(path: str) -> None:
+    resource, problems = validate_object(changed(path, None), "x.yaml")
+    assert problems == [], [str(p) for p in problems]
+    assert resource is not None and resource.spec.data.sequence_length == (2000 if "sequence" in path else 256)
+
+
+def test_null_in_a_map_is_dropped_and_null_where_required_is_refused() -> None:
+    doc = changed("spec.training.resources", {"requests": {"cpu": None, "memory": "1Gi"}})
+    resource, problems = validate_object(doc, "x.yaml")
+    assert problems == [] and resource is not None and resource.spec.training.resources.requests == {"memory": "1Gi"}
+    _, problems = validate_object(changed("spec.storage", None), "x.yaml")
+    assert [(p.path, p.message) for p in problems] == [("spec.storage", "Field required")]
+
+
+def test_milestones_are_positive() -> None:
+    _, problems = validate_object(changed("spec.data.milestones", [0]), "x.yaml")
+    assert [p.path for p in problems] == ["spec.data.milestones[0]"]
+
+
+def test_a_wrong_type_message_shows_a_scalar_once() -> None:
+    _, problems = validate_object(changed("spec.model.uri", []), "x.yaml")
+    assert [p.message for p in problems] == ["must be a string, got list"]
+    _, problems = validate_object(changed("spec.data.sources", [None]), "x.yaml")
+    assert [p.message for p in problems] == ["must be an object, got null"]
