@@ -98,7 +98,7 @@ def run_pass(memo: kopf.Memo, body: dict[str, Any], seen: dict[str, dict[str, An
         if decision.requeue_after is not None:
             memo.requeue(namespace, name, decision.requeue_after)
     if differs(status, wanted):
-        memo.written[(namespace, name)] = trimmed_run(kube.patch_status(namespace, name, wanted))
+        memo.written[(namespace, name)] = trimmed_run(kube.patch_status(namespace, name, changes(status, wanted)))
 
 
 _RESOURCES: OrderedDict[tuple[str, int], ContinuedPretrain] = OrderedDict()  # (uid, generation) -> validated spec
@@ -160,6 +160,17 @@ def _now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def changes(current: dict[str, Any], wanted: dict[str, Any]) -> dict[str, Any]:
+    """The merge patch that brings `current` to `wanted`'s fields: only what differs. A field the pass did not
+    change is not sent, so a list the pods pushed after the cache was read (evaluation results, exports) is never
+    replaced by the pass's older copy of it."""
+    return {
+        key: changes(current[key], value) if isinstance(value, dict) and isinstance(current.get(key), dict) else value
+        for key, value in wanted.items()
+        if differs(current.get(key), value)
+    }
+
+
 def differs(current: Any, wanted: Any) -> bool:
     """Would a merge patch of `wanted` change `current`? (Status writes trigger events: patch only changes.)"""
     if isinstance(wanted, dict) and isinstance(current, dict):
@@ -198,10 +209,11 @@ def _pass(memo: kopf.Memo, key: tuple[str, str], seen: dict[str, dict[str, Any]]
             log.warning("%s", message)
             memo.requeue(*key, api_errors.backoff(memo.failures.get(key, (0, "", 0.0, 0))[0] + 1))
             return
-        status = _failed(memo, body, dict(body.get("status") or {}), message)
-        if differs(body.get("status") or {}, status):
+        current = body.get("status") or {}
+        status = _failed(memo, body, dict(current), message)
+        if differs(current, status):
             with contextlib.suppress(Exception):  # the status write may fail for the same cause
-                memo.kube.patch_status(*key, status)
+                memo.kube.patch_status(*key, changes(current, status))
 
 
 def _check_due(memo: kopf.Memo, key: tuple[str, str]) -> bool:

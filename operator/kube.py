@@ -202,14 +202,13 @@ class Kube:
         """Jobs that run without a pod because the API server refuses to create them (a missing ServiceAccount,
         a ResourceQuota, Pod Security admission): the Job controller's latest FailedCreate Event says why. Asked
         only of running Jobs (and the JobSet's Jobs) with no active pod."""
-        from kubernetes.client.exceptions import ApiException
 
         found = {}
         for job in _podless_jobs(children):
             selector = f"involvedObject.kind=Job,involvedObject.name={job},reason=FailedCreate"
             try:
                 events = self.core.list_namespaced_event(namespace, field_selector=selector).items
-            except ApiException:  # best effort: without the cause, the run simply does not say why
+            except Exception:  # best effort (also urllib3's timeouts): without the cause, the run does not say why
                 continue
             latest = max(events, key=_event_time, default=None)
             if latest is not None and _event_time(latest) >= _recent():
@@ -260,13 +259,15 @@ class Kube:
         if not any(c.get("type") == "Failed" for c in jobset.get("status", {}).get("conditions", [])):
             return ""
         if uid not in self.causes:
-            self.causes[uid] = self._read_failed_job_message(namespace, jobset)
+            cause = self._read_failed_job_message(namespace, jobset)
+            if not cause:  # not readable now (or no message): asked again on the next pass, never cached empty
+                return ""
+            self.causes[uid] = cause
             if len(self.causes) > 10000:
                 self.causes.pop(next(iter(self.causes)))
         return self.causes[uid]
 
     def _read_failed_job_message(self, namespace: str, jobset: dict[str, Any]) -> str:
-        from kubernetes.client.exceptions import ApiException
 
         failed = [c for c in jobset.get("status", {}).get("conditions", []) if c["type"] == "Failed"]
         match = re.search(r"first failed job: ([a-z0-9.-]+)", failed[0].get("message", "")) if failed else None
@@ -274,7 +275,7 @@ class Kube:
             return ""
         try:
             job = self.batch.read_namespaced_job(match.group(1), namespace)
-        except ApiException:
+        except Exception:  # best effort (an ApiException, or a timeout the client raises as urllib3's own)
             return ""
         reasons = [c.message or c.reason for c in (job.status.conditions or []) if c.type == "Failed"]
         return f"Job {match.group(1)}: {reasons[0]}" if reasons else ""

@@ -96,7 +96,7 @@ class TrainingStatus(ApiModel):
     )
     exports: list[str] = Field(
         default_factory=list,
-        max_length=MAX_LIST,
+        max_length=MAX_LIST + 1,  # every milestone (at most MAX_LIST) and the budget
         description="Milestone exports written so far (exports/<name>); each is evaluated as soon as it appears.",
     )
     last_update_time: str | None = Field(None, description="When the trainer last wrote progress (RFC 3339).")
@@ -162,6 +162,6 @@ class ContinuedPretrainStatus(ApiModel):
     report_uri: str | None = Field(None, description="URI of the rendered report.")
     evaluated_exports: list[str] = Field(
         default_factory=list,
-        max_length=MAX_LIST,
+        max_length=MAX_LIST + 1,  # every milestone (at most MAX_LIST) and the budget
         description="Milestone exports whose evaluation Job completed (the operator's record: each runs once).",
     )

@@ -120,3 +120,16 @@ def test_names_and_scope() -> None:
     assert crd["spec"]["scope"] == "Namespaced"
     assert crd["spec"]["names"]["shortNames"] == ["cpt"]
     assert schema()["properties"]["metadata"] == {"type": "object"}
+
+
+def test_the_status_lists_of_exports_hold_every_milestone_and_the_budget() -> None:
+    """64 milestones below the budget make 65 exports: the trainer's push and the operator's record of them must both
+    be accepted (else the run stays in Evaluating, its every status write refused)."""
+    from cpt.api.base import MAX_LIST
+
+    schema = build_crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    status = schema["properties"]["status"]["properties"]
+    milestones = schema["properties"]["spec"]["properties"]["data"]["properties"]["milestones"]["maxItems"]
+    assert milestones == MAX_LIST
+    assert status["training"]["properties"]["exports"]["maxItems"] >= milestones + 1
+    assert status["evaluatedExports"]["maxItems"] >= milestones + 1
