@@ -139,8 +139,9 @@ class TrainingSpec(ApiModel):
     )
     non_finite_loss: Literal["stop", "skipBatch"] = Field(
         "stop",
-        description="On a NaN/inf loss: stop with an error, or skip that micro-batch on every rank (its gradient "
-        "is zeroed; a run whose gradients are still non-finite stops).",
+        description="On a NaN/inf loss (or, in bf16/fp32, non-finite gradients) on any rank: stop every rank with "
+        "exit code 3, or skip that step's update on every rank (weights and optimizer state unchanged). fp16 "
+        "loss-scale overflows are always skipped, as DeepSpeed intends.",
     )
     attention: Literal["auto", "sdpa", "flash_attention_2", "eager"] = Field(
         "auto", description="Attention kernel; auto picks SDPA (flash on GPU) where available."

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from cpt.api.training import TrainingSpec
@@ -10,15 +11,21 @@ from cpt.api.training import TrainingSpec
 log = logging.getLogger(__name__)
 
 
-def effective_precision(requested: str, device: str) -> str:
-    """bf16/fp16 on CUDA when supported; on CPU (tests, laptops) everything trains in fp32."""
+def bf16_native() -> bool:
+    """Whether this GPU computes in bf16 natively (compute capability 8.0 and later). torch's plain
+    `is_bf16_supported()` also counts emulation (V100, T4), where bf16 is slow and fp16 is the right choice."""
+    import torch
+
+    return torch.cuda.is_bf16_supported(including_emulation=False)
+
+
+def effective_precision(requested: str, device: str, native_bf16: Callable[[], bool] = bf16_native) -> str:
+    """bf16 where the GPU supports it natively, else fp16; fp16 as asked; on CPU (tests, laptops) fp32."""
     if requested == "fp32":
         return "fp32"
     if device == "cuda":
-        import torch
-
-        if requested == "bf16" and not torch.cuda.is_bf16_supported():
-            log.warning("bf16 is not supported on this GPU: training in fp16")
+        if requested == "bf16" and not native_bf16():
+            log.warning("bf16 is not supported natively on this GPU (only emulated): training in fp16")
             return "fp16"
         return requested
     log.info("precision %s requested, but the device is %s: training in fp32", requested, device)

@@ -12,7 +12,7 @@ import os
 import shutil
 import signal
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +26,9 @@ from cpt_pipeline.train.data import MixedSamples, load_set
 from cpt_pipeline.train.distributed import LOOP_COLLECTIVE_DEVICE, node_scratch, process_group_backend
 from cpt_pipeline.train.ds_config import deepspeed_config, effective_precision
 from cpt_pipeline.train.exit_codes import EXIT_BAD_INPUT, EXIT_NONFINITE, EXIT_PREEMPTED
+from cpt_pipeline.train.faults import Faults
 from cpt_pipeline.train.model import count_parameters, load_model
+from cpt_pipeline.train.nonfinite import NonFiniteLoss, UpdateGate, after_update, before_update
 from cpt_pipeline.train.progress import Progress, flops_per_token, peak_flops
 from cpt_pipeline.train.resume import ZERO_KEY, resume_plan
 from cpt_pipeline.train.schedule import lr_multiplier
@@ -34,14 +36,7 @@ from cpt_pipeline.train.shard_check import check_data, model_eos_id
 from cpt_pipeline.train.zero_auto import Footprint, ModelShape, choose_stage, device_memory_bytes
 
 log = logging.getLogger(__name__)
-FAULT_EXIT_AFTER_STEPS = "CPT_FAULT_EXIT_AFTER_STEPS"  # tests: simulate a crash after step N
-FAULT_NAN_AT_STEP = "CPT_FAULT_NAN_AT_STEP"  # tests: make the loss of step N non-finite
-FAULT_EXIT_BEFORE_EXPORT = "CPT_FAULT_EXIT_BEFORE_EXPORT"  # tests: crash after step N's checkpoint, before its export
 LOG_SAMPLE_IDS = "CPT_LOG_SAMPLE_IDS"  # tests: record the sample ids of every step in metrics
-
-
-class NonFiniteLoss(RuntimeError):
-    pass
 
 
 @dataclass(frozen=True)
@@ -70,7 +65,57 @@ def _param_groups(model: Any, weight_decay: float) -> list[dict[str, Any]]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": plain, "weight_decay": 0.0}]
 
 
+@dataclass
+class Run:
+    """What every step of a worker needs, built once by `setup`."""
+
+    spec: ContinuedPretrainSpec
+    storage: Storage
+    plan: Plan
+    engine: Any
+    scheduler: Any
+    gate: UpdateGate
+    samples: MixedSamples
+    checkpointer: Checkpointer
+    progress: Progress
+    faults: Faults
+    precision: str
+    stage: int
+    device: str
+    rank: int
+    world: int
+    local_rank: int
+    scratch: Path
+    start: int
+    restarts: int
+    latest: str | None
+    stop: dict[str, int] = field(default_factory=lambda: {"signal": 0})
+
+
+@dataclass(frozen=True)
+class StepResult:
+    """One optimizer step, as every rank agreed on it."""
+
+    step: int  # counted from 1
+    loss: float  # mean over every rank's micro-batches (NaN when one was not finite)
+    lr: float
+    seconds: float
+    ids: list[str]
+    skipped: str | None  # why the update was skipped (nonfinite.py), None when it was applied
+    stopping: bool  # a rank received SIGTERM
+
+
 def train(spec: ContinuedPretrainSpec, storage: Storage) -> int:
+    run = setup(spec, storage)
+    for step in range(run.start, run.plan.total_steps):
+        code = commit(run, train_step(run, step))
+        if code is not None:
+            return code
+    return finish(run)
+
+
+def setup(spec: ContinuedPretrainSpec, storage: Storage) -> Run:
+    """Process group, shards, model and DeepSpeed engine, resumed from the latest checkpoint."""
     import deepspeed
     import torch
     import torch.distributed as dist
@@ -95,6 +140,8 @@ def train(spec: ContinuedPretrainSpec, storage: Storage) -> int:
     if tcfg.deepspeed.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.config.use_cache = False
+    faults = Faults.from_env()
+    faults.arm(model, rank)
 
     plan = Plan.of(spec, world)
     precision = effective_precision(tcfg.deepspeed.precision, device)
@@ -103,147 +150,226 @@ def train(spec: ContinuedPretrainSpec, storage: Storage) -> int:
     stage = _zero_stage(spec, model, precision, world, device, local_rank, recorded)
     checkpointer.plan = resume_plan(spec, world, plan.total_steps, stage, manifests)
     checkpointer.check_resumable(recorded)
-    config = deepspeed_config(tcfg, world, precision, stage)
-    opt = tcfg.optimizer
+    engine, scheduler = _engine(spec, model, deepspeed_config(tcfg, world, precision, stage), plan, cuda)
+
+    state = checkpointer.load(engine) or {}
+    fraction = float(spec.data.active_replay.fraction) if spec.data.active_replay else 0.0
+    run = Run(
+        spec,
+        storage,
+        plan,
+        engine,
+        scheduler,
+        UpdateGate(engine.optimizer),
+        MixedSamples(domain, replay, fraction, tcfg.seed),
+        checkpointer,
+        _progress(spec, storage, plan, engine, stage, device, world, rank, scratch),
+        faults,
+        precision,
+        stage,
+        device,
+        rank,
+        world,
+        local_rank,
+        scratch,
+        start=int(state.get("step", 0)),
+        restarts=int(state.get("restarts", -1)) + 1 if state else 0,
+        latest=checkpointer.storage.url(checkpointer.latest()) if state else None,
+    )
+    if rank == 0:
+        run.progress.start(run.start)
+        _log_start(run)
+    signal.signal(signal.SIGTERM, lambda signum, _frame: run.stop.update(signal=signum))
+    return run
+
+
+def _engine(spec: ContinuedPretrainSpec, model: Any, config: dict[str, Any], plan: Plan, cuda: bool) -> tuple[Any, Any]:
+    """The DeepSpeed engine (AdamW without decay on norms and biases) and its LR scheduler."""
+    import deepspeed
+    import torch
+
+    opt = spec.training.optimizer
     groups = _param_groups(model, float(opt.weight_decay))
     optimizer = None
     if "optimizer" not in config:
         optimizer = torch.optim.AdamW(
             groups, lr=float(opt.lr), betas=tuple(float(b) for b in opt.betas), eps=float(opt.eps), fused=cuda or None
         )
-    multiplier = lr_multiplier(tcfg.schedule, plan.total_steps)
-    engine, optimizer, _, scheduler = deepspeed.initialize(
+    multiplier = lr_multiplier(spec.training.schedule, plan.total_steps)
+    engine, _, _, scheduler = deepspeed.initialize(
         model=model,
         optimizer=optimizer,
         model_parameters=groups if optimizer is None else None,
         config=config,
         lr_scheduler=lambda o: torch.optim.lr_scheduler.LambdaLR(o, multiplier),
     )
+    return engine, scheduler
 
-    state = checkpointer.load(engine) or {}
-    start = int(state.get("step", 0))
-    restarts = int(state.get("restarts", -1)) + 1 if state else 0
-    latest = checkpointer.storage.url(checkpointer.latest()) if state else None
-    samples = MixedSamples(
-        domain, replay, float(spec.data.active_replay.fraction) if spec.data.active_replay else 0.0, tcfg.seed
-    )
-    params = count_parameters(engine.module)
-    progress = Progress(
+
+def _progress(
+    spec: ContinuedPretrainSpec,
+    storage: Storage,
+    plan: Plan,
+    engine: Any,
+    stage: int,
+    device: str,
+    world: int,
+    rank: int,
+    scratch: Path,
+) -> Progress:
+    config = engine.module.config
+    return Progress(
         storage,
         plan.total_steps,
         plan.tokens_per_step,
-        flops_per_token(params, model.config.num_hidden_layers, model.config.hidden_size, spec.data.sequence_length),
+        flops_per_token(
+            count_parameters(engine.module), config.num_hidden_layers, config.hidden_size, spec.data.sequence_length
+        ),
         peak_flops(device),
         world,
-        tcfg.log_interval_steps,
+        spec.training.log_interval_steps,
         _tensorboard_dir(storage, scratch) if rank == 0 else None,
         zero_stage=stage,
     )
-    if rank == 0:
-        progress.start(start)
-        log.info(
-            "training %d parameters on %d %s process(es) (%d threads each), %s, ZeRO-%d, steps %d..%d of %d tokens "
-            "each, milestones %s",
-            params,
-            world,
-            device,
-            torch.get_num_threads(),
-            precision,
-            stage,
-            start + 1,
-            plan.total_steps,
-            plan.tokens_per_step,
-            {s: m for s, m in plan.milestones.items() if s > start},
-        )
 
-    stop = {"signal": 0}
-    signal.signal(signal.SIGTERM, lambda signum, _frame: stop.update(signal=signum))
-    nan_step = int(os.environ.get(FAULT_NAN_AT_STEP, "0"))
-    crash_step = int(os.environ.get(FAULT_EXIT_AFTER_STEPS, "0"))
-    for step in range(start, plan.total_steps):
-        began = time.perf_counter()
-        lr = float(scheduler.get_last_lr()[0])  # the rate this step trains with (the scheduler moves after it)
-        total = torch.zeros(2, dtype=torch.float64, device=LOOP_COLLECTIVE_DEVICE)
-        ids: list[str] = []
-        for micro in range(tcfg.grad_accumulation):
-            rows, batch_ids = samples.batch(step, micro, rank, world, tcfg.micro_batch_size, tcfg.grad_accumulation)
-            ids += batch_ids
-            inputs = torch.from_numpy(rows).to(device)
-            loss = causal_lm_loss(engine, inputs)
-            if nan_step and step + 1 == nan_step:
-                loss = loss + float("nan")
-            if _skip_micro_batch(loss, tcfg.non_finite_loss, spec, step + 1, rank):
-                # Backpropagate zero through the same graph: every rank runs the same ZeRO hooks, and this
-                # micro-batch adds nothing to the gradients.
-                engine.backward(torch.nan_to_num(loss, nan=0.0, posinf=0.0, neginf=0.0) * 0.0)
-                engine.step()
-                continue
-            engine.backward(loss)
-            engine.step()
-            total += torch.tensor([float(loss.detach()), 1.0], dtype=torch.float64, device=LOOP_COLLECTIVE_DEVICE)
-        norm = engine.get_global_grad_norm()
-        if norm is not None and not math.isfinite(float(norm)):
-            _skip_micro_batch(torch.tensor(float("nan")), "stop", spec, step + 1, rank)
-        flags = torch.tensor([stop["signal"]], dtype=torch.int64, device=LOOP_COLLECTIVE_DEVICE)
-        dist.all_reduce(total)
-        dist.all_reduce(flags, op=dist.ReduceOp.MAX)
-        done = step + 1
-        mean_loss = float(total[0] / total[1]) if total[1] else float("nan")
-        checkpointed = done in plan.milestones or done % tcfg.checkpoint.interval_steps == 0 or bool(flags.item())
-        if checkpointed:
-            milestone = done in plan.milestones
-            tag = checkpointer.save(
-                engine, done, {"step": done, "tokens": done * plan.tokens_per_step, "restarts": restarts}, milestone
-            )
-            if milestone:  # exported before `latest` moves: a restart after a failed export exports it again
-                if os.environ.get(FAULT_EXIT_BEFORE_EXPORT) == str(done):
-                    os._exit(137)
-                name = export_name(plan.milestones[done])
-                export_hf(
-                    engine,
-                    stage,
-                    _tokenizer_dir(spec),
-                    storage,
-                    name,
-                    rank,
-                    done * plan.tokens_per_step,
-                )
-                if rank == 0:
-                    progress.exports = sorted({*progress.exports, name})
-            latest = checkpointer.commit(tag)
-        if rank == 0:
-            extra = {"sampleIds": _gather_ids(ids, world)} if os.environ.get(LOG_SAMPLE_IDS) else None
-            progress.step(
-                done,
-                mean_loss,
-                lr,
-                time.perf_counter() - began,
-                latest,
-                restarts,
-                extra,
-                checkpointed,
-            )
-        elif os.environ.get(LOG_SAMPLE_IDS):
-            _gather_ids(ids, world)
-        if flags.item():
-            log.warning("signal %d: checkpoint saved at step %d, exiting for a restart", flags.item(), done)
-            if local_rank == 0:
-                shutil.rmtree(scratch, ignore_errors=True)
-            return EXIT_PREEMPTED
-        if crash_step and done == crash_step:
+
+def _log_start(run: Run) -> None:
+    import torch
+
+    log.info(
+        "training %d parameters on %d %s process(es) (%d threads each), %s, ZeRO-%d, steps %d..%d of %d tokens "
+        "each, milestones %s",
+        count_parameters(run.engine.module),
+        run.world,
+        run.device,
+        torch.get_num_threads(),
+        run.precision,
+        run.stage,
+        run.start + 1,
+        run.plan.total_steps,
+        run.plan.tokens_per_step,
+        {s: m for s, m in run.plan.milestones.items() if s > run.start},
+    )
+
+
+def _loss(engine: Any, inputs: Any) -> Any:
+    """The mean next-token loss of one micro-batch."""
+    return causal_lm_loss(engine, inputs)
+
+
+def train_step(run: Run, step: int) -> StepResult:
+    """One optimizer step (`step` counts from 0): every micro-batch forward and backward, then the update,
+    which every rank skips or applies alike (nonfinite.py). Loss figures stay on the device until the step's
+    one host synchronisation (`_agree`)."""
+    import torch
+
+    began = time.perf_counter()
+    tcfg, engine = run.spec.training, run.engine
+    lr = float(run.scheduler.get_last_lr()[0])  # the rate this step trains with (the scheduler moves after it)
+    sums = torch.zeros(2, dtype=torch.float64, device=run.device)  # loss sum, non-finite micro-batches
+    ids: list[str] = []
+    for micro in range(tcfg.grad_accumulation):
+        shape = (tcfg.micro_batch_size, tcfg.grad_accumulation)
+        rows, batch_ids = run.samples.batch(step, micro, run.rank, run.world, *shape)
+        ids += batch_ids
+        run.faults.at = (step + 1, micro)
+        loss = run.faults.loss(_loss(engine, torch.from_numpy(rows).to(run.device)), step + 1, run.rank)
+        value = loss.detach().double()
+        sums += torch.stack([value, (~torch.isfinite(value)).double()])
+        engine.backward(loss)
+        if micro < tcfg.grad_accumulation - 1:
+            engine.step()  # no update before the last micro-batch
+    loss_sum, bad, stopping = _agree(run, sums)
+    micro_batches = run.world * tcfg.grad_accumulation
+    skip = before_update(tcfg.non_finite_loss, int(bad), micro_batches, step + 1, tcfg.optimizer.lr)
+    skipped_before = engine.skipped_steps
+    run.gate.skip = skip
+    engine.step()
+    run.gate.skip = False
+    by_engine = engine.skipped_steps > skipped_before
+    if by_engine:  # DeepSpeed does not move the schedule on a step it skipped; the schedule follows the step
+        run.scheduler.step()
+    skipped = after_update(run.precision, tcfg.non_finite_loss, by_engine, skip, step + 1, tcfg.optimizer.lr)
+    return StepResult(step + 1, loss_sum / micro_batches, lr, time.perf_counter() - began, ids, skipped, stopping)
+
+
+def _agree(run: Run, sums: Any) -> tuple[float, float, bool]:
+    """(loss sum, non-finite micro-batches, whether any rank received SIGTERM) over every rank: the step's
+    one host synchronisation."""
+    import torch
+    import torch.distributed as dist
+
+    flag = torch.tensor([1.0 if run.stop["signal"] else 0.0], dtype=torch.float64)
+    totals = torch.cat([sums.to(LOOP_COLLECTIVE_DEVICE), flag])
+    dist.all_reduce(totals)
+    loss_sum, bad, stopping = totals.tolist()
+    return loss_sum, bad, stopping > 0
+
+
+def commit(run: Run, result: StepResult) -> int | None:
+    """After a step: checkpoint (and at a milestone export) when due, record the step; an exit code when the
+    worker must stop now (preempted)."""
+    done, plan = result.step, run.plan
+    checkpointed = done in plan.milestones or done % run.spec.training.checkpoint.interval_steps == 0
+    if checkpointed or result.stopping:
+        run.latest = _checkpoint(run, done)
+    extra: dict[str, Any] = {"skipped": result.skipped} if result.skipped else {}
+    if os.environ.get(LOG_SAMPLE_IDS):
+        extra["sampleIds"] = _gather_ids(result.ids, run.world)
+    if run.rank == 0:
+        run.progress.step(
+            done,
+            result.loss,
+            result.lr,
+            result.seconds,
+            run.latest,
+            run.restarts,
+            extra or None,
+            checkpointed or result.stopping,
+        )
+    if result.stopping:
+        log.warning("SIGTERM: checkpoint saved at step %d, exiting for a restart", done)
+        if run.local_rank == 0:
+            shutil.rmtree(run.scratch, ignore_errors=True)
+        return EXIT_PREEMPTED
+    if run.faults.exit_after == done:
+        os._exit(137)
+    return None
+
+
+def _checkpoint(run: Run, done: int) -> str:
+    """Save the checkpoint of step `done`, export it first when it is a milestone, then make it `latest`."""
+    plan = run.plan
+    state = {"step": done, "tokens": done * plan.tokens_per_step, "restarts": run.restarts}
+    tag = run.checkpointer.save(run.engine, done, state, done in plan.milestones)
+    if done in plan.milestones:  # exported before `latest` moves: a restart after a failed export exports it again
+        if run.faults.exit_before_export == done:
             os._exit(137)
-    if rank == 0:
-        storage.write_json(
+        name = export_name(plan.milestones[done])
+        export_hf(
+            run.engine, run.stage, _tokenizer_dir(run.spec), run.storage, name, run.rank, done * plan.tokens_per_step
+        )
+        if run.rank == 0:
+            run.progress.exports = sorted({*run.progress.exports, name})
+    return run.checkpointer.commit(tag)
+
+
+def finish(run: Run) -> int:
+    """After the last step: `train/complete.json` (rank 0), then the node folder is removed."""
+    import torch.distributed as dist
+
+    if run.rank == 0:
+        run.storage.write_json(
             {
-                "exports": sorted(storage.list("exports")),
-                "steps": plan.total_steps,
-                "tokens": plan.total_steps * plan.tokens_per_step,
+                "exports": sorted(run.storage.list("exports")),
+                "steps": run.plan.total_steps,
+                "tokens": run.plan.total_steps * run.plan.tokens_per_step,
             },
             *TRAINING_COMPLETE,
         )
     dist.barrier()
-    if local_rank == 0:
-        shutil.rmtree(scratch, ignore_errors=True)
+    if run.local_rank == 0:
+        shutil.rmtree(run.scratch, ignore_errors=True)
     return 0
 
 
@@ -286,27 +412,6 @@ def _gather_ids(ids: list[str], world: int) -> list[str]:
     everyone: list[Any] = [None] * world
     dist.all_gather_object(everyone, ids)
     return [i for part in everyone for i in part]
-
-
-def _skip_micro_batch(loss: Any, policy: str, spec: ContinuedPretrainSpec, step: int, rank: int) -> bool:
-    """Stop on a non-finite loss, or (skipBatch) agree across ranks to skip this micro-batch's backward."""
-    import torch
-    import torch.distributed as dist
-
-    bad = torch.tensor(
-        [0 if torch.isfinite(loss.detach()).item() else 1], dtype=torch.int64, device=LOOP_COLLECTIVE_DEVICE
-    )
-    if policy == "skipBatch":
-        dist.all_reduce(bad, op=dist.ReduceOp.MAX)
-        if bad.item():
-            log.warning("non-finite loss at step %d: micro-batch skipped on every rank", step)
-        return bool(bad.item())
-    if bad.item():
-        raise NonFiniteLoss(
-            f"non-finite loss at step {step} on rank {rank}: stopping (lower "
-            f"spec.training.optimizer.lr, currently {spec.training.optimizer.lr}, or check the data)"
-        )
-    return False
 
 
 def _tokenizer_dir(spec: ContinuedPretrainSpec) -> Path:

@@ -20,7 +20,11 @@ from cpt.api.status import TrainingStatus
 from cpt.kube_yaml import dump
 from cpt_pipeline.local import run_preprocessing
 from cpt_pipeline.train.exit_codes import EXIT_BAD_INPUT, EXIT_NONFINITE, EXIT_PREEMPTED
-from cpt_pipeline.train.loop import FAULT_EXIT_AFTER_STEPS, FAULT_EXIT_BEFORE_EXPORT, FAULT_NAN_AT_STEP, LOG_SAMPLE_IDS
+from cpt_pipeline.train.faults import EXIT_AFTER_STEPS as FAULT_EXIT_AFTER_STEPS
+from cpt_pipeline.train.faults import EXIT_BEFORE_EXPORT as FAULT_EXIT_BEFORE_EXPORT
+from cpt_pipeline.train.faults import INF_GRADIENT, NAN_IN_FORWARD
+from cpt_pipeline.train.faults import NAN_AT_STEP as FAULT_NAN_AT_STEP
+from cpt_pipeline.train.loop import LOG_SAMPLE_IDS
 from cpt_pipeline.train.resume import ZERO_KEY
 from tests.conftest import shared_data_dir
 
@@ -285,6 +289,60 @@ def test_non_finite_loss_stops_or_is_skipped(tmp_path: Path, prepared: Path) -> 
     history = metrics(out)
     assert len(history) == STEPS and history[2]["loss"] is None  # step 3: every micro-batch skipped
     assert all(r["loss"] is not None for r in history[3:])  # and training went on
+
+
+def lr_by_step(spec: Path) -> list[float]:
+    """The rate of every step as the schedule defines it (a skipped update does not shift the schedule)."""
+    from cpt.kube_yaml import load_all
+    from cpt_pipeline.train.schedule import lr_multiplier
+
+    training = ContinuedPretrain.model_validate(load_all(spec.read_text())[0]).spec.training
+    return [float(training.optimizer.lr) * lr_multiplier(training.schedule, STEPS)(s) for s in range(STEPS)]
+
+
+def test_a_nan_made_inside_the_forward_on_one_rank_stops_every_rank(tmp_path: Path, prepared: Path) -> None:
+    """`stop` agrees across ranks: both stop at the same point with exit 3, none is left in a collective."""
+    spec, _ = run_dir(tmp_path, prepared)
+    result = train(spec, {NAN_IN_FORWARD: "3:1"})  # step 3, first micro-batch, rank 1 only
+    assert result.returncode == EXIT_NONFINITE, result.stderr[-3000:]
+    assert result.stdout.count('"kind": "non-finite-loss"') == 2, result.stdout[-3000:]  # one per rank
+    assert "non-finite loss at step 3 in 1 of 2 micro-batches (all ranks)" in result.stdout
+
+
+@pytest.mark.parametrize("zero", [0, 3])
+def test_skip_batch_skips_the_update_of_a_step_whose_forward_made_a_nan(
+    tmp_path: Path, prepared: Path, zero: int
+) -> None:
+    """A NaN made inside one rank's forward (0 x NaN is NaN: its gradients are NaN): every rank skips the
+    step's update, so the weights stay finite and training goes on; the schedule keeps its step."""
+    deepspeed = {"zeroStage": zero, "precision": "fp32", "gradientCheckpointing": False}
+    spec, out = run_dir(tmp_path, prepared, nonFiniteLoss="skipBatch", deepspeed=deepspeed)
+    result = train(spec, {NAN_IN_FORWARD: "3:1"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    history = metrics(out)
+    assert [r["step"] for r in history] == list(range(1, STEPS + 1))
+    assert history[2]["loss"] is None and history[2]["skipped"] == "nonFinite"
+    assert all(r["loss"] is not None and "skipped" not in r for r in history[3:])  # the weights stayed finite
+    assert [r["lr"] for r in history] == pytest.approx(lr_by_step(spec), rel=1e-9)
+
+
+def test_a_step_deepspeed_skips_for_non_finite_gradients_is_not_a_non_finite_loss(
+    tmp_path: Path, prepared: Path
+) -> None:
+    """A finite loss with infinite gradients (what an fp16 loss-scale overflow looks like; fp16 does not run on
+    CPU): DeepSpeed skips the update itself; under skipBatch the run goes on, under stop it stops on
+    non-finite gradients, not on a loss."""
+    spec, out = run_dir(tmp_path, prepared, nonFiniteLoss="skipBatch")
+    result = train(spec, {INF_GRADIENT: "3"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    history = metrics(out)
+    assert history[2]["loss"] is not None and history[2]["skipped"] == "nonFinite"
+    assert all("skipped" not in r for r in history[3:])
+    assert [r["lr"] for r in history] == pytest.approx(lr_by_step(spec), rel=1e-9)
+    spec, _ = run_dir(tmp_path / "stop", prepared)
+    stopped = train(spec, {INF_GRADIENT: "3"})
+    assert stopped.returncode == EXIT_NONFINITE
+    assert "non-finite gradients at step 3 (finite losses, fp32)" in stopped.stdout
 
 
 def test_sigterm_saves_a_checkpoint_and_exits_with_the_preemption_code(tmp_path: Path, prepared: Path) -> None:
