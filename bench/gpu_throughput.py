@@ -10,7 +10,7 @@ MFU = tokens/s x model FLOPs per token / peak bf16 FLOPs (989 TFLOP/s for H100/H
 override with CPT_PEAK_TFLOPS). The reference study reached about 12k tokens/s per A100; the goal is
 >= 40% MFU on one H100.
 
-    python -P bench/gpu_throughput.py [--micro-batch 16] [--zero 0] [--checkpointing]
+    python -P bench/gpu_throughput.py [--micro-batch 16] [--zero 0] [--checkpointing] [--compile]
     python -P bench/gpu_throughput.py --device cpu --preset tiny --seq 64 --micro-batch 4 --steps 3  # smoke
 """
 
@@ -90,6 +90,7 @@ def stage_spec(root: Path, args: argparse.Namespace, total_steps: int) -> Path:
             "microBatchSize": args.micro_batch,
             "gradAccumulation": 1,
             "attention": "sdpa",
+            "compile": args.compile,
             "deepspeed": {"zeroStage": args.zero, "precision": "bf16", "gradientCheckpointing": args.checkpointing},
             "schedule": {"warmupFraction": "0.1"},
             "checkpoint": {"intervalSteps": 10**9},
@@ -158,6 +159,8 @@ def plain_torch(args: argparse.Namespace) -> float:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.config.use_cache = False
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.005, fused=cuda or None)
+    if args.compile:
+        model = torch.compile(model)
 
     def step() -> None:
         tokens = torch.randint(2, config.vocab_size, (args.micro_batch, args.seq), device=args.device)
@@ -190,6 +193,7 @@ def main() -> int:
     parser.add_argument("--zero", type=int, default=0, help="ZeRO stage (0-3); one GPU needs no sharding")
     parser.add_argument("--checkpointing", action="store_true", help="activation checkpointing")
     parser.add_argument("--no-peer", action="store_true", help="skip the plain PyTorch loop")
+    parser.add_argument("--compile", action="store_true", help="torch.compile (spec.training.compile) on both sides")
     parser.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
     args = parser.parse_args()
 
@@ -215,14 +219,18 @@ def main() -> int:
         f"{', activation checkpointing' if args.checkpointing else ''}"
     )
     stage = training_stage(args)
-    mfu = f", MFU {stage['tokens_per_second'] * flops / peak:.1%} of {peak / 1e12:.0f} TFLOP/s" if peak else ""
+
+    def mfu(tokens_per_second: float) -> str:
+        return f", MFU {tokens_per_second * flops / peak:.1%} of {peak / 1e12:.0f} TFLOP/s" if peak else ""
+
     print(
         f"training stage (python -m cpt_pipeline train, {stage['steps']} steps): "
-        f"{stage['tokens_per_second']:,.0f} tokens/s ({stage['seconds_per_step'] * 1000:.1f} ms/step){mfu}"
+        f"{stage['tokens_per_second']:,.0f} tokens/s per GPU ({stage['seconds_per_step'] * 1000:.1f} ms/step)"
+        f"{mfu(stage['tokens_per_second'])}"
     )
     if not args.no_peer:
         peer = plain_torch(args)
-        print(f"plain PyTorch loop (peer, same run): {peer:,.0f} tokens/s")
+        print(f"plain PyTorch loop (peer, same run): {peer:,.0f} tokens/s per GPU{mfu(peer)}")
         print(f"training stage / plain PyTorch: {stage['tokens_per_second'] / peer:.2f}x")
     print(f"vs the reference study (~12k tokens/s per A100): {stage['tokens_per_second'] / 12000:.2f}x")
     return 0

@@ -143,6 +143,11 @@ class TrainingSpec(ApiModel):
         "exit code 3, or skip that step's update on every rank (weights and optimizer state unchanged). fp16 "
         "loss-scale overflows are always skipped, as DeepSpeed intends.",
     )
+    compile: bool = Field(
+        False,
+        description="Compile the model with torch.compile (through DeepSpeed's engine.compile): faster steps on a "
+        "GPU after a first slow one; the losses equal eager mode's.",
+    )
     attention: Literal["auto", "sdpa", "flash_attention_2", "eager"] = Field(
         "auto", description="Attention kernel; auto picks SDPA (flash on GPU) where available."
     )

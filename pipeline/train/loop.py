@@ -129,17 +129,8 @@ def setup(spec: ContinuedPretrainSpec, storage: Storage) -> Run:
         torch.cuda.set_device(local_rank)
     scratch = node_scratch(local_rank, world)
     tcfg = spec.training
-
-    manifests: dict[str, dict[str, Any]] = {}
-    manifests["domain"], domain = load_set(storage, "domain", str(scratch / "shards"))
-    replay: list = []
-    if spec.data.active_replay is not None:
-        manifests["replay"], replay = load_set(storage, "replay", str(scratch / "shards"))
-    model = load_model(spec.model, manifests["domain"]["tokenizer"]["vocab_size"], tcfg.attention, tcfg.seed)
-    check_data(manifests, spec, model.get_input_embeddings().num_embeddings, model_eos_id(spec.model, model.config))
-    if tcfg.deepspeed.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    model.config.use_cache = False
+    manifests, domain, replay = _shards(spec, storage, scratch)
+    model = _model(spec, manifests)
     faults = Faults.from_env()
     faults.arm(model, rank)
 
@@ -150,7 +141,7 @@ def setup(spec: ContinuedPretrainSpec, storage: Storage) -> Run:
     stage = _zero_stage(spec, model, precision, world, device, local_rank, recorded)
     checkpointer.plan = resume_plan(spec, world, plan.total_steps, stage, manifests)
     checkpointer.check_resumable(recorded)
-    engine, scheduler = _engine(spec, model, deepspeed_config(tcfg, world, precision, stage), plan, cuda)
+    engine, scheduler, gate = _engine(spec, model, deepspeed_config(tcfg, world, precision, stage), plan, cuda)
 
     state = checkpointer.load(engine) or {}
     fraction = float(spec.data.active_replay.fraction) if spec.data.active_replay else 0.0
@@ -160,7 +151,7 @@ def setup(spec: ContinuedPretrainSpec, storage: Storage) -> Run:
         plan,
         engine,
         scheduler,
-        UpdateGate(engine.optimizer),
+        gate,
         MixedSamples(domain, replay, fraction, tcfg.seed),
         checkpointer,
         _progress(spec, storage, plan, engine, stage, device, world, rank, scratch),
@@ -183,18 +174,41 @@ def setup(spec: ContinuedPretrainSpec, storage: Storage) -> Run:
     return run
 
 
-def _engine(spec: ContinuedPretrainSpec, model: Any, config: dict[str, Any], plan: Plan, cuda: bool) -> tuple[Any, Any]:
-    """The DeepSpeed engine (AdamW without decay on norms and biases) and its LR scheduler."""
+def _shards(spec: ContinuedPretrainSpec, storage: Storage, scratch: Path) -> tuple[dict[str, Any], list, list]:
+    """The manifests ({set: manifest}) and the shards of the domain and replay sets."""
+    manifests: dict[str, dict[str, Any]] = {}
+    manifests["domain"], domain = load_set(storage, "domain", str(scratch / "shards"))
+    replay: list = []
+    if spec.data.active_replay is not None:
+        manifests["replay"], replay = load_set(storage, "replay", str(scratch / "shards"))
+    return manifests, domain, replay
+
+
+def _model(spec: ContinuedPretrainSpec, manifests: dict[str, Any]) -> Any:
+    """The model to train, checked against the shards."""
+    tcfg = spec.training
+    model = load_model(spec.model, manifests["domain"]["tokenizer"]["vocab_size"], tcfg.attention, tcfg.seed)
+    check_data(manifests, spec, model.get_input_embeddings().num_embeddings, model_eos_id(spec.model, model.config))
+    if tcfg.deepspeed.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.config.use_cache = False
+    return model
+
+
+def _engine(spec: ContinuedPretrainSpec, model: Any, config: dict[str, Any], plan: Plan, cuda: bool) -> tuple[Any, ...]:
+    """The DeepSpeed engine (AdamW without decay on norms and biases), its LR scheduler and the update gate
+    (installed before the scheduler wraps the optimizer's step, when the optimizer is ours)."""
     import deepspeed
     import torch
 
     opt = spec.training.optimizer
     groups = _param_groups(model, float(opt.weight_decay))
-    optimizer = None
-    if "optimizer" not in config:
+    optimizer, gate = None, None
+    if "optimizer" not in config:  # else DeepSpeed builds its CPU Adam (optimizer offload)
         optimizer = torch.optim.AdamW(
             groups, lr=float(opt.lr), betas=tuple(float(b) for b in opt.betas), eps=float(opt.eps), fused=cuda or None
         )
+        gate = UpdateGate(optimizer)
     multiplier = lr_multiplier(spec.training.schedule, plan.total_steps)
     engine, _, _, scheduler = deepspeed.initialize(
         model=model,
@@ -203,7 +217,10 @@ def _engine(spec: ContinuedPretrainSpec, model: Any, config: dict[str, Any], pla
         config=config,
         lr_scheduler=lambda o: torch.optim.lr_scheduler.LambdaLR(o, multiplier),
     )
-    return engine, scheduler
+    if spec.training.compile:
+        engine.compile()
+        log.info("model compiled with torch.compile (engine.is_compiled: %s)", engine.is_compiled)
+    return engine, scheduler, gate or UpdateGate(engine.optimizer)
 
 
 def _progress(
@@ -252,6 +269,14 @@ def _log_start(run: Run) -> None:
     )
 
 
+def _to_device(rows: Any, device: str) -> Any:
+    """A micro-batch's token ids on the device; on a GPU through pinned memory, without waiting for the copy."""
+    import torch
+
+    tensor = torch.from_numpy(rows)
+    return tensor.pin_memory().to(device, non_blocking=True) if device == "cuda" else tensor
+
+
 def _loss(engine: Any, inputs: Any) -> Any:
     """The mean next-token loss of one micro-batch."""
     return causal_lm_loss(engine, inputs)
@@ -273,7 +298,7 @@ def train_step(run: Run, step: int) -> StepResult:
         rows, batch_ids = run.samples.batch(step, micro, run.rank, run.world, *shape)
         ids += batch_ids
         run.faults.at = (step + 1, micro)
-        loss = run.faults.loss(_loss(engine, torch.from_numpy(rows).to(run.device)), step + 1, run.rank)
+        loss = run.faults.loss(_loss(engine, _to_device(rows, run.device)), step + 1, run.rank)
         value = loss.detach().double()
         sums += torch.stack([value, (~torch.isfinite(value)).double()])
         engine.backward(loss)

@@ -14,6 +14,7 @@ in bf16/fp32 it means non-finite gradients, which the policy handles like a non-
 from __future__ import annotations
 
 import logging
+import types
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -76,7 +77,7 @@ class UpdateGate:
         self.skip = False
         original = inner.step
 
-        def step(*args: Any, **kwargs: Any) -> Any:
+        def step(_optimizer: Any, *args: Any, **kwargs: Any) -> Any:
             return None if self.skip else original(*args, **kwargs)
 
-        inner.step = step
+        inner.step = types.MethodType(step, inner)  # a bound method, as torch's LR schedulers expect to wrap

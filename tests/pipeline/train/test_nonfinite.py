@@ -42,6 +42,7 @@ def test_the_gate_skips_the_update_and_keeps_weights_and_optimizer_state() -> No
     model = torch.nn.Linear(3, 2)
     optimizer = torch.optim.AdamW(model.parameters(), lr=0.1)
     gate = UpdateGate(optimizer)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)  # wraps the gated step, as in training
     model(torch.ones(1, 3)).sum().backward()
     before = [p.detach().clone() for p in model.parameters()]
     gate.skip = True
@@ -50,4 +51,5 @@ def test_the_gate_skips_the_update_and_keeps_weights_and_optimizer_state() -> No
     assert optimizer.state == {} or all("step" not in s for s in optimizer.state.values())
     gate.skip = False
     optimizer.step()
+    scheduler.step()
     assert not torch.equal(before[0], model.weight)
