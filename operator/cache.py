@@ -16,7 +16,7 @@ import kopf
 
 from cpt import API_GROUP, API_VERSION, PLURAL
 from cpt_operator.kube import JOB_UID_LABEL, JOBSET, JOBSET_UID_LABEL, WORKLOAD, start_problem
-from cpt_operator.names import RUN_LABEL
+from cpt_operator.names import DEACTIVATED, RUN_LABEL
 from cpt_operator.ownership import controller_uid
 
 KEPT_META = ("name", "namespace", "uid", "resourceVersion", "generation", "labels", "ownerReferences")
@@ -108,7 +108,10 @@ def cpt_workloads(namespace: str | None, body: kopf.Body, **_: Any) -> dict[Any,
     owner = controller_uid(body) or next((r.get("uid") for r in body["metadata"].get("ownerReferences", [])), None)
     spec = body.get("spec") or {}
     kept = {
-        "metadata": {"name": body["metadata"]["name"]},
+        "metadata": {
+            "name": body["metadata"]["name"],
+            "annotations": {k: v for k, v in (body["metadata"].get("annotations") or {}).items() if k == DEACTIVATED},
+        },
         "spec": {key: spec[key] for key in ("queueName", "active") if key in spec},
         "status": {"conditions": copy.deepcopy((body.get("status") or {}).get("conditions", []))},
     }

@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from cpt import API_GROUP, API_VERSION, PLURAL
-from cpt_operator.names import PRIORITY_LABEL, QUEUE_LABEL
+from cpt_operator.names import DEACTIVATED, PRIORITY_LABEL, QUEUE_LABEL
 from cpt_operator.ownership import is_leftover, owned_by
 
 if TYPE_CHECKING:
@@ -44,6 +44,7 @@ def workload_summary(workload: dict[str, Any], owner: str) -> dict[str, Any]:
         "tried": pending.get("status") == "False",  # Kueue tried to admit it (a new Workload has no condition yet)
         "finished": conditions.get("Finished", {}).get("status") == "True",
         "active": workload.get("spec", {}).get("active", True) is not False,
+        "deactivatedByUs": DEACTIVATED in (workload["metadata"].get("annotations") or {}),
         "message": pending.get("message", "") if not admitted else "",
     }
 
@@ -368,9 +369,8 @@ class Kube:
     def set_workload_active(self, namespace: str, name: str, active: bool) -> None:
         """Kueue's own stop: an inactive Workload is evicted (its Job suspended, its pods gone) and not re-queued
         until it is active again."""
-        self.custom.patch_namespaced_custom_object(
-            *WORKLOAD[:2], namespace, WORKLOAD[2], name, {"spec": {"active": active}}
-        )
+        body = {"spec": {"active": active}, "metadata": {"annotations": {DEACTIVATED: None if active else "true"}}}
+        self.custom.patch_namespaced_custom_object(*WORKLOAD[:2], namespace, WORKLOAD[2], name, body)
 
     def patch_status(self, namespace: str, name: str, status: dict[str, Any]) -> dict[str, Any]:
         """Merge-patch the run's status; returns the run as written."""

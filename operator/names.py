@@ -11,6 +11,7 @@ QUEUE_LABEL = "kueue.x-k8s.io/queue-name"  # Kueue: the LocalQueue a child waits
 PRIORITY_LABEL = "kueue.x-k8s.io/priority-class"  # Kueue: the WorkloadPriorityClass of a child's Workload
 
 RUN_LABEL = f"{API_GROUP}/run"  # every child and every pod: the ContinuedPretrain's name
+DEACTIVATED = f"{API_GROUP}/deactivated"  # annotation on a Kueue Workload the operator deactivated (suspend, a stop)
 STAGE_LABEL = f"{API_GROUP}/stage"  # preprocess, dedup, train, evaluate, report
 TARGET_LABEL = f"{API_GROUP}/target"  # evaluation Jobs: baseline or an export
 MANAGED_BY = "kubecpt-operator"

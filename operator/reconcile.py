@@ -261,7 +261,9 @@ def _kueues(obj: dict[str, Any]) -> bool:
 
 def _suspend_children(suspend: bool, children: dict[str, dict[str, Any]], decision: Decision) -> None:
     """spec.suspend for the unfinished children: their own `suspend` without Kueue; under Kueue, which owns that
-    field, their Workloads' `active` (an inactive Workload is evicted: pods stop; active again, it is re-queued)."""
+    field, their Workloads' `active` (an inactive Workload is evicted: pods stop; active again, it is re-queued).
+    Only a Workload the operator deactivated (its annotation says so) is activated again: one Kueue deactivated
+    itself (waitForPodsReady's backoff limit, a maximum execution time) or an admin stopped stays stopped."""
     workloads = _workloads_by_owner(children)
     for name, obj in sorted(children.items()):
         if obj.get("kind") not in ("Job", "JobSet") or child_state(obj)[0] not in ("running", "suspended"):
@@ -269,7 +271,11 @@ def _suspend_children(suspend: bool, children: dict[str, dict[str, Any]], decisi
         if not _kueues(obj):
             if bool(obj.get("spec", {}).get("suspend")) != suspend:
                 decision.set_suspend.append((obj["kind"], name, suspend))
-        elif name in workloads and workloads[name].get("active", True) == suspend:
+        elif (
+            name in workloads
+            and workloads[name].get("active", True) == suspend
+            and (suspend or workloads[name].get("deactivatedByUs"))  # never undo Kueue's or an admin's own stop
+        ):
             decision.set_workload_active.append((workloads[name]["metadata"]["name"], not suspend))
 
 

@@ -289,6 +289,7 @@ def test_workload_summary_reads_kueues_conditions() -> None:
         "tried": True,
         "finished": False,
         "active": True,
+        "deactivatedByUs": False,
         "message": "insufficient quota",
     }
     admitted = {**pending, "status": {"conditions": [{"type": "Admitted", "status": "True"}]}}
@@ -381,13 +382,35 @@ def test_under_kueue_suspend_deactivates_the_workloads_and_creates_no_new_worklo
     decision = run.step()
     assert decision.set_workload_active == [("jobset-t-train-1a2b3", False)] and decision.set_suspend == []
     assert decision.create == [] and run.status["phase"] == "Suspended"  # no new Job for Kueue to admit
-    run.children["Workload:jobset-t-train-1a2b3"]["active"] = False
+    run.children["Workload:jobset-t-train-1a2b3"].update(active=False, deactivatedByUs=True)
     run.children["t-train"]["spec"]["suspend"] = True  # Kueue evicted it
     assert run.step().set_workload_active == []
     run.run = resource(scheduling={"queueName": "gpu"})
     decision = run.step()
     assert decision.set_workload_active == [("jobset-t-train-1a2b3", True)]
     assert [obj["metadata"]["name"] for obj in decision.create] == [f"t-eval-{FIRST}"]
+
+
+def test_a_workload_kueue_or_an_admin_deactivated_is_never_activated_again() -> None:
+    run = running_gang(scheduling={"queueName": "gpu"})
+    run.children["t-train"]["spec"]["suspend"] = True  # evicted
+    stopped = {**workload("t-train", admitted=False), "active": False}  # Kueue's backoff limit, or kueuectl stop
+    run.children["Workload:jobset-t-train-1a2b3"] = stopped
+    assert run.step().set_workload_active == []
+    run.children["Workload:jobset-t-train-1a2b3"] = {**stopped, "deactivatedByUs": True}  # the run's own suspend
+    assert run.step().set_workload_active == [("jobset-t-train-1a2b3", True)]
+
+
+def test_workload_summary_knows_the_operators_own_deactivation() -> None:
+    from cpt_operator.kube import workload_summary
+
+    ours = {
+        "metadata": {"name": "w", "annotations": {"cpt.kubecpt.dev/deactivated": "true"}},
+        "spec": {"active": False},
+    }
+    assert workload_summary(ours, "t-train")["deactivatedByUs"] is True
+    theirs = {"metadata": {"name": "w"}, "spec": {"active": False}}
+    assert workload_summary(theirs, "t-train")["deactivatedByUs"] is False
 
 
 def test_a_spec_edit_updates_the_spec_configmap_and_the_rolebinding_follows_the_service_account() -> None:
