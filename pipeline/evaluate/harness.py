@@ -13,13 +13,14 @@ import json
 import logging
 import shutil
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
 from cpt.api.evaluation import Task
 from cpt_pipeline import jsonl
 from cpt_pipeline.hf_loading import adds_bos, document_start, load_tokenizer
+from cpt_pipeline.train.ds_config import bf16_native
 
 log = logging.getLogger(__name__)
 TASKS_DIR = Path(__file__).resolve().parent / "tasks"
@@ -142,7 +143,7 @@ def run_tasks(
     from lm_eval.tasks import TaskManager
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    dtype = "bfloat16" if device == "cuda" and torch.cuda.is_bf16_supported() else "float32"
+    dtype = eval_dtype(device)
     args = model_args(model_dir, dtype, tokenizer, trust_remote_code)
     if device != "cuda" and batch_size == "auto":
         batch_size = "8"
@@ -179,6 +180,14 @@ def run_tasks(
             for key in merged:
                 merged[key].update(out.get(key, {}))
     return merged
+
+
+def eval_dtype(device: str, native_bf16: Callable[[], bool] = bf16_native) -> str:
+    """The dtype lm-eval loads the model in: bf16 where the GPU computes it natively, fp16 on a GPU that only
+    emulates bf16 (V100, T4: as training falls back), fp32 on the CPU."""
+    if device != "cuda":
+        return "float32"
+    return "bfloat16" if native_bf16() else "float16"
 
 
 def model_args(model_dir: str, dtype: str, tokenizer: Any = None, trust_remote_code: bool = False) -> dict[str, Any]:

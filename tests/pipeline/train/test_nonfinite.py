@@ -53,3 +53,12 @@ def test_the_gate_skips_the_update_and_keeps_weights_and_optimizer_state() -> No
     optimizer.step()
     scheduler.step()
     assert not torch.equal(before[0], model.weight)
+
+
+def test_evaluation_loads_in_bf16_only_where_the_gpu_computes_it_natively() -> None:
+    """lm-eval's dtype follows training's rule: a V100/T4 (bf16 only emulated) evaluates in fp16."""
+    from cpt_pipeline.evaluate.harness import eval_dtype
+
+    assert eval_dtype("cuda", native_bf16=lambda: True) == "bfloat16"
+    assert eval_dtype("cuda", native_bf16=lambda: False) == "float16"
+    assert eval_dtype("cpu", native_bf16=lambda: True) == "float32"
