@@ -109,6 +109,8 @@ PRINTER_COLUMNS = [
     {"name": "Tokens", "type": "integer", "jsonPath": ".status.training.tokensSeen"},
     {"name": "Step", "type": "integer", "jsonPath": ".status.training.step"},
     {"name": "Avg Score", "type": "number", "jsonPath": ".status.evaluation.latestAverage"},
+    {"name": "Domain PPL", "type": "number", "jsonPath": ".status.evaluation.latestDomainPerplexityChange"},
+    {"name": "General PPL", "type": "number", "jsonPath": ".status.evaluation.latestGeneralPerplexityChange"},
     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
 ]
 

@@ -134,6 +134,14 @@ class EvaluationStatus(ApiModel):
         json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["tokens"]},
     )
     latest_average: float | None = Field(None, description="Average of the most recent evaluation.")
+    latest_domain_perplexity_change: float | None = Field(
+        None, description="The latest trained model's domain perplexity against the base model's (-0.35 = 35% lower)."
+    )
+    latest_general_perplexity_change: float | None = Field(
+        None,
+        description="The latest trained model's general perplexity against the base model's (+0.10 = 10% higher: "
+        "forgetting).",
+    )
 
 
 class ContinuedPretrainStatus(ApiModel):

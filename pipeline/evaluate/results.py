@@ -257,4 +257,17 @@ def status_summary(summaries: list[dict[str, Any]]) -> dict[str, Any]:
             }
         )
     latest = next((m["average"] for m in reversed(milestones) if m["average"] is not None), None)
-    return {"milestones": milestones, "latestAverage": latest}
+    return {
+        "milestones": milestones,
+        "latestAverage": latest,
+        "latestDomainPerplexityChange": latest_change(milestones, "domainPerplexity"),
+        "latestGeneralPerplexityChange": latest_change(milestones, "generalPerplexity"),
+    }
+
+
+def latest_change(milestones: list[dict[str, Any]], field: str) -> float | None:
+    """The latest trained model's perplexity against the base model's, as a share of the base's (-0.35 = 35%
+    lower; what `cpt compare` prints): None until both are known."""
+    base = next((m[field] for m in milestones if m["tokens"] == 0 and m[field]), None)
+    latest = next((m[field] for m in reversed(milestones) if m["tokens"] > 0 and m[field] is not None), None)
+    return None if base is None or latest is None else round((latest - base) / base, 6)

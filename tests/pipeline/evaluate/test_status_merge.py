@@ -45,3 +45,18 @@ def test_a_newer_view_adds_its_models_and_fills_the_deltas() -> None:
     merged = status_summary(merge_summaries(summaries_from_status(older), [SUMMARIES[0], SUMMARIES[2]]))
     assert merged == status_summary(SUMMARIES)
     assert [m["tokens"] for m in merged["milestones"]] == [0, 400, 1000] and merged["latestAverage"] == 0.65
+
+
+def test_the_latest_perplexity_changes_are_in_status_for_kubectl_get() -> None:
+    """`kubectl get cpt` shows domain and general perplexity change (printer columns read these two fields)."""
+    status = status_summary(SUMMARIES)
+    assert status["latestDomainPerplexityChange"] == round((20.0 - 30.0) / 30.0, 6)  # the latest model with one
+    assert status["latestGeneralPerplexityChange"] is None  # no general set: nothing to show
+    assert status_summary([SUMMARIES[1]])["latestDomainPerplexityChange"] is None  # no base model yet
+    from cpt.crd import PRINTER_COLUMNS
+
+    paths = {column["jsonPath"] for column in PRINTER_COLUMNS}
+    assert {
+        ".status.evaluation.latestDomainPerplexityChange",
+        ".status.evaluation.latestGeneralPerplexityChange",
+    } <= paths
