@@ -49,6 +49,7 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     memo.failures = {}  # (namespace, run) -> failed passes in a row, the last message, retry time, generation
     memo.cache = Cache()  # the watch caches (kopf indices), bound on the first handler call
     memo.written = {}  # (namespace, run) -> the run as the operator's last status write returned it
+    memo.held = {}  # (namespace, run) -> children as events showed them during a backoff, for the next pass
     memo.pod_problems = {}  # (namespace, pod) -> why it cannot start, for the run's pods that cannot
     memo.checked = {}  # (namespace, run) -> when a timer's pass last checked that the run still exists
     memo.requeue = Requeue(lambda namespace, run: serialized_pass(memo, namespace, run, timer=True))
@@ -197,8 +198,12 @@ def _pass(memo: kopf.Memo, key: tuple[str, str], seen: dict[str, dict[str, Any]]
     body = None
     try:
         body = _current(memo, *key)
-        if body is None or body["metadata"].get("deletionTimestamp") or _backing_off(memo, key, body, timer):
+        if body is None or body["metadata"].get("deletionTimestamp"):
             return
+        if _backing_off(memo, key, body, timer):
+            memo.held.setdefault(key, {}).update(seen)  # a child's last state only its event showed (a TTL of 0)
+            return
+        seen = {**memo.held.pop(key, {}), **seen}
         if timer and _check_due(memo, key) and not memo.kube.run_exists(*key, body["metadata"]["uid"]):
             _forget(memo, key)
             return
@@ -209,6 +214,7 @@ def _pass(memo: kopf.Memo, key: tuple[str, str], seen: dict[str, dict[str, Any]]
             log.warning("%s", message)
             memo.requeue(*key, api_errors.backoff(memo.failures.get(key, (0, "", 0.0, 0))[0] + 1))
             return
+        memo.held.setdefault(key, {}).update(seen)  # what this pass saw counts in the retry
         current = body.get("status") or {}
         status = _failed(memo, body, dict(current), message)
         if differs(current, status):
@@ -242,6 +248,7 @@ def _forget(memo: kopf.Memo, key: tuple[str, str]) -> None:
     memo.failures.pop(key, None)
     memo.written.pop(key, None)
     memo.checked.pop(key, None)
+    memo.held.pop(key, None)
     SERIAL.forget(key)
 
 
