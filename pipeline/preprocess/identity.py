@@ -11,13 +11,13 @@ made again under another identity is refused too (`shard_digest`).
 from __future__ import annotations
 
 import json
-import os
 from typing import Any
 
 import xxhash
 
 from cpt.api import ContinuedPretrainSpec
 from cpt.api.data import Source
+from cpt_pipeline.preprocess.readers import streamed
 from cpt_pipeline.preprocess.tokenize import TokenizerInfo
 from cpt_pipeline.storage import Storage
 
@@ -86,7 +86,7 @@ def set_identity(
     worker count only when a source is a streamed hub dataset (split per worker); otherwise the same documents
     are read for any number of workers."""
     identity = {**prepared, SEQUENCE_LENGTH: sequence_length}
-    if any(s.format == "hf" and not os.path.isdir(s.uri) for s in sources):
+    if any(streamed(s) for s in sources):
         identity[WORKERS] = world_size
     return identity
 

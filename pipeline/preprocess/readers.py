@@ -1,11 +1,14 @@
 """Readers: plan work units over a source's files and yield its documents.
 
 Work is split by file AND inside files, so one big file still keeps every worker busy: uncompressed
-jsonl by byte range (a line belongs to the range in which it starts), parquet by row group and row
-range, a local Hugging Face dataset by row range. Compressed jsonl cannot be split and is one unit per
-file. The plan does not depend on the number of workers (except for a streamed hub dataset, split per
-worker): about `UNITS_PER_SOURCE` units per source, within [MIN_CHUNK, MAX_CHUNK] bytes for jsonl. Units
-are numbered in a fixed order; worker `rank` takes units `rank, rank + world, ...`.
+jsonl by byte range (a line belongs to the range in which it starts), parquet by row group (each read
+once), a dataset saved with `save_to_disk` by row range. A hub dataset (an id, or a local folder laid out
+like one) whose files are parquet, as the datasets library resolves its subset and split, is planned as
+parquet (its files through fsspec, `hf://`), so each row is read once whatever the number of workers; one
+whose files are not parquet is streamed, split per worker. Compressed jsonl cannot be split and is one unit
+per file. The plan does not depend on the number of workers (except for a streamed hub dataset): about
+`UNITS_PER_SOURCE` units per source, within [MIN_CHUNK, MAX_CHUNK] bytes for jsonl. Units are numbered in
+a fixed order; worker `rank` takes units `rank, rank + world, ...`.
 
 Bad records (malformed JSON, bytes that are not UTF-8, a missing or empty text field, a corrupt file) are
 counted and reported with file and line, and reading goes on. A transport error (a dropped connection,
@@ -17,11 +20,13 @@ rather than silently dropping the rest of the file. A missing or forbidden file 
 
 from __future__ import annotations
 
+import functools
 import gzip
 import io
 import json
 import logging
 import math
+import os
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
@@ -136,38 +141,27 @@ def _plan_jsonl(source: Source, first: int) -> list[WorkUnit]:
     return units
 
 
-def _plan_parquet(source: Source, first: int) -> list[WorkUnit]:
+def _plan_parquet(source: Source, first: int, urls: list[str] | None = None) -> list[WorkUnit]:
+    """One unit per row group of the source's parquet files (or of `urls`, a hub dataset's): a row group is
+    what a reader fetches and decodes, so splitting one would read it again for every piece."""
     import pyarrow.parquet as pq
 
-    fs, files = list_files(source)
     groups: list[tuple[str, int, int]] = []
-    for url, _ in files:
-        with fs.open(url, "rb") as handle:
+    for url in urls if urls is not None else [url for url, _ in list_files(source)[1]]:
+        with fsspec.open(url, "rb", **storage_options(url)) as handle:
             meta = pq.ParquetFile(handle).metadata
             groups += [(url, g, meta.row_group(g).num_rows) for g in range(meta.num_row_groups)]
-    total_rows = sum(rows for *_, rows in groups)
-    rows_per_unit = max(1, math.ceil(total_rows / UNITS_PER_SOURCE))
-    units = []
-    for url, group, rows in groups:
-        for start in range(0, rows, rows_per_unit):
-            units.append(
-                WorkUnit(
-                    first + len(units),
-                    source.name,
-                    url,
-                    "parquet",
-                    start,
-                    min(start + rows_per_unit, rows),
-                    row_group=group,
-                    size=min(rows_per_unit, rows - start),
-                )
-            )
-    return units
+    return [
+        WorkUnit(first + i, source.name, url, "parquet", 0, rows, row_group=group, size=max(1, rows))
+        for i, (url, group, rows) in enumerate(groups)
+    ]
 
 
 def _plan_hf(source: Source, world_size: int, first: int) -> list[WorkUnit]:
     dataset = _load_hf(source, streaming=None)
-    if dataset is None:  # a hub dataset: streamed, one unit per worker (split_dataset_by_node)
+    if dataset is None and (files := hub_parquet_files(source.uri, source.subset, source.split)):
+        return _plan_parquet(source, first, list(files))
+    if dataset is None:  # a hub dataset not in parquet: streamed, one unit per worker (split_dataset_by_node)
         return [WorkUnit(first + r, source.name, source.uri, "hf-stream", r, world_size) for r in range(world_size)]
     rows = len(dataset)
     per_unit = max(1, math.ceil(rows / UNITS_PER_SOURCE))
@@ -185,11 +179,36 @@ def _plan_hf(source: Source, world_size: int, first: int) -> list[WorkUnit]:
     ]
 
 
+def _saved_to_disk(uri: str) -> bool:
+    return os.path.isfile(os.path.join(uri, "dataset_dict.json")) or os.path.isfile(os.path.join(uri, "state.json"))
+
+
+@functools.lru_cache(maxsize=32)
+def hub_parquet_files(uri: str, subset: str | None, split: str) -> tuple[str, ...]:
+    """The parquet files of a hub dataset's split (an id, or a local folder laid out like one), as the
+    datasets library resolves them (README configs, data/train-00000-of-00003.parquet, ...); empty when its
+    files are not parquet. A dataset saved with save_to_disk has none."""
+    if os.path.isdir(uri) and _saved_to_disk(uri):
+        return ()
+    from datasets import load_dataset_builder
+
+    config = load_dataset_builder(uri, subset).config
+    files = (config.data_files or {}).get(split)
+    if files is None:
+        raise SourceError(f"dataset {uri!r}: split {split!r} not in {list(config.data_files or {})}")
+    return tuple(str(f) for f in files) if all(str(f).endswith(".parquet") for f in files) else ()
+
+
+def streamed(source: Source) -> bool:
+    """Whether a source is a hub stream split per worker (the worker count then decides what is read)."""
+    if source.format != "hf" or (os.path.isdir(source.uri) and _saved_to_disk(source.uri)):
+        return False
+    return not hub_parquet_files(source.uri, source.subset, source.split)
+
+
 def _load_hf(source: Source, streaming: bool | None) -> Any:
     """A local dataset (save_to_disk directory) or, when streaming=True, a hub dataset stream."""
-    import os
-
-    if os.path.isdir(source.uri):
+    if os.path.isdir(source.uri) and _saved_to_disk(source.uri):
         from datasets import load_from_disk
 
         dataset = load_from_disk(source.uri)

@@ -79,7 +79,50 @@ def test_parquet_row_groups_and_ranges(tmp_path: Path) -> None:
         Source(name="p", uri=str(tmp_path / "p.parquet"), format="parquet", textField="content"), world=4
     )
     assert got == texts
-    assert len({u.row_group for u in units}) == 3 and len(units) > 3
+    assert [(u.row_group, u.start, u.end) for u in units] == [(0, 0, 20), (1, 0, 20), (2, 0, 10)]  # read once
+
+
+@pytest.mark.parametrize("layout", ["hub folder", "parquet glob"])
+def test_a_hub_dataset_is_split_by_row_group_and_each_row_read_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, layout: str
+) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from cpt_pipeline.preprocess.identity import WORKERS, set_identity
+
+    data, texts = tmp_path / "hub" / "data", []
+    data.mkdir(parents=True)
+    for i, rows in enumerate((70, 45, 33)):  # 12 + 8 + 6 row groups: not a multiple of 16 workers
+        part = [document(1000 * i + j) for j in range(rows)]
+        texts += part
+        pq.write_table(pa.table({"text": part}), data / f"train-0000{i}-of-00003.parquet", row_group_size=6)
+    pq.write_table(pa.table({"text": ["held out"]}), data / "validation-00000-of-00001.parquet")
+    read_rows = [0]
+    read_row_group = pq.ParquetFile.read_row_group
+
+    def counting(self: pq.ParquetFile, *args: object, **kwargs: object) -> pa.Table:
+        table = read_row_group(self, *args, **kwargs)
+        read_rows[0] += table.num_rows
+        return table
+
+    monkeypatch.setattr(pq.ParquetFile, "read_row_group", counting)
+    source = (
+        Source(name="hub", uri=str(tmp_path / "hub"), format="hf")
+        if layout == "hub folder"
+        else Source(name="hub", uri=str(data / "train-*.parquet"), format="parquet")
+    )
+    world = 16
+    units = plan_units([source], world)
+    got, per_worker = [], []
+    for rank in range(world):
+        read_rows[0] = 0
+        got += [d.text for u in units[rank::world] for d in read_unit(u, source, Stats())]
+        per_worker.append(read_rows[0])
+    assert sorted(got) == sorted(texts) and len(got) == len(texts) == sum(per_worker)  # every row read once
+    assert max(per_worker) <= -(-len(texts) // world) + 6, per_worker  # its share plus one row group
+    assert plan_units([source], 3) == units  # the plan, hence what is read, does not depend on the workers
+    assert WORKERS not in set_identity({}, 64, [source], world)
 
 
 def test_local_hf_dataset(tmp_path: Path) -> None:
