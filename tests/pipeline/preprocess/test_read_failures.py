@@ -16,6 +16,7 @@ from cpt_pipeline.preprocess import readers
 from cpt_pipeline.preprocess.readers import SourceReadError, plan_units, read_unit
 from cpt_pipeline.preprocess.runner import prepare
 from cpt_pipeline.preprocess.stats import Stats
+from cpt_pipeline.preprocess.tokenize import TextTokenizer
 from cpt_pipeline.storage import Storage
 from tests.pipeline.preprocess.helpers import document, make_spec, write_jsonl
 
@@ -112,6 +113,7 @@ def test_dropped_documents_stream_to_storage(tmp_path: Path) -> None:
         filters={"writeDropped": True},
         preprocessing={"tokenizerBatchSize": 50},
     )
+    TextTokenizer(spec.model.tokenizer_uri)  # its imports (transformers: ~150 MB traced once) are not the documents
     tracemalloc.start()
     try:
         prepare(spec, Storage.from_spec(spec.storage), 0, 1)
