@@ -66,4 +66,4 @@ def test_the_quickstart_runs_from_the_repository_alone(tmp_path: Path) -> None:
     assert quiz[last["tokens"]]["science_quiz"] >= quiz[0]["science_quiz"] + 0.3  # the facts are learnt
     assert last["domainPerplexity"] < base["domainPerplexity"] / 10  # on held-out sections
     assert base["generalPerplexity"] < 3  # the base model knows its own stories
-    assert last["generalPerplexity"] > base["generalPerplexity"]  # and forgets a little despite replay
+    assert last["generalPerplexity"] < base["generalPerplexity"] * 1.25  # replay keeps the stories it knew

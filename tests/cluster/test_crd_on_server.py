@@ -59,7 +59,20 @@ def test_server_rejects_what_cpt_validate_rejects(
 def test_printer_columns(crd_installed: Cluster, namespace: str) -> None:
     create(crd_installed, with_change("metadata", {"name": "cols"}), namespace)
     header = crd_installed.kubectl("get", "cpt", "-n", namespace).stdout.splitlines()[0].split()
-    assert header == ["NAME", "PHASE", "COMPLETE", "TOKENS", "STEP", "AVG", "SCORE", "AGE"]
+    assert header == [
+        "NAME",
+        "PHASE",
+        "COMPLETE",
+        "TOKENS",
+        "STEP",
+        "AVG",
+        "SCORE",
+        "DOMAIN",
+        "PPL",
+        "GENERAL",
+        "PPL",
+        "AGE",
+    ]
 
 
 def test_what_changes_results_is_immutable_once_started(crd_installed: Cluster, namespace: str) -> None:
