@@ -48,6 +48,20 @@ def cluster(tmp_path_factory: pytest.TempPathFactory):
     print(f"\ncluster logs kept in {workdir}")
 
 
+@pytest.fixture(scope="module")
+def crd_installed(cluster):
+    """The cluster with the generated ContinuedPretrain CRD applied and Established."""
+    from tests.cluster.helpers import condition, eventually
+
+    crd = REPO / "manifests" / "crd" / "continuedpretrains.cpt.kubecpt.dev.yaml"
+    cluster.kubectl("apply", "--server-side", "-f", str(crd))
+    eventually(
+        lambda: condition(cluster.get_json("crd", "continuedpretrains.cpt.kubecpt.dev"), "Established") == "True",
+        what="CRD Established",
+    )
+    return cluster
+
+
 @pytest.fixture
 def namespace(cluster, request: pytest.FixtureRequest):
     """A fresh namespace per test, deleted afterwards (without waiting)."""

@@ -12,22 +12,11 @@ import yaml
 
 from cpt.api import ContinuedPretrain
 from tests.cluster.cluster import Cluster
-from tests.cluster.helpers import condition, eventually
 from tests.cpt.test_spec import INVALID, with_change
 
 REPO = Path(__file__).resolve().parents[2]
 CRD = REPO / "manifests" / "crd" / "continuedpretrains.cpt.kubecpt.dev.yaml"
 EXAMPLES = sorted((REPO / "manifests" / "examples").glob("*.yaml"))
-
-
-@pytest.fixture(scope="module")
-def crd_installed(cluster: Cluster) -> Cluster:
-    cluster.kubectl("apply", "--server-side", "-f", str(CRD))
-    eventually(
-        lambda: condition(cluster.get_json("crd", "continuedpretrains.cpt.kubecpt.dev"), "Established") == "True",
-        what="CRD Established",
-    )
-    return cluster
 
 
 def create(cluster: Cluster, doc: dict[str, Any], namespace: str, check: bool = True):

@@ -16,14 +16,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import pytest
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cpt.validation import validate_object
 from tests.cluster.cluster import Cluster
-from tests.cluster.helpers import condition, eventually
 
 REPO = Path(__file__).resolve().parents[2]
 CRD = REPO / "manifests" / "crd" / "continuedpretrains.cpt.kubecpt.dev.yaml"
@@ -247,16 +245,6 @@ def server_verdict(api: Any, namespace: str, doc: dict[str, Any]) -> str | None:
             raise
         return json.loads(error.body).get("message", error.body) if error.body else str(error.status)
     return None
-
-
-@pytest.fixture(scope="module")
-def crd_installed(cluster: Cluster) -> Cluster:
-    cluster.kubectl("apply", "--server-side", "-f", str(CRD))
-    eventually(
-        lambda: condition(cluster.get_json("crd", "continuedpretrains.cpt.kubecpt.dev"), "Established") == "True",
-        what="CRD Established",
-    )
-    return cluster
 
 
 def test_cpt_validate_agrees_with_the_api_server(crd_installed: Cluster, namespace: str) -> None:
