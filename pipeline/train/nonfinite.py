@@ -36,10 +36,8 @@ def before_update(policy: str, bad: int, micro_batches: int, step: int, lr: Any)
     if bad == 0:
         return False
     what = f"non-finite loss at step {step} in {bad} of {micro_batches} micro-batches (all ranks)"
-    if policy == "skipBatch":
-        log.warning("%s: the step's update is skipped on every rank", what)
-        return True
-    raise NonFiniteLoss(f"{what}: stopping ({_advice(lr)})")
+    _skip_or_stop(policy, what, "the step's update is skipped on every rank", lr)
+    return True
 
 
 def after_update(
@@ -56,10 +54,15 @@ def after_update(
         log.info("fp16 loss-scale overflow at step %d: DeepSpeed skipped the update and lowered the scale", step)
         return OVERFLOW
     what = f"non-finite gradients at step {step} (finite losses, {precision})"
-    if policy == "skipBatch":
-        log.warning("%s: DeepSpeed skipped the update on every rank", what)
-        return SKIPPED
-    raise NonFiniteLoss(f"{what}: stopping ({_advice(lr)})")
+    _skip_or_stop(policy, what, "DeepSpeed skipped the update on every rank", lr)
+    return SKIPPED
+
+
+def _skip_or_stop(policy: str, what: str, skipped: str, lr: Any) -> None:
+    """Under `skipBatch` say what is skipped; under `stop` raise NonFiniteLoss."""
+    if policy != "skipBatch":
+        raise NonFiniteLoss(f"{what}: stopping ({_advice(lr)})")
+    log.warning("%s: %s", what, skipped)
 
 
 class UpdateGate:
