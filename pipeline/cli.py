@@ -9,18 +9,20 @@ from pathlib import Path
 
 
 def _report(args: argparse.Namespace) -> int:
+    from cpt_pipeline.report.marks import Marks, marks_from
     from cpt_pipeline.report.report import build_report
     from cpt_pipeline.storage import Storage
 
-    target = args.target
+    target, marks = args.target, Marks()
     if Path(target).is_file():
         from cpt_pipeline.__main__ import load_spec
 
-        storage = Storage.from_spec(load_spec(target).storage)
+        spec = load_spec(target)
+        storage, marks = Storage.from_spec(spec.storage), marks_from(spec.to_api())
     else:
         storage = Storage.open_uri(target, endpoint=args.endpoint)
     try:
-        result = build_report(storage, name=args.title)
+        result = build_report(storage, name=args.title, marks=marks)
     except FileNotFoundError as error:
         print(f"cpt report: {error}", file=sys.stderr)
         return 1

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Debian packages the end-to-end tests' real node needs (tests/e2e/node.py): containerd + runc, the CNI
-# plugins (bridge, host-local, loopback), iptables, conntrack and iproute2. Needs root; idempotent: when every
+# plugins (bridge, host-local, loopback), iptables, conntrack and iproute2; and Chromium, in which the report
+# tests open the HTML report headless (tests/pipeline/report/browser.py). Needs root; idempotent: when every
 # tool is already there it changes nothing and needs no network.
 set -euo pipefail
 need=()
@@ -10,6 +11,7 @@ command -v runc >/dev/null || need+=(runc)
 command -v iptables >/dev/null || need+=(iptables)
 command -v conntrack >/dev/null || need+=(conntrack)
 command -v ip >/dev/null || need+=(iproute2)
+command -v chromium >/dev/null || need+=(chromium)
 if [ ${#need[@]} -eq 0 ]; then
     echo "node packages: already installed"
     exit 0

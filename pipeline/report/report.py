@@ -1,36 +1,35 @@
-"""The run report: the paper's Table 1 (tokens x tasks, with Avg), the loss curve and the token-efficiency
-figure (task scores and held-out perplexity against tokens), as PNGs, a Markdown page and one
-self-contained HTML page (images inlined). Everything is read from the run's storage."""
+"""The run report: the paper's Table 1 (tokens x tasks, with Avg), the same table with each score's change against
+the base model as the study prints it, and the figures (loss curve, benchmark scores with error bars, domain gain
+against forgetting), as PNGs, a Markdown page and one self-contained HTML page (images inlined). Everything is
+read from the run's storage; the guardrail, recommended export and budget segments come as Marks."""
 
 from __future__ import annotations
 
 import base64
 import html
-import io
 from typing import Any
 
 from cpt_pipeline import jsonl
 from cpt_pipeline.evaluate.results import load_summaries
+from cpt_pipeline.report.figures import (
+    TASK_TITLES,
+    efficiency_figure,
+    forgetting_figure,
+    loss_figure,
+    perplexity_changes,
+    png,
+    token_label,
+)
+from cpt_pipeline.report.marks import Marks
 from cpt_pipeline.storage import Storage
 
-TASK_TITLES = {
-    "mmlu": "MMLU",
-    "arc_challenge": "ARC Ch.",
-    "arc_easy": "ARC Easy",
-    "winogrande": "Winogr.",
-    "hellaswag": "H.Swag",
-    "boolq": "BoolQ",
-    "piqa": "PIQA",
+TABLE_TITLE = "Table 1: benchmark performance across token volumes (change vs the base model)"
+__all__ = ["build_report", "table", "table_with_changes", "token_label"]
+FILES = {
+    "Training loss": "loss.png",
+    "Token efficiency": "efficiency.png",
+    "Domain gain and forgetting": "forgetting.png",
 }
-
-
-def token_label(tokens: int) -> str:
-    if tokens == 0:
-        return "0 (Base)"
-    for size, suffix in ((10**12, "T"), (10**9, "B"), (10**6, "M"), (10**3, "K")):
-        if tokens >= size:
-            return f"≈ {tokens / size:.3g}{suffix}"
-    return str(tokens)
 
 
 def table(summaries: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
@@ -46,80 +45,42 @@ def table(summaries: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
     return header, rows
 
 
-def _token_axis(axis: Any) -> None:
-    from matplotlib.ticker import FuncFormatter
-
-    axis.xaxis.set_major_formatter(FuncFormatter(lambda x, _: token_label(int(x)).removeprefix("≈ ") if x > 0 else "0"))
-    axis.set_xlabel("training tokens")
-
-
-def _style(axis: Any, ylabel: str, title: str, **legend: Any) -> None:
-    _token_axis(axis)
-    axis.set_ylabel(ylabel)
-    axis.set_title(title)
-    axis.grid(alpha=0.3)
-    axis.legend(**legend)
+def _relative(value: float, base: float | None) -> str:
+    """A change against the base as the study prints it (+8.1%), or a factor where a percentage hides it."""
+    if base is None or base == 0:
+        return ""
+    if value < base / 10:
+        return f" ({base / value:,.0f}x lower)"
+    if value > base * 10:
+        return f" ({value / base:,.0f}x higher)"
+    return f" ({(value - base) / base:+.1%})"
 
 
-def _png(figure: Any) -> bytes:
-    """The figure as PNG bytes; the figure is closed."""
-    import matplotlib.pyplot as plt
-
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=130, bbox_inches="tight")
-    plt.close(figure)
-    return buffer.getvalue()
-
-
-def loss_figure(history: list[dict[str, Any]], milestones: list[int]) -> bytes:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, axis = plt.subplots(figsize=(7, 4))
-    points = [(r["tokens"], r["loss"]) for r in history if r.get("loss") is not None]
-    axis.plot([p[0] for p in points], [p[1] for p in points], color="#1f77b4", linewidth=1.2, label="training loss")
-    for milestone in milestones:
-        axis.axvline(milestone, color="#999999", linestyle="--", linewidth=0.8)
-        axis.annotate(token_label(milestone), (milestone, axis.get_ylim()[1]), fontsize=8, ha="right", va="top")
-    _style(axis, "loss", "Training loss")
-    return _png(figure)
-
-
-def efficiency_figure(summaries: list[dict[str, Any]]) -> bytes:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    with_ppl = any(s.get("perplexity") for s in summaries)
-    figure, axes = plt.subplots(1, 2 if with_ppl else 1, figsize=(12 if with_ppl else 7, 4.5), squeeze=False)
-    tokens = [s["tokens"] for s in summaries]
-    tasks = [s["task"] for s in summaries[0]["scores"]] if summaries else []
-    scores_axis = axes[0][0]
-    for task in tasks:
-        values = [next((x["score"] for x in s["scores"] if x["task"] == task), float("nan")) for s in summaries]
-        scores_axis.plot(tokens, values, marker="o", linewidth=1, label=TASK_TITLES.get(task, task))
-    averages = [s["average"] if s["average"] is not None else float("nan") for s in summaries]
-    scores_axis.plot(tokens, averages, marker="s", color="black", linewidth=2.2, label="Avg")
-    _style(
-        scores_axis,
-        "score",
-        "Benchmark scores vs tokens",
-        fontsize=8,
-        ncol=4,
-        loc="upper center",
-        bbox_to_anchor=(0.5, -0.14),
-    )
-    if with_ppl:
-        ppl_axis = axes[0][1]
-        for name, color in (("domain", "#2ca02c"), ("general", "#d62728")):
-            values = [s.get("perplexity", {}).get(name, {}).get("perplexity", float("nan")) for s in summaries]
-            if any(v == v for v in values):  # a set that was configured (NaN != NaN)
-                ppl_axis.plot(tokens, values, marker="o", color=color, label=f"{name} (held-out)")
-        _style(ppl_axis, "perplexity (lower is better)", "Domain gain and forgetting")
-    return _png(figure)
+def table_with_changes(summaries: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
+    """Table 1 with each score's and the average's change against the base model (its 0-token row), then domain
+    and general perplexity with theirs where the run scored them."""
+    header, rows = table(summaries)
+    base = next((s for s in summaries if s["tokens"] == 0), None)
+    tasks = [s["task"] for s in summaries[0]["scores"]]
+    base_scores = {s["task"]: s["score"] for s in base["scores"]} if base else {}
+    sets = [w for w in ("domain", "general") if perplexity_changes(summaries, w)]
+    header = [*header, *(f"{w.capitalize()} PPL" for w in sets)]
+    for summary, row in zip(summaries, rows, strict=True):
+        if summary is not base:
+            by_task = {s["task"]: s["score"] for s in summary["scores"]}
+            for column, task in enumerate(tasks, start=1):
+                if task in by_task:
+                    row[column] += _relative(by_task[task], base_scores.get(task))
+            if summary["average"] is not None and base and base["average"] is not None:
+                row[len(tasks) + 1] += _relative(summary["average"], base["average"])
+        for which in sets:
+            change = next((c for t, p, c in perplexity_changes(summaries, which) if t == summary["tokens"]), None)
+            perplexity = ((summary.get("perplexity") or {}).get(which) or {}).get("perplexity")
+            cell = "-" if perplexity is None else f"{perplexity:,.0f}" if perplexity >= 1000 else f"{perplexity:.4g}"
+            if perplexity is not None and change is not None and summary is not base:
+                cell += _relative(perplexity, perplexity / (1 + change))
+            row.append(cell)
+    return header, rows
 
 
 def _markdown_table(header: list[str], rows: list[list[str]]) -> str:
@@ -131,9 +92,9 @@ def _html_page(name: str, header: list[str], rows: list[list[str]], images: dict
     head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
     body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in rows)
     figures = "".join(
-        f'<figure><img alt="{html.escape(title)}" src="data:image/png;base64,{base64.b64encode(png).decode()}">'
+        f'<figure><img alt="{html.escape(title)}" src="data:image/png;base64,{base64.b64encode(image).decode()}">'
         f"<figcaption>{html.escape(title)}</figcaption></figure>"
-        for title, png in images.items()
+        for title, image in images.items()
     )
     style = (
         "body{font-family:sans-serif;margin:2em;max-width:1200px}table{border-collapse:collapse}"
@@ -143,34 +104,35 @@ def _html_page(name: str, header: list[str], rows: list[list[str]], images: dict
     return (
         f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(name)}</title>"
         f"<style>{style}</style></head><body><h1>{html.escape(name)}</h1>"
-        f"<h2>Table 1: benchmark performance across token volumes</h2><table><tr>{head}</tr>{body}</table>"
+        f"<h2>{TABLE_TITLE}</h2><table><tr>{head}</tr>{body}</table>"
         f"{figures}</body></html>"
     )
 
 
-def build_report(storage: Storage, name: str = "Continued pre-training report") -> dict[str, Any]:
-    """Write report/{index.html, report.md, table.md, loss.png, efficiency.png}; returns where they are."""
+def build_report(
+    storage: Storage, name: str = "Continued pre-training report", marks: Marks | None = None
+) -> dict[str, Any]:
+    """Write report/{index.html, report.md, table.md, loss.png, efficiency.png, forgetting.png}; returns where."""
+    marks = marks or Marks()
     summaries = load_summaries(storage)
     if not summaries:
         raise FileNotFoundError(f"no evaluation results under {storage.url('eval')}: run the evaluate stage first")
-    header, rows = table(summaries)
+    header, rows = table_with_changes(summaries)
     history = []
     if storage.exists("train", "metrics.jsonl"):
         history = jsonl.records(storage.read_bytes("train", "metrics.jsonl"))
-    images = {}
-    if history:
-        images["Training loss"] = loss_figure(history, [s["tokens"] for s in summaries if s["tokens"]])
-    images["Token efficiency"] = efficiency_figure(summaries)
+    milestones = [s["tokens"] for s in summaries if s["tokens"]]
+    images = {"Training loss": png(loss_figure(history, milestones, marks))} if history else {}
+    images["Token efficiency"] = png(efficiency_figure(summaries, marks))
+    forgetting = forgetting_figure(summaries, marks)
+    if forgetting is not None:
+        images["Domain gain and forgetting"] = png(forgetting)
     out = storage.sub("report")
-    files = {"Training loss": "loss.png", "Token efficiency": "efficiency.png"}
-    for title, png in images.items():
-        out.write_bytes(png, files[title])
+    for title, image in images.items():
+        out.write_bytes(image, FILES[title])
+    out.write_text(_markdown_table(*table(summaries)) + "\n", "table.md")
     markdown_table = _markdown_table(header, rows)
-    out.write_text(markdown_table + "\n", "table.md")
-    figures_md = "\n\n".join(f"![{title}]({files[title]})" for title in images)
-    out.write_text(
-        f"# {name}\n\n## Table 1: benchmark performance across token volumes\n\n{markdown_table}\n\n{figures_md}\n",
-        "report.md",
-    )
+    figures_md = "\n\n".join(f"![{title}]({FILES[title]})" for title in images)
+    out.write_text(f"# {name}\n\n## {TABLE_TITLE}\n\n{markdown_table}\n\n{figures_md}\n", "report.md")
     out.write_text(_html_page(name, header, rows, images), "index.html")
-    return {"reportUri": out.url("index.html"), "rows": len(rows), "figures": sorted(files[t] for t in images)}
+    return {"reportUri": out.url("index.html"), "rows": len(rows), "figures": sorted(FILES[t] for t in images)}

@@ -76,13 +76,13 @@ def test_figures_exist_are_real_images_and_the_page_is_self_contained(run: Stora
 
     result = build_report(run)
     out = Path(run.root) / "report"
-    assert result["figures"] == ["efficiency.png", "loss.png"]
+    assert result["figures"] == ["efficiency.png", "forgetting.png", "loss.png"]
     for name in result["figures"]:
         image = matplotlib.image.imread(out / name)
         assert (out / name).stat().st_size > 20_000 and image.shape[0] > 400 and image.shape[1] > 700
         assert image[..., :3].std() > 0.05  # not a blank canvas
     page = (out / "index.html").read_text()
-    assert page.count("data:image/png;base64,") == 2 and "<td>0.4405</td>" in page and 'src="http' not in page
+    assert page.count("data:image/png;base64,") == 3 and "<td>0.4355</td>" in page and 'src="http' not in page
     assert "![Token efficiency](efficiency.png)" in (out / "report.md").read_text()
 
 
@@ -107,3 +107,20 @@ def test_a_run_without_results_is_a_clear_error(tmp_path: Path) -> None:
 )
 def test_token_labels(tokens: int, label: str) -> None:
     assert token_label(tokens) == label
+
+
+def test_table_1_changes_are_the_ones_the_study_prints(run: Storage) -> None:
+    """Section 4.1: MMLU +8.1%, ARC Easy +6.2%, HellaSwag +7.6%, Winogrande -3.0%, BoolQ -5.2% at 1B tokens."""
+    build_report(run)
+    page = (Path(run.root) / "report" / "report.md").read_text()
+    row = next(line for line in page.splitlines() if line.startswith("| ≈ 1B"))
+    cells = row.strip("| ").split(" | ")
+    assert cells[1:8] == [
+        "0.2490 (+8.1%)",
+        "0.2543 (+4.6%)",
+        "0.4402 (+6.2%)",
+        "0.5083 (-3.0%)",
+        "0.4105 (+7.6%)",
+        "0.5719 (-5.2%)",
+        "0.6496 (-0.3%)",
+    ]
