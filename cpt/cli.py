@@ -8,14 +8,16 @@ from collections.abc import Sequence
 from importlib.metadata import entry_points
 from pathlib import Path
 
-from cpt.compare import CompareError, load_run, render
+from cpt.compare import CompareError, Run, load_run, pareto, points, render, run_from_resource
 from cpt.crd import render_crd, render_helm_crd
 from cpt.kube_yaml import dump
 from cpt.sweep import SweepError, expand, parse_setting
 from cpt.validation import load_documents, validate_file
 
 # Packages that add subcommands register `add(subparsers)` under this entry-point group, so this module never
-# imports them (the operator image has no pipeline, and so no `cpt report`).
+# imports them (the operator image has no pipeline, and so no `cpt report`). The operator's plugin also gives
+# `compare` its cluster listing (`list_runs(selector, namespace)`, the kubernetes client), which `cpt` itself
+# never imports.
 PLUGIN_GROUP = "kubecpt.cli"
 
 
@@ -62,13 +64,38 @@ def _sweep(args: argparse.Namespace) -> int:
     return 0
 
 
+def _compare_runs(args: argparse.Namespace) -> list[Run]:
+    runs = [load_run(arg) for arg in args.runs]
+    if args.selector:
+        list_runs = getattr(args, "list_runs", None)
+        if list_runs is None:
+            raise CompareError(
+                "-l: listing runs on a cluster needs the kubernetes client: pip install 'kubecpt[operator]'"
+            )
+        resources = list_runs(args.selector, args.namespace)
+        if not resources:
+            where = f"namespace {args.namespace}" if args.namespace else "any namespace"
+            raise CompareError(f"-l {args.selector}: no ContinuedPretrain with this label in {where}")
+        runs += [run_from_resource(resource) for resource in resources]
+    if not runs:
+        raise CompareError("name runs (YAML files or storage folders) or a label with -l")
+    return runs
+
+
 def _compare(args: argparse.Namespace) -> int:
     try:
-        runs = [load_run(arg) for arg in args.runs]
+        runs = _compare_runs(args)
+        if args.plot:
+            from cpt.frontier_plot import draw
+
+            found = points(runs)
+            draw(found, pareto(found), Path(args.plot))
     except (CompareError, ValueError) as error:
         print(f"cpt compare: {error}", file=sys.stderr)
         return 1
     sys.stdout.write(render(runs))
+    if args.plot:
+        print(f"frontier drawn: {args.plot}", file=sys.stderr)
     return 0
 
 
@@ -95,7 +122,14 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("-o", "--output", help="write one FILE per run into this folder instead of stdout")
     sweep.set_defaults(func=_sweep)
     compare = sub.add_parser("compare", help="several runs' evaluations in one table, and the forgetting frontier")
-    compare.add_argument("runs", nargs="+", metavar="RUN", help="a run's ContinuedPretrain YAML or storage folder")
+    compare.add_argument("runs", nargs="*", metavar="RUN", help="a run's ContinuedPretrain YAML or storage folder")
+    compare.add_argument(
+        "-l",
+        "--selector",
+        help="also every ContinuedPretrain with this label on the cluster (kubeconfig), e.g. cpt.kubecpt.dev/sweep=qs",
+    )
+    compare.add_argument("-n", "--namespace", help="with -l: only this namespace (default: all)")
+    compare.add_argument("--plot", metavar="FILE", help="draw the frontier into FILE (.png, .svg or .pdf)")
     compare.set_defaults(func=_compare)
     for plugin in entry_points(group=PLUGIN_GROUP):  # e.g. `cpt report`, when the pipeline is installed
         plugin.load()(sub)

@@ -1,9 +1,10 @@
 """`cpt compare`: several runs' evaluations side by side, and the frontier of domain gain against forgetting.
 
 Reads what the evaluate stage writes into each run's storage, `eval/<model>/summary.json` (tokens, benchmark
-average, domain and general perplexity), from local folders. Changes are relative to the run's base model
-(its 0-token evaluation). A run is given as its storage folder or as its ContinuedPretrain YAML (then the
-replay fraction is known and the storage is spec.storage.uri).
+scores, domain and general perplexity), from local folders, or a run's `status.evaluation` as the API server has
+it (runs listed on a cluster by label). Changes are relative to the run's base model (its 0-token evaluation).
+A run is given as its storage folder or as its ContinuedPretrain YAML (then the replay fraction is known and the
+storage is spec.storage.uri).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ class Run:
     """One run's evaluations, ascending by tokens."""
 
     name: str
-    storage: Path
+    storage: Path | None
     replay: str | None
     summaries: list[dict[str, Any]] = field(default_factory=list)
 
@@ -64,7 +65,45 @@ def _from_yaml(path: Path) -> Run:
     return Run(name, _local(resource.spec.storage.uri, str(path)), fraction)
 
 
+def _from_status(evaluation: dict[str, Any]) -> list[dict[str, Any]]:
+    """Summaries from `status.evaluation.milestones` (what the evaluation Jobs pushed), ascending by tokens."""
+    found = []
+    for milestone in evaluation.get("milestones") or []:
+        perplexity = {
+            which: {"perplexity": milestone[f"{which}Perplexity"]}
+            for which in ("domain", "general")
+            if milestone.get(f"{which}Perplexity") is not None
+        }
+        found.append(
+            {
+                "tokens": int(milestone["tokens"]),
+                "scores": milestone.get("scores") or [],
+                "average": milestone.get("average"),
+                "perplexity": perplexity,
+            }
+        )
+    return sorted(found, key=lambda s: s["tokens"])
+
+
+def run_from_resource(resource: dict[str, Any]) -> Run:
+    """A run as the API server has it: its evaluations from status.evaluation, else from spec.storage.uri when
+    that is a local folder."""
+    metadata, spec = resource.get("metadata") or {}, resource.get("spec") or {}
+    name = f"{metadata.get('namespace', '')}/{metadata.get('name', '?')}".lstrip("/")
+    fraction = ((spec.get("data") or {}).get("replay") or {}).get("fraction")
+    run = Run(metadata.get("name", "?"), None, "0" if fraction is None else str(fraction))
+    run.summaries = _from_status((resource.get("status") or {}).get("evaluation") or {})
+    if not run.summaries:
+        uri = (spec.get("storage") or {}).get("uri", "")
+        if uri.startswith(("s3://", "gs://")) or not uri:
+            raise CompareError(f"ContinuedPretrain {name}: no status.evaluation yet and storage {uri!r} is not local")
+        run.storage = _local(uri, f"ContinuedPretrain {name}")
+        run.summaries = _summaries(run)
+    return run
+
+
 def _summaries(run: Run) -> list[dict[str, Any]]:
+    assert run.storage is not None
     found = []
     for file in sorted((run.storage / "eval").glob("*/summary.json")):
         try:
@@ -102,18 +141,44 @@ def change(run: Run, summary: dict[str, Any], which: str) -> float | None:
     return None if base is None or now is None else (now - base) / base
 
 
-def _percent(value: float | None) -> str:
-    return "-" if value is None else f"{value:+.1%}"
+def change_text(value: float | None) -> str:
+    """A change as a share (+0.095 = 9.5% higher), or as a factor where the perplexity moved over 10-fold (a
+    percentage would hide how much: -99.99% and -99.9% look alike, +9311062% is unreadable)."""
+    if value is None:
+        return "-"
+    ratio = 1 + value
+    if ratio >= 10:
+        return f"{ratio:,.0f}x higher"
+    if ratio <= 0.1:
+        return f"{1 / ratio:,.0f}x lower" if ratio > 0 else "-100%"
+    return f"{value:+.1%}"
+
+
+def _tasks(runs: list[Run]) -> list[str]:
+    return list(dict.fromkeys(s["task"] for run in runs for summary in run.summaries for s in summary["scores"]))
 
 
 def table(runs: list[Run]) -> list[list[str]]:
-    """Header and rows: run x tokens with the benchmark average and both perplexity changes."""
-    rows = [["run", "replay", "tokens", "benchmarks avg", "domain ppl change", "general ppl change"]]
+    """Header and rows: run x tokens with each benchmark, their average and both perplexity changes."""
+    tasks = _tasks(runs)
+    rows = [["run", "replay", "tokens", *tasks, "benchmarks avg", "domain ppl change", "general ppl change"]]
     for run in runs:
         for s in run.summaries:
+            by_task = {x["task"]: x["score"] for x in s["scores"]}
+            scores = [f"{by_task[t]:.4f}" if t in by_task else "-" for t in tasks]
             average = "-" if s.get("average") is None else f"{s['average']:.4f}"
             domain, general = change(run, s, "domain"), change(run, s, "general")
-            rows.append([run.name, run.replay or "?", f"{s['tokens']:,}", average, _percent(domain), _percent(general)])
+            rows.append(
+                [
+                    run.name,
+                    run.replay or "?",
+                    f"{s['tokens']:,}",
+                    *scores,
+                    average,
+                    change_text(domain),
+                    change_text(general),
+                ]
+            )
     return rows
 
 
@@ -157,7 +222,8 @@ def render(runs: list[Run]) -> str:
         mark = "*" if p in best else " "
         replay = f"replay {p.replay}" if p.replay is not None else "replay ?"
         lines.append(
-            f"{mark} {p.run}  ({replay}, {p.tokens:,} tokens): gain {p.gain:+.1%}, forgetting {p.forgetting:+.1%}"
+            f"{mark} {p.run}  ({replay}, {p.tokens:,} tokens): domain ppl {change_text(-p.gain)}, "
+            f"general ppl {change_text(p.forgetting)}"
         )
     if found:
         lines.append("* Pareto-optimal: no other point has at least as much gain with at most as much forgetting")
