@@ -7,13 +7,17 @@ is ever interpolated into a shell.
 from __future__ import annotations
 
 from enum import StrEnum
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from cpt.api import ContinuedPretrainSpec
 
 
 class Stage(StrEnum):
     """Pipeline stages, in order."""
 
-    PREPROCESS = "preprocess"  # N parallel workers (an Indexed Job): read, filter, tokenize
-    DEDUP = "dedup"  # one process: global dedup, pack shards, manifest
+    PREPROCESS = "preprocess"  # N parallel workers (an Indexed Job): read, filter, tokenize; hashes bucketed
+    DEDUP = "dedup"  # P partitions (an Indexed Job): global dedup per bucket; the last to finish packs shards
     TRAIN = "train"  # one pod per node; launches torchrun with procsPerNode workers
     EVALUATE = "evaluate"  # one process: lm-eval + perplexity on the base model and every milestone export
     REPORT = "report"  # one process: Table 1, loss curve, token-efficiency figure
@@ -36,3 +40,13 @@ def stage_argv(
 ) -> list[str]:
     """`python -P -m cpt_pipeline <stage> --spec <path> [extra...]`."""
     return [python, "-P", "-m", "cpt_pipeline", str(stage), "--spec", spec_path, *(extra or [])]
+
+
+def parallelism(spec: ContinuedPretrainSpec, stage: Stage) -> int:
+    """Processes (pods of an Indexed Job, each with its JOB_COMPLETION_INDEX) a stage runs as: one per preprocess
+    worker, one per dedup partition, else one. The operator and the local runner both ask here."""
+    if stage is Stage.PREPROCESS:
+        return spec.data.preprocessing.workers
+    if stage is Stage.DEDUP:
+        return spec.data.preprocessing.partitions
+    return 1

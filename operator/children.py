@@ -17,7 +17,7 @@ from cpt import API_GROUP, API_VERSION, KIND, PLURAL
 from cpt.api import ContinuedPretrain
 from cpt.api.platform import SHUTDOWN_ENV
 from cpt.exit_codes import EXIT_PREEMPTED, PERMANENT
-from cpt.stages import SPEC_PATH, Stage, export_name, stage_argv
+from cpt.stages import SPEC_PATH, Stage, export_name, parallelism, stage_argv
 from cpt_operator import pod_template as platform_template
 from cpt_operator.config import OperatorConfig
 from cpt_operator.names import PRIORITY_LABEL, QUEUE_LABEL, TARGET_LABEL, child_name, labels
@@ -179,17 +179,18 @@ def stage_job(
     suffix: str | None = None,
     extra: list[str] | None = None,
 ) -> dict[str, Any]:
-    """A batch Job for one stage. Preprocess is Indexed with one pod per worker (`JOB_COMPLETION_INDEX`)."""
+    """A batch Job for one stage. Preprocess and dedup are Indexed (`JOB_COMPLETION_INDEX`): one pod per worker,
+    one per dedup partition; the Job completes when every index has."""
     spec = resource.spec
     workers = spec.data.preprocessing.workers
     argv_extra = list(extra or [])
     if stage in (Stage.PREPROCESS, Stage.DEDUP):
         argv_extra += ["--world-size", str(workers)]
-    pods = workers if stage is Stage.PREPROCESS else 1
+    pods = parallelism(spec, stage)
     job_spec: dict[str, Any] = {
         "completions": pods,
         "parallelism": pods,
-        "completionMode": "Indexed" if stage is Stage.PREPROCESS else "NonIndexed",
+        "completionMode": "Indexed" if stage in (Stage.PREPROCESS, Stage.DEDUP) else "NonIndexed",
         "backoffLimit": spec.run_policy.backoff_limit,
         "podFailurePolicy": _stage_pod_failure_policy(),
         "suspend": bool(spec.suspend or spec.scheduling.queue_name),

@@ -49,8 +49,10 @@ def _dedup(args: argparse.Namespace, spec: ContinuedPretrainSpec) -> None:
     from cpt_pipeline.storage import Storage
 
     world = args.world_size or spec.data.preprocessing.workers
-    summary = reduce(spec, Storage.from_spec(spec.storage), world, shard_rows=args.shard_rows)
-    print(json.dumps({"stage": "dedup", **summary}))
+    index = args.rank if args.rank is not None else os.environ.get(INDEX_ENV)  # unset: every partition, then pack
+    partition = None if index is None else int(index)
+    summary = reduce(spec, Storage.from_spec(spec.storage), world, shard_rows=args.shard_rows, partition=partition)
+    print(json.dumps({"stage": "dedup", **({"partition": partition} if partition is not None else {}), **summary}))
 
 
 def _train(args: argparse.Namespace, spec: ContinuedPretrainSpec) -> int:
@@ -90,7 +92,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m cpt_pipeline")
     parser.add_argument("stage", choices=[str(s) for s in Stage])
     parser.add_argument("--spec", required=True, help="ContinuedPretrain resource (YAML or JSON)")
-    parser.add_argument("--rank", type=int, help=f"worker rank (default: ${INDEX_ENV} or 0)")
+    parser.add_argument("--rank", type=int, help=f"worker rank / dedup partition (default: ${INDEX_ENV}, else 0 / all)")
     parser.add_argument("--world-size", type=int, help="workers (default: spec.data.preprocessing.workers)")
     parser.add_argument("--shard-rows", type=int, help="rows per shard (default: about 64 MB per shard)")
     parser.add_argument("--target", help="evaluate: only baseline, milestones, or one export (tokens-N)")

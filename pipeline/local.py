@@ -14,12 +14,11 @@ from pathlib import Path
 from typing import IO
 
 from cpt.api import ContinuedPretrainSpec
-from cpt.stages import Stage, stage_argv
+from cpt.stages import Stage, parallelism, stage_argv
 from cpt_pipeline.__main__ import INDEX_ENV
 from cpt_pipeline.console import Console
 from cpt_pipeline.storage import Storage
 
-PARALLEL_STAGES = {Stage.PREPROCESS}  # one process per worker rank; the others run once
 WORLD_STAGES = {Stage.PREPROCESS, Stage.DEDUP}  # take --world-size (the number of preprocessing workers)
 # Progress bars of third-party libraries (lm-eval, transformers, the Hub) would fill the logs with carriage returns:
 # turned off at their source. The live display shows progress instead.
@@ -72,18 +71,18 @@ def run_stage(
     spec_path: Path,
     *,
     world_size: int = 1,
+    processes: int = 1,
     extra: list[str] | None = None,
     env: dict[str, str] | None = None,
     cwd: Path | None = None,
     console: Console | None = None,
     log: StageLog | None = None,
 ) -> None:
-    """Run one stage: `world_size` processes (JOB_COMPLETION_INDEX 0..N-1) for parallel stages, else one. With
+    """Run one stage as `processes` processes (JOB_COMPLETION_INDEX 0..N-1, as cpt.stages.parallelism says). With
     a console and a log, the processes' output goes to the log and the console shows their progress."""
     argv = stage_argv(
         stage, str(spec_path), python=sys.executable, extra=[*(extra or []), "--world-size", str(world_size)]
     )
-    processes = world_size if stage in PARALLEL_STAGES else 1
     threads = str(max(1, (os.cpu_count() or 1) // processes))
     running: list[subprocess.Popen] = []
     readers: list[threading.Thread] = []
@@ -107,7 +106,7 @@ def run_stage(
             text=True,
             errors="replace",
         )
-        prefix = f"[worker {rank}] " if processes > 1 else ""
+        prefix = f"[{'worker' if stage is Stage.PREPROCESS else 'partition'} {rank}] " if processes > 1 else ""
         reader = threading.Thread(target=_follow, args=(child.stdout, prefix, log, console), daemon=True)
         reader.start()
         readers.append(reader)
@@ -127,10 +126,13 @@ def run_preprocessing(
     cwd: Path | None = None,
     shard_rows: int | None = None,
 ) -> None:
-    """The preprocess workers in parallel, then the dedup/pack reduce."""
-    run_stage(Stage.PREPROCESS, spec_path, world_size=world_size, env=env, cwd=cwd)
+    """The preprocess workers in parallel, then the dedup partitions in parallel (the last one packs)."""
+    from cpt_pipeline.__main__ import load_spec
+
+    partitions = parallelism(load_spec(str(spec_path)), Stage.DEDUP)
+    run_stage(Stage.PREPROCESS, spec_path, world_size=world_size, processes=world_size, env=env, cwd=cwd)
     extra = ["--shard-rows", str(shard_rows)] if shard_rows else None
-    run_stage(Stage.DEDUP, spec_path, world_size=world_size, extra=extra, env=env, cwd=cwd)
+    run_stage(Stage.DEDUP, spec_path, world_size=world_size, processes=partitions, extra=extra, env=env, cwd=cwd)
 
 
 def missing_secret_env(spec: ContinuedPretrainSpec, env: Mapping[str, str]) -> list[str]:
@@ -171,7 +173,10 @@ def run_pipeline(
         log = StageLog(storage, stage)
         console.start(stage)
         try:
-            run_stage(stage, spec_path, world_size=world, env=env, cwd=cwd, console=console, log=log)
+            processes = parallelism(spec, stage)
+            run_stage(
+                stage, spec_path, world_size=world, processes=processes, env=env, cwd=cwd, console=console, log=log
+            )
         except (RuntimeError, KeyboardInterrupt) as error:  # the live display must end, or the cursor stays hidden
             console.finish(False, log.location, str(error) or "interrupted")
             if isinstance(error, KeyboardInterrupt):

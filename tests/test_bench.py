@@ -25,3 +25,19 @@ def test_gpu_throughput_smoke_runs_the_training_stage() -> None:
     assert stage and int(stage.group(1)) == 5, result.stdout  # warmup + steps + the final (exporting) step
     assert int(stage.group(2).replace(",", "")) > 0
     assert re.search(r"training stage / plain PyTorch: \d+\.\d\dx", result.stdout), result.stdout
+
+
+def test_preprocess_scale_smoke_runs_both_stages_and_reports_memory() -> None:
+    result = subprocess.run(
+        [sys.executable, "-P", "bench/preprocess_scale.py", "--tokens", "200000"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert re.search(r"preprocess \+ dedup / tokenizer only: \d+\.\d\dx", result.stdout), result.stdout
+    kept = re.search(r"kept (\d+) documents, removed (\d+) duplicates", result.stdout)
+    assert kept and int(kept.group(1)) > 0 and int(kept.group(2)) > 0, result.stdout  # planted copies are found
+    peaks = re.findall(r"(?:preprocess worker|dedup partition) \d+ (\d+)", result.stdout)
+    assert len(peaks) == 4 and all(int(p) > 0 for p in peaks), result.stdout

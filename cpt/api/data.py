@@ -137,6 +137,18 @@ class Preprocessing(ApiModel):
         "and unit size) plus 50% headroom (for dedup and short units); false reads every document.",
     )
     tokenizer_batch_size: int = Field(1000, ge=1, le=1000000, description="Documents per tokenizer batch.")
+    dedup_partitions: int | None = Field(
+        None,
+        ge=1,
+        le=4096,
+        description="Partitions of the dedup reduce (pods of an Indexed Job, or processes): each holds 1/N of "
+        "the hashes and MinHash band keys, so its memory stays flat as the corpus grows. Default: one per worker.",
+    )
+
+    @property
+    def partitions(self) -> int:
+        """Partitions of the dedup reduce: dedupPartitions, else one per worker."""
+        return self.dedup_partitions or self.workers
 
 
 class DataSpec(ApiModel):

@@ -1,8 +1,9 @@
-"""Deduplication, global across workers: signatures in the workers, one reduce step that decides.
+"""Deduplication, global across workers: hashes in the workers, the partitioned reduce decides (partitions.py).
 
-Workers store an exact hash (xxh3-64 of the stripped text) and, when enabled, a MinHash signature per
-document. The reduce step visits documents in a fixed global order, (work unit, position in unit),
-which does not depend on the number of workers, and keeps the first occurrence.
+Workers compute an exact hash (xxh3-64 of the stripped text) and, when enabled, a MinHash signature per
+document. The reduce visits documents in a fixed global order, (work unit, position in unit), which does
+not depend on the number of workers, and keeps the first occurrence. `first_occurrences` and
+`MinHasher.near_duplicates` are the single-process reference the partitioned reduce is tested against.
 """
 
 from __future__ import annotations
@@ -27,35 +28,58 @@ def first_occurrences(hashes: np.ndarray, order: np.ndarray) -> np.ndarray:
     return keep
 
 
+_SHINGLE_MIX = np.uint64(0x9E3779B97F4A7C15)  # odd: word hashes -> shingle hash, sum of h[i+k] * MIX**k
+
+
 class MinHasher:
-    """MinHash signatures of word shingles (datasketch), and near-duplicate removal with LSH."""
+    """MinHash signatures of word shingles, vectorised with numpy; near-duplicate removal with LSH (datasketch).
+
+    Words are the lower-cased text's whitespace-separated byte strings, each hashed with xxh3-64; a shingle's
+    hash combines its `ngram` word hashes (a polynomial, mod 2^64). Permutation j maps a shingle hash h to
+    (a_j * h + b_j) mod 2^64 >> 32 (multiply-shift; a_j odd, from a fixed seed), so the signature's values are
+    32-bit like datasketch's, at a few numpy operations per shingle instead of a SHA-1 call in Python."""
 
     def __init__(self, cfg: MinHash) -> None:
-        from datasketch import MinHash as DsMinHash
-
         self.cfg = cfg
         self.threshold = float(cfg.threshold)
-        self._seed = DsMinHash(num_perm=cfg.num_perm, seed=1)
+        rng = np.random.Generator(np.random.PCG64(1))
+        self._a = rng.integers(0, 2**63, cfg.num_perm, dtype=np.uint64) * np.uint64(2) + np.uint64(1)
+        self._b = rng.integers(0, 2**63, cfg.num_perm, dtype=np.uint64)
+        self._powers = np.array([pow(int(_SHINGLE_MIX), k, 1 << 64) for k in range(cfg.ngram)], dtype=np.uint64)
+
+    def shingles(self, text: str) -> np.ndarray:
+        """The shingle hashes of text (one for a text shorter than `ngram` words, none for an empty one)."""
+        words = text.lower().encode("utf-8", "surrogatepass").split()
+        hashes = np.fromiter(map(xxhash.xxh3_64_intdigest, words), dtype=np.uint64, count=len(words))
+        n = min(self.cfg.ngram, len(hashes))
+        width = len(hashes) - n + 1 if n else 0
+        combined = np.zeros(max(width, 0), dtype=np.uint64)
+        for k in range(n):
+            combined += hashes[k : k + width] * self._powers[k]
+        return combined
 
     def signature(self, text: str) -> np.ndarray:
-        words = text.lower().split()
-        n = self.cfg.ngram
-        shingles = {" ".join(words[i : i + n]).encode() for i in range(max(1, len(words) - n + 1))}
-        sketch = self._seed.copy()
-        sketch.clear()
-        sketch.update_batch(list(shingles))
-        return sketch.hashvalues.astype(np.uint64)
+        """num_perm minimum permuted shingle hashes (all 2^32 - 1 for a text without words). The shift is
+        monotone, so it is applied to the minima; repeated shingles do not change a minimum."""
+        shingles = self.shingles(text)
+        if not len(shingles):
+            return np.full(self.cfg.num_perm, 2**32 - 1, dtype=np.uint64)
+        permuted = self._a[:, None] * shingles[None, :]
+        permuted += self._b[:, None]
+        return permuted.min(axis=1) >> np.uint64(32)
 
     def near_duplicates(self, signatures: np.ndarray, order: np.ndarray, keep: np.ndarray) -> np.ndarray:
         """Mask of documents (among those still kept) whose signature matches an earlier kept one."""
         from datasketch import LeanMinHash, MinHashLSH
+        from datasketch import MinHash as DsMinHash
 
+        scheme = DsMinHash(num_perm=self.cfg.num_perm, seed=1).scheme
         lsh = MinHashLSH(threshold=self.threshold, num_perm=self.cfg.num_perm)
         duplicate = np.zeros(len(signatures), dtype=bool)
         for doc in order:
             if not keep[doc]:
                 continue
-            sketch = LeanMinHash(seed=1, hashvalues=signatures[doc], scheme=self._seed.scheme)
+            sketch = LeanMinHash(seed=1, hashvalues=signatures[doc], scheme=scheme)
             if lsh.query(sketch):
                 duplicate[doc] = True
             else:

@@ -16,10 +16,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from cpt.api.data import Filters, RepetitionFilter
-from cpt_pipeline.preprocess.ngrams import ngram_hashes
+from cpt_pipeline.preprocess.ngrams import PRIME, ngram_hashes
 
 _PARAGRAPHS = re.compile(r"\n{2,}")
-_LINES = re.compile(r"\n+")
 STOP_WORDS = frozenset({"the", "be", "to", "of", "and", "that", "have", "with"})
 BULLETS = ("•", "●", "○", "■", "□", "▪", "▫", "※", "·", "-", "*", "–")  # noqa: RUF001
 TERMINAL = (".", "!", "?", '"', "'", "”", "’", ":", ";", ")")  # noqa: RUF001
@@ -28,7 +27,7 @@ TERMINAL = (".", "!", "?", '"', "'", "”", "’", ":", ";", ")")  # noqa: RUF00
 class Features:
     """Per-document values shared by the filters, each computed at most once."""
 
-    __slots__ = ("_cum", "_hashes", "_lengths", "_lines", "_words", "text")
+    __slots__ = ("_cum", "_grams", "_hashes", "_lengths", "_lines", "_words", "text")
 
     def __init__(self, text: str) -> None:
         self.text = text
@@ -37,11 +36,12 @@ class Features:
         self._hashes: np.ndarray | None = None
         self._lengths: np.ndarray | None = None
         self._cum: np.ndarray | None = None
+        self._grams: dict[int, np.ndarray] = {}
 
     @property
     def lines(self) -> list[str]:
         if self._lines is None:
-            self._lines = [line for line in _LINES.split(self.text) if line.strip()]
+            self._lines = [line for line in self.text.split("\n") if line.strip()]
         return self._lines
 
     @property
@@ -59,9 +59,19 @@ class Features:
         return self._hashes, self._lengths  # type: ignore[return-value]
 
     def ngram_hashes(self, n: int) -> np.ndarray:
-        """A hash per word n-gram (position i covers words i .. i+n-1)."""
-        hashes, _ = self._word_arrays()
-        return ngram_hashes(hashes, n)
+        """A hash per word n-gram (position i covers words i .. i+n-1), the same as ngrams.ngram_hashes: the
+        (n-1)-gram hashes, extended by one word (each size is computed once, in one pass)."""
+        if n not in self._grams:
+            hashes, _ = self._word_arrays()
+            shorter = n - 1 if n - 1 in self._grams else None
+            if shorter is None or n < 2:
+                self._grams[n] = ngram_hashes(hashes, n)
+            else:
+                count = max(len(hashes) - n + 1, 0)
+                grams = self._grams[shorter][:count] * PRIME
+                grams ^= hashes[n - 1 : n - 1 + count]
+                self._grams[n] = grams
+        return self._grams[n]
 
     def ngram_chars(self, start: int, n: int) -> int:
         """Characters (without spaces) of the n-gram at word position start."""
@@ -73,13 +83,14 @@ class Features:
         grams = self.ngram_hashes(n)
         if len(grams) < 2:
             return 0
-        order = np.argsort(grams, kind="stable")
-        ordered = grams[order]
-        repeated = np.empty(len(grams), dtype=bool)
-        repeated[order] = np.concatenate(([False], ordered[1:] == ordered[:-1]))
-        starts = np.flatnonzero(repeated)
-        if len(starts) == 0:
+        values, counts = _runs(grams)
+        if counts.max() == 1:
             return 0
+        positions = np.flatnonzero(_among(grams, values[counts > 1]))  # every occurrence of a repeated n-gram
+        _, first = np.unique(grams[positions], return_index=True)
+        repeated = np.ones(len(positions), dtype=bool)
+        repeated[first] = False  # the first occurrence of each is not a repetition
+        starts = positions[repeated]
         size = len(self.words) + 1
         depth = np.cumsum(np.bincount(starts, minlength=size) - np.bincount(starts + n, minlength=size))
         _, lengths = self._word_arrays()
@@ -91,9 +102,27 @@ class Features:
         grams = self.ngram_hashes(n)
         if len(grams) == 0:
             return 0
-        _, first, counts = np.unique(grams, return_index=True, return_counts=True)
-        top = int(first[counts == counts.max()].min())
-        return int(counts.max()) * self.ngram_chars(top, n)
+        values, counts = _runs(grams)
+        best = int(counts.max())
+        top = 0 if best == 1 else int(np.flatnonzero(_among(grams, values[counts == best]))[0])
+        return best * self.ngram_chars(top, n)
+
+
+def _among(grams: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """Mask of grams equal to one of values (comparisons for a few values: np.isin sorts)."""
+    if len(values) > 8:
+        return np.isin(grams, values)
+    mask = grams == values[0]
+    for value in values[1:]:
+        mask |= grams == value
+    return mask
+
+
+def _runs(grams: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The distinct values of grams and how often each occurs (one value sort: faster than np.unique's argsort)."""
+    ordered = np.sort(grams)
+    starts = np.flatnonzero(np.concatenate(([True], ordered[1:] != ordered[:-1])))
+    return ordered[starts], np.diff(np.append(starts, len(ordered)))
 
 
 def _duplicates(items: list[str]) -> tuple[int, int]:
@@ -138,8 +167,13 @@ def gopher_repetition(cfg: RepetitionFilter) -> Callable[[Features], str | None]
         for n, limit in top:
             if doc.top_ngram_chars(n) / total > limit:
                 return f"top_{n}_gram"
+        bounds: dict[int, int] = {}  # chars covered by repeated m-grams bound those of every longer n-gram
         for n, limit in dup:
-            if doc.duplicated_ngram_chars(n) / total > limit:
+            bound = min((chars for m, chars in bounds.items() if m <= n), default=None)
+            if bound is not None and bound / total <= limit:
+                continue
+            bounds[n] = doc.duplicated_ngram_chars(n)
+            if bounds[n] / total > limit:
                 return f"dup_{n}_gram"
         return None
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-_PRIME = np.uint64(1099511628211)
+PRIME = np.uint64(1099511628211)  # filters.py extends n-grams by one word with it
 
 
 def ngram_hashes(word_hashes: np.ndarray, n: int) -> np.ndarray:
@@ -14,6 +14,6 @@ def ngram_hashes(word_hashes: np.ndarray, n: int) -> np.ndarray:
         return np.empty(0, dtype=np.uint64)
     out = word_hashes[:count].astype(np.uint64, copy=True)
     for k in range(1, n):
-        out *= _PRIME
+        out *= PRIME
         out ^= word_hashes[k : k + count]
     return out

@@ -1,12 +1,15 @@
 """The preprocessing stage: `prepare` (one call per worker rank) and `reduce` (one call after all ranks).
 
 prepare(rank, world): plan the work units (the same plan on every rank), read this rank's units, filter,
-decontaminate and tokenize in batches. It writes a token stream (EOS after every document) plus
-per-document arrays (unit, position, source, exact hash, MinHash) to
-`work/preprocess/<set>/rank-NNNNN/`, and `done.json` last. A rank that finds its `done.json` is skipped.
+decontaminate and tokenize in batches. It writes a token stream (EOS after every document), per-document
+arrays (unit, position, source, token end) and one bucket per dedup partition (exact hashes and MinHash
+band keys, partitions.py) to `work/preprocess/<set>/rank-NNNNN/`, and `done.json` last. A rank that
+finds its `done.json` is skipped.
 
-reduce(): check that every rank is done. Drop duplicates across all ranks in the global (unit, position)
-order, pack each source's documents into shards, and write the manifest last. A set whose manifest
+reduce(partition): check that every rank is done. Decide the duplicates of one partition's bucket
+(`dedup-of-P/part-NNNNN.npz`); the index that finds every partition decided packs: it removes the
+duplicates, packs each source's documents in the global (unit, position) order into shards, and writes
+the manifest last. Without a partition, one process decides them all and packs. A set whose manifest
 exists is skipped.
 
 Sets: `domain` (all spec.data.sources, deduplicated together) and `replay` (spec.data.replay.source,
@@ -35,7 +38,7 @@ from cpt.api import ContinuedPretrainSpec
 from cpt.api.data import Source
 from cpt_pipeline.preprocess import stats as keys
 from cpt_pipeline.preprocess.decontam import Decontaminator, eval_files, evaluated_files
-from cpt_pipeline.preprocess.dedup import MinHasher, exact_hash, first_occurrences
+from cpt_pipeline.preprocess.dedup import MinHasher, exact_hash
 from cpt_pipeline.preprocess.filters import FilterChain
 from cpt_pipeline.preprocess.held_out import HELD_OUT_PATH, HeldOutWriter, is_held_out, merge
 from cpt_pipeline.preprocess.identity import (
@@ -44,10 +47,11 @@ from cpt_pipeline.preprocess.identity import (
     refuse_if_changed,
     set_identity,
 )
+from cpt_pipeline.preprocess.partitions import band_keys, band_ranges, bucket_files, decide_partition, keep_masks
 from cpt_pipeline.preprocess.readers import Document, SourceError, WorkUnit, plan_units, read_unit
 from cpt_pipeline.preprocess.shards import FORMAT, ShardPacker, rows_per_shard
 from cpt_pipeline.preprocess.stats import Stats
-from cpt_pipeline.preprocess.tokenize import TextTokenizer
+from cpt_pipeline.preprocess.tokenize import TextTokenizer, TokenizerInfo, files_digest, resolve_tokenizer_dir
 from cpt_pipeline.status_push import push_status
 from cpt_pipeline.storage import Storage
 
@@ -103,6 +107,20 @@ def work_dir(storage: Storage, set_name: str, rank: int) -> Storage:
     return storage.sub("work", "preprocess", set_name, f"rank-{rank:05d}")
 
 
+def bucket_name(partition: int) -> str:
+    """A worker's bucket of one dedup partition."""
+    return f"bucket-{partition:05d}.npz"
+
+
+def decisions_dir(storage: Storage, set_name: str, partitions: int) -> Storage:
+    """Where the dedup partitions write their decisions (per partition count: buckets are made for one)."""
+    return storage.sub("work", "preprocess", set_name, f"dedup-of-{partitions}")
+
+
+def _part_name(partition: int) -> str:
+    return f"part-{partition:05d}.npz"
+
+
 def _decontaminator(spec: ContinuedPretrainSpec) -> tuple[Decontaminator | None, str]:
     """The index of what is evaluated (decontam.py), and the note the manifest and status record."""
     cfg = spec.data.decontamination
@@ -144,16 +162,17 @@ def _batches(docs: Iterator[Document], size: int) -> Iterator[list[Document]]:
 
 
 class _RankWriter:
-    """Accumulates one rank's token stream (in a local scratch file) and per-document arrays."""
+    """Accumulates one rank's token stream (in a local scratch file), per-document arrays and dedup keys."""
 
-    def __init__(self, scratch: Path, dtype: str, minhash_perm: int | None) -> None:
+    def __init__(self, scratch: Path, dtype: str, exact: bool, bands: list[tuple[int, int]] | None) -> None:
         self.path = scratch / "tokens.bin"
         self.handle = self.path.open("wb")
         self.dtype = np.dtype(dtype).newbyteorder("<")
         self.tokens = 0
         self.columns: dict[str, list[Any]] = {k: [] for k in ("ends", "units", "positions", "sources", "exact")}
-        self.minhash_perm = minhash_perm
-        self.signatures: list[np.ndarray] | None = [] if minhash_perm else None
+        self.exact = exact
+        self.bands = bands
+        self.band_keys: list[list[tuple[int, int]]] = []
 
     def add(self, doc: Document, source: int, ids: list[int], eos: int, signature: np.ndarray | None) -> None:
         array = np.fromiter(ids, dtype=self.dtype, count=len(ids))
@@ -165,30 +184,29 @@ class _RankWriter:
             ("units", doc.unit),
             ("positions", doc.position),
             ("sources", source),
-            ("exact", exact_hash(doc.text)),
         ):
             self.columns[key].append(value)
-        if self.signatures is not None and signature is not None:
-            self.signatures.append(signature)
+        if self.exact:
+            self.columns["exact"].append(exact_hash(doc.text))
+        if self.bands is not None and signature is not None:
+            self.band_keys.append(band_keys(signature, self.bands))
 
-    def arrays(self) -> bytes:
+    def arrays(self, partitions: int) -> tuple[bytes, list[bytes]]:
+        """docs.npz, and one dedup bucket per partition."""
         self.handle.close()
         data = {
             "ends": np.array(self.columns["ends"], dtype=np.int64),
             "units": np.array(self.columns["units"], dtype=np.int64),
             "positions": np.array(self.columns["positions"], dtype=np.int64),
             "sources": np.array(self.columns["sources"], dtype=np.int32),
-            "exact": np.array(self.columns["exact"], dtype=np.uint64),
         }
-        if self.signatures is not None:
-            # An idle rank (no unit, or every document filtered) still has the signature width, so the reduce
-            # can concatenate it with the others.
-            data["minhash"] = (
-                np.stack(self.signatures) if self.signatures else np.empty((0, self.minhash_perm), dtype=np.uint64)
-            )
         buffer = io.BytesIO()
         np.savez(buffer, **data)
-        return buffer.getvalue()
+        exact = np.array(self.columns["exact"], dtype=np.uint64) if self.exact else None
+        bands = None
+        if self.bands is not None:  # an idle rank still has the keys' shape
+            bands = np.array(self.band_keys, dtype=np.uint64).reshape(-1, len(self.bands), 2)
+        return buffer.getvalue(), bucket_files(exact, bands, data["units"], data["positions"], partitions)
 
 
 def prepare(spec: ContinuedPretrainSpec, storage: Storage, rank: int, world_size: int) -> Stats:
@@ -199,6 +217,7 @@ def prepare(spec: ContinuedPretrainSpec, storage: Storage, rank: int, world_size
     decontaminator, decontam_note = _decontaminator(spec)
     chain = FilterChain.from_spec(spec.data.filters)
     hasher = MinHasher(spec.data.dedup.minhash) if spec.data.dedup.minhash.enabled else None
+    partitions = spec.data.preprocessing.partitions
     sets = data_sets(spec)
     first = sets[0]
     tokenizer = TextTokenizer(
@@ -227,7 +246,8 @@ def prepare(spec: ContinuedPretrainSpec, storage: Storage, rank: int, world_size
         source_index = {s.name: i for i, s in enumerate(data_set.sources)}
         cut: dict[str, list[int]] = {}
         with tempfile.TemporaryDirectory(prefix="cpt-prep-") as scratch:
-            writer = _RankWriter(Path(scratch), tokenizer.info.dtype, hasher.cfg.num_perm if hasher else None)
+            bands = band_ranges(hasher.cfg) if hasher else None
+            writer = _RankWriter(Path(scratch), tokenizer.info.dtype, spec.data.dedup.exact, bands)
             # dropped documents stream to a scratch file, uploaded (streamed) with the rank's other outputs
             dropped = (Path(scratch) / "dropped.jsonl").open("wb") if spec.data.filters.write_dropped else None
             perplexity = spec.evaluation.perplexity
@@ -240,11 +260,13 @@ def prepare(spec: ContinuedPretrainSpec, storage: Storage, rank: int, world_size
             for unit in units[rank::world_size]:
                 if reader.read(unit, by_name[unit.source], source_index[unit.source], caps[unit.index]):
                     cut.setdefault(unit.source, []).append(unit.index)
-            arrays = writer.arrays()
+            arrays, buckets = writer.arrays(partitions)
             stats.add(keys.TOKENS, writer.tokens)
             stats.seconds = time.perf_counter() - started
             out.put_file(str(writer.path), "tokens.bin")
             out.write_bytes(arrays, "docs.npz")
+            for partition, bucket in enumerate(buckets):
+                out.write_bytes(bucket, bucket_name(partition))
             if dropped is not None:
                 dropped.close()
                 out.put_file(dropped.name, "dropped.jsonl")
@@ -254,10 +276,12 @@ def prepare(spec: ContinuedPretrainSpec, storage: Storage, rank: int, world_size
             {
                 "rank": rank,
                 "world_size": world_size,
+                "partitions": partitions,
                 "identity": rank_identity(prepared, world_size),
                 "units": len(units),
                 "stats": stats.to_json(),
                 "tokenizer": tokenizer.info.to_json(),
+                "tokenizer_digest": files_digest(tokenizer.directory, tokenizer.info.uri, tokenizer.trust_remote_code),
                 "decontamination": decontam_note,
                 "cut_units": cut,  # by source: the units left at their cap, with documents unread
             },
@@ -386,7 +410,8 @@ def _hold_out(docs: list[Document], source: str, fraction: float, held: HeldOutW
     return kept
 
 
-def _load_rank(storage: Storage, set_name: str, rank: int, world_size: int) -> dict[str, Any]:
+def _done(storage: Storage, set_name: str, rank: int, world_size: int, partitions: int) -> dict[str, Any]:
+    """A worker's done.json, refused when it is missing or was made for another world size or partition count."""
     out = work_dir(storage, set_name, rank)
     if not out.exists("done.json"):
         raise RuntimeError(
@@ -394,33 +419,64 @@ def _load_rank(storage: Storage, set_name: str, rank: int, world_size: int) -> d
             f"(no {out.path('done.json')}); rerun that worker"
         )
     done = out.read_json("done.json")
-    if done["world_size"] != world_size:
-        raise RuntimeError(
-            f"preprocess {set_name}: worker {rank} ran with world size {done['world_size']}, "
-            f"not {world_size}; delete {storage.path('work')} and rerun"
-        )
+    for what, want in (("world size", world_size), ("dedup partitions", partitions)):
+        had = done["world_size"] if what == "world size" else done.get("partitions", "none (an older version)")
+        if had != want:
+            raise RuntimeError(
+                f"preprocess {set_name}: worker {rank} ran with {what} {had}, "
+                f"not {want}; delete {storage.path('work')} and rerun"
+            )
+    return done
+
+
+def _load_rank(storage: Storage, set_name: str, rank: int, done: dict[str, Any]) -> dict[str, Any]:
+    """A worker's per-document columns (not its dedup buckets) for packing."""
+    out = work_dir(storage, set_name, rank)
     with np.load(io.BytesIO(out.read_bytes("docs.npz"))) as arrays:
-        columns = {k: arrays[k] for k in arrays.files}
+        columns = {k: arrays[k] for k in ("ends", "units", "positions", "sources")}
     return {"done": done, "columns": columns, "dir": out}
 
 
+def dedup_partition(set_dir: Storage, world_size: int, partition: int, partitions: int) -> bytes:
+    """Reduce index `partition`: its bucket from every worker, decided (partitions.decide_partition)."""
+    buckets = []
+    for rank in range(world_size):
+        data = set_dir.sub(f"rank-{rank:05d}").read_bytes(bucket_name(partition))
+        with np.load(io.BytesIO(data)) as arrays:
+            buckets.append({k: arrays[k] for k in arrays.files})
+    return decide_partition(buckets)
+
+
 def reduce(
-    spec: ContinuedPretrainSpec, storage: Storage, world_size: int, shard_rows: int | None = None
+    spec: ContinuedPretrainSpec,
+    storage: Storage,
+    world_size: int,
+    shard_rows: int | None = None,
+    partition: int | None = None,
 ) -> dict[str, Any]:
-    """Deduplicate globally, pack each set into shards and write its manifest; returns the status summary."""
-    manifests = {}
-    tokenizer = TextTokenizer(
-        spec.model.tokenizer_uri,
-        revision=spec.model.tokenizer_revision,
-        trust_remote_code=spec.model.trust_remote_code,
-    ).info
+    """Decide one dedup partition (all of them when None); the index that finds all decided packs each set and
+    writes its manifest. Returns the status summary once every set is packed, else {}."""
+    partitions = spec.data.preprocessing.partitions
+    if partition is not None and not 0 <= partition < partitions:
+        raise ValueError(f"dedup partition {partition} is outside spec.data.preprocessing.dedupPartitions {partitions}")
+    tokenizer = _tokenizer_info(spec, storage)
     for data_set in data_sets(spec):
         prepared = prepare_identity(spec, data_set.name, data_set.tokens_needed, tokenizer)
         if _packed(spec, storage, data_set, prepared, world_size):
             log.info("preprocess %s: manifest exists, skipped", data_set.name)
-        else:
-            _reduce_set(spec, storage, data_set, world_size, shard_rows, prepared)
-        manifests[data_set.name] = storage.read_json("data", data_set.name, "manifest.json")
+            continue
+        dones = _checked_ranks(storage, data_set.name, world_size, prepared, partitions)
+        decided = decisions_dir(storage, data_set.name, partitions)
+        for index in range(partitions) if partition is None else [partition]:
+            if not decided.exists(_part_name(index)):
+                set_dir = storage.sub("work", "preprocess", data_set.name)
+                decided.write_bytes(dedup_partition(set_dir, world_size, index, partitions), _part_name(index))
+        if _packs(decided, partitions, partition):
+            _reduce_set(spec, storage, data_set, dones, shard_rows, prepared)
+    sets = [s.name for s in data_sets(spec)]
+    if not all(storage.exists("data", name, "manifest.json") for name in sets):
+        return {}
+    manifests = {name: storage.read_json("data", name, "manifest.json") for name in sets}
     if str(manifests["domain"]["decontamination"]).startswith("skipped"):
         log.warning("preprocess domain: decontamination %s", manifests["domain"]["decontamination"])
     summary = status_summary(manifests)
@@ -429,13 +485,44 @@ def reduce(
     return summary
 
 
-def _checked_ranks(storage: Storage, set_name: str, world_size: int, prepared: dict[str, Any]) -> list[dict[str, Any]]:
-    """Every worker's outputs, each refused when prepared under another identity."""
-    ranks = [_load_rank(storage, set_name, r, world_size) for r in range(world_size)]
-    for rank in ranks:
-        recorded = rank["done"].get("identity")
-        refuse_if_changed(recorded, rank_identity(prepared, world_size), rank["dir"].path("done.json"), storage)
-    return ranks
+def _tokenizer_info(spec: ContinuedPretrainSpec, storage: Storage) -> TokenizerInfo:
+    """The tokenizer worker 0 recorded when its files are unchanged (tokenize.files_digest), else loaded here."""
+    model = spec.model
+    directory = resolve_tokenizer_dir(model.tokenizer_uri, model.tokenizer_revision)
+    label = f"{model.tokenizer_uri}@{model.tokenizer_revision}" if model.tokenizer_revision else model.tokenizer_uri
+    done = work_dir(storage, "domain", 0)
+    if done.exists("done.json"):
+        recorded = done.read_json("done.json")
+        if recorded.get("tokenizer_digest") == files_digest(directory, label, model.trust_remote_code):
+            return TokenizerInfo.from_json(recorded["tokenizer"])
+    return TextTokenizer(
+        model.tokenizer_uri, revision=model.tokenizer_revision, trust_remote_code=model.trust_remote_code
+    ).info
+
+
+def _packs(decided: Storage, partitions: int, partition: int | None) -> bool:
+    """Whether this index packs: every partition is decided, and no other index claimed the packing (a claim
+    is a hint against double work; two indexes that pack together write the same bytes, atomically)."""
+    if partition is None:
+        return True
+    if not all(decided.exists(_part_name(p)) for p in range(partitions)):
+        log.info("dedup partition %d of %d: decided; another index will pack", partition, partitions)
+        return False
+    if decided.exists("pack-claim.json") and decided.read_json("pack-claim.json")["partition"] != partition:
+        return False
+    decided.write_json({"partition": partition}, "pack-claim.json")
+    return True
+
+
+def _checked_ranks(
+    storage: Storage, set_name: str, world_size: int, prepared: dict[str, Any], partitions: int
+) -> list[dict[str, Any]]:
+    """Every worker's done.json, each refused when prepared under another identity."""
+    dones = [_done(storage, set_name, r, world_size, partitions) for r in range(world_size)]
+    for rank, done in enumerate(dones):
+        path = work_dir(storage, set_name, rank).path("done.json")
+        refuse_if_changed(done.get("identity"), rank_identity(prepared, world_size), path, storage)
+    return dones
 
 
 def _merge_held_out(
@@ -450,30 +537,40 @@ def _merge_held_out(
     return {"documents": documents, "uri": storage.url(*HELD_OUT_PATH)}
 
 
+def _deduplicated(storage: Storage, data_set: DataSet, ranks: list[dict[str, Any]], stats: Stats) -> np.ndarray:
+    """The keep mask over every worker's documents (in rank order), from every partition's decisions."""
+    partitions = ranks[0]["done"]["partitions"]
+    decided = decisions_dir(storage, data_set.name, partitions)
+    decisions = []
+    for p in range(partitions):
+        with np.load(io.BytesIO(decided.read_bytes(_part_name(p)))) as arrays:
+            decisions.append({k: arrays[k] for k in arrays.files})
+    keep, exact, near = keep_masks(decisions, [len(r["columns"]["ends"]) for r in ranks])
+    stats.add(keys.DUPLICATES, exact)
+    if near:
+        stats.add(keys.NEAR_DUPLICATES, near)
+    return np.concatenate(keep)
+
+
 def _reduce_set(
     spec: ContinuedPretrainSpec,
     storage: Storage,
     data_set: DataSet,
-    world_size: int,
+    dones: list[dict[str, Any]],
     shard_rows: int | None,
     prepared: dict[str, Any],
 ) -> None:
     started = time.perf_counter()
-    ranks = _checked_ranks(storage, data_set.name, world_size, prepared)
+    world_size = len(dones)
+    ranks = [_load_rank(storage, data_set.name, r, done) for r, done in enumerate(dones)]
     stats = Stats()
     for rank in ranks:
         stats.merge(Stats.from_json(rank["done"]["stats"]))
-    columns = {k: np.concatenate([r["columns"][k] for r in ranks]) for k in ("units", "positions", "sources", "exact")}
+    columns = {k: np.concatenate([r["columns"][k] for r in ranks]) for k in ("units", "positions", "sources")}
     owner = np.concatenate([np.full(len(r["columns"]["ends"]), i, dtype=np.int64) for i, r in enumerate(ranks)])
     local = np.concatenate([np.arange(len(r["columns"]["ends"]), dtype=np.int64) for r in ranks])
     order = np.lexsort((columns["positions"], columns["units"]))
-    keep = first_occurrences(columns["exact"], order) if spec.data.dedup.exact else np.ones(len(order), bool)
-    stats.add(keys.DUPLICATES, int((~keep).sum()))
-    if spec.data.dedup.minhash.enabled and len(order):
-        signatures = np.concatenate([r["columns"]["minhash"] for r in ranks])
-        near = MinHasher(spec.data.dedup.minhash).near_duplicates(signatures, order, keep)
-        stats.add(keys.NEAR_DUPLICATES, int(near.sum()))
-        keep &= ~near
+    keep = _deduplicated(storage, data_set, ranks, stats)
     stats.add(keys.DOCS_KEPT, int(keep.sum()))
     if not keep.any():
         files = ", ".join(s.uri for s in data_set.sources)

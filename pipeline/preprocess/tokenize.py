@@ -64,6 +64,10 @@ class TokenizerInfo:
     def to_json(self) -> dict[str, Any]:
         return {**asdict(self), "dtype": self.dtype}
 
+    @classmethod
+    def from_json(cls, recorded: dict[str, Any]) -> TokenizerInfo:
+        return cls(**{k: v for k, v in recorded.items() if k != "dtype"})
+
     @property
     def dtype(self) -> str:
         return "uint16" if self.vocab_size <= 65536 else "uint32"
@@ -79,6 +83,17 @@ def _fingerprint(directory: Path) -> str:
 
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json", "special_tokens_map.json")
+
+
+def files_digest(directory: Path, label: str, trust_remote_code: bool) -> str:
+    """A digest of everything TokenizerInfo is made from except the data sample (which decides only the
+    backend): the tokenizer files, any code beside them, the uri@revision and the remote-code flag. Equal
+    digests let the reduce reuse the info a worker recorded instead of loading transformers again."""
+    digest = hashlib.sha256(f"{label}|{trust_remote_code}".encode())
+    for path in sorted([*(directory / n for n in TOKENIZER_FILES), *directory.glob("*.py")]):
+        if path.is_file():
+            digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()[:16]
 
 
 def resolve_tokenizer_dir(uri: str, revision: str | None = None) -> Path:

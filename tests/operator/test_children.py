@@ -43,6 +43,15 @@ def test_the_spec_reaches_pods_as_a_file_that_validates() -> None:
     assert pod["containers"][0]["volumeMounts"][0]["mountPath"] + "/spec.json" == SPEC_PATH
 
 
+def test_dedup_is_an_indexed_job_with_one_index_per_partition() -> None:
+    data = minimal()["spec"]["data"]
+    for preprocessing, partitions in (({"workers": 3}, 3), ({"workers": 2, "dedupPartitions": 5}, 5)):
+        job = stage_job(resource(data={**data, "preprocessing": preprocessing}), Stage.DEDUP, CONFIG)["spec"]
+        assert (job["completionMode"], job["completions"], job["parallelism"]) == ("Indexed", partitions, partitions)
+        command = job["template"]["spec"]["containers"][0]["command"]
+        assert command == stage_argv(Stage.DEDUP, extra=["--world-size", str(preprocessing["workers"])])
+
+
 def test_stage_commands_are_the_shared_argument_lists() -> None:
     run = resource()
     workers = run.spec.data.preprocessing.workers

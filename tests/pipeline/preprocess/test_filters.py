@@ -125,3 +125,11 @@ def test_the_top_ngram_of_a_tie_is_the_earliest_whatever_the_hash_seed() -> None
         for seed in range(12)
     }
     assert values == {"6"}
+
+
+def test_ngram_hashes_extended_word_by_word_equal_the_direct_ones() -> None:
+    from cpt_pipeline.preprocess.ngrams import ngram_hashes
+
+    doc = Features(" ".join(f"w{i % 7}" for i in range(40)))
+    direct = {n: ngram_hashes(doc._word_arrays()[0], n) for n in range(1, 11)}
+    assert all(doc.ngram_hashes(n).tolist() == direct[n].tolist() for n in range(1, 11))

@@ -1,0 +1,142 @@
+"""The partitioned dedup reduce decides exactly what one process with every hash and signature decides."""
+
+from __future__ import annotations
+
+import io
+import json
+import random
+import tracemalloc
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cpt.api.data import MinHash
+from cpt_pipeline.preprocess.dedup import MinHasher, exact_hash, first_occurrences
+from cpt_pipeline.preprocess.partitions import band_keys, band_ranges, bucket_files, decide_partition, keep_masks
+from cpt_pipeline.preprocess.runner import prepare, reduce
+from cpt_pipeline.storage import Storage
+from tests.pipeline.preprocess.helpers import document, make_spec, write_jsonl
+
+CFG = MinHash(enabled=True, threshold="0.7")
+
+
+def planted(texts: list[str], seed: int = 0) -> list[str]:
+    """texts, then 15% of them again verbatim, 15% with one word in 40 changed (near duplicates), and a near
+    copy of a near copy (a chain: it is compared with kept documents only), shuffled deterministically."""
+    rng = random.Random(seed)
+    exact = rng.sample(texts, len(texts) * 15 // 100)
+    near = []
+    for text in rng.sample(texts, len(texts) * 15 // 100):
+        words = text.split(" ")
+        near.append(" ".join(w + "s" if i % 40 == 7 else w for i, w in enumerate(words)))
+    chain = [" ".join(w + "x" if i % 40 == 21 else w for i, w in enumerate(n.split(" "))) for n in near[:5]]
+    rows = texts + exact + near + chain
+    rng.shuffle(rows)
+    return rows
+
+
+def single_process(texts: list[str], signatures: np.ndarray) -> np.ndarray:
+    """The reference: first occurrences of each exact hash, then MinHashLSH over the kept ones (dedup.py)."""
+    order = np.arange(len(texts))
+    keep = first_occurrences(np.array([exact_hash(t) for t in texts], dtype=np.uint64), order)
+    return keep & ~MinHasher(CFG).near_duplicates(signatures, order, keep)
+
+
+def partitioned(texts: list[str], signatures: np.ndarray, workers: int, partitions: int) -> np.ndarray:
+    """Document i is unit i, read by worker i mod workers; each worker buckets, each partition decides."""
+    ranges = band_ranges(CFG)
+    buckets = []
+    for rank in range(workers):
+        mine = np.arange(rank, len(texts), workers)
+        exact = np.array([exact_hash(texts[i]) for i in mine], dtype=np.uint64)
+        bands = np.array([band_keys(signatures[i], ranges) for i in mine], dtype=np.uint64)
+        units = mine.astype(np.int64)
+        buckets.append(bucket_files(exact, bands, units, np.zeros_like(units), partitions))
+    load = lambda data: dict(np.load(io.BytesIO(data)))  # noqa: E731
+    decisions = [load(decide_partition([load(b[p]) for b in buckets])) for p in range(partitions)]
+    sizes = [len(range(rank, len(texts), workers)) for rank in range(workers)]
+    keep, _, _ = keep_masks(decisions, sizes)
+    result = np.zeros(len(texts), dtype=bool)
+    for rank in range(workers):
+        result[rank::workers] = keep[rank]
+    return result
+
+
+@pytest.mark.parametrize("corpus", ["generated", "shared"])
+def test_partitions_keep_what_one_process_keeps(corpus: str, shared_data: Path) -> None:
+    if corpus == "shared":
+        lines = (shared_data / "corpora" / "openstax_stem.jsonl").open()
+        texts = [json.loads(line)["text"][:3000] for line in lines]
+    else:
+        texts = [document(i, lines=10) for i in range(300)]
+    rows = planted(texts)
+    hasher = MinHasher(CFG)
+    signatures = np.stack([hasher.signature(t) for t in rows])
+    reference = single_process(rows, signatures)
+    assert 0.6 * len(rows) < reference.sum() < 0.85 * len(rows)  # the planted copies are found
+    for workers, partitions in ((1, 1), (2, 3), (3, 7)):
+        assert partitioned(rows, signatures, workers, partitions).tolist() == reference.tolist()
+
+
+def corpus(tmp_path: Path) -> Path:
+    rows = planted([document(i, lines=8) for i in range(120)], seed=1)
+    for part in range(3):
+        write_jsonl(tmp_path / "in" / f"{part}.jsonl", rows[part::3])
+    return tmp_path / "in"
+
+
+def run(tmp_path: Path, name: str, partitions: int, world: int = 2) -> Storage:
+    spec = make_spec(
+        tmp_path / name,
+        [{"name": "d", "uri": str(tmp_path / "in")}],
+        dedup={"minhash": {"enabled": True, "threshold": "0.7"}},
+        preprocessing={"limitToBudget": False, "workers": world, "dedupPartitions": partitions},
+    )
+    storage = Storage.from_spec(spec.storage)
+    for rank in range(world):
+        prepare(spec, storage, rank, world)
+    for index in range(partitions):  # the Indexed Job: the last index to finish packs
+        assert not storage.exists("data", "domain", "manifest.json")
+        reduce(spec, storage, world, shard_rows=5, partition=index)
+    return storage
+
+
+def test_one_and_three_partitions_pack_the_same_shards(tmp_path: Path) -> None:
+    corpus(tmp_path)
+    outputs = []
+    for partitions in (1, 3):
+        storage = run(tmp_path, f"p{partitions}", partitions)
+        manifest = storage.read_json("data", "domain", "manifest.json")
+        base = storage.sub("data", "domain", "d")
+        files = [base.read_bytes(s["path"]) for s in manifest["sources"]["d"]["shards"]] + [base.read_bytes("tail.bin")]
+        outputs.append((manifest["stats"]["counts"], files))
+    assert outputs[0][0]["near_duplicates"] > 0 and outputs[0][0]["duplicates"] > 0
+    assert outputs[0] == outputs[1]
+
+
+def test_one_partition_needs_less_memory_as_partitions_grow(tmp_path: Path) -> None:
+    """Peak memory of reduce index 0's decision (numpy allocations are traced) falls with more partitions."""
+    from cpt_pipeline.preprocess.runner import dedup_partition
+
+    corpus(tmp_path)
+    peaks = []
+    for partitions in (1, 4):
+        storage = run(tmp_path, f"m{partitions}", partitions)
+        spec_storage = storage.sub("work", "preprocess", "domain")
+        tracemalloc.start()
+        dedup_partition(spec_storage, world_size=2, partition=0, partitions=partitions)
+        peaks.append(tracemalloc.get_traced_memory()[1])
+        tracemalloc.stop()
+    assert peaks[1] < 0.6 * peaks[0], peaks
+
+
+def test_signatures_estimate_the_jaccard_similarity_of_the_shingles() -> None:
+    hasher = MinHasher(MinHash(enabled=True, num_perm=256))
+    text = " ".join(document(i, lines=20) for i in range(3))
+    for every in (10, 40):
+        near = " ".join(w + "s" if i % every == 3 else w for i, w in enumerate(text.split(" ")))
+        a, b = set(hasher.shingles(text).tolist()), set(hasher.shingles(near).tolist())
+        exact = len(a & b) / len(a | b)
+        estimate = float((hasher.signature(text) == hasher.signature(near)).mean())
+        assert abs(estimate - exact) < 0.08, (every, exact, estimate)
