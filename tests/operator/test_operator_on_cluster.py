@@ -122,6 +122,8 @@ def test_a_run_goes_through_every_stage_to_complete(operator: Operator, namespac
     pods = get(cluster, namespace, "pods", "-l", "cpt.kubecpt.dev/run=flow,cpt.kubecpt.dev/stage=preprocess")
     indexes = sorted(p["metadata"]["annotations"]["batch.kubernetes.io/job-completion-index"] for p in pods["items"])
     assert indexes == ["0", "1"]
+    dedup = get(cluster, namespace, "job", "flow-dedup")  # one index per partition, all done before training
+    assert dedup["spec"]["completionMode"] == "Indexed" and dedup["status"]["succeeded"] == 2
     events = get(cluster, namespace, "events", "--field-selector", "involvedObject.name=flow")
     assert {"Created", "DataReady", "BaselineEvaluated", "Trained", "Reported", "Complete"} <= {
         e["reason"] for e in events["items"]
