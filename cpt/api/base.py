@@ -74,8 +74,15 @@ def section(model: type[ApiModel], description: str) -> Any:
     return Field(default_factory=model, description=description)
 
 
-DECIMAL_PATTERN = r"^[0-9]+(\.[0-9]+)?([eE][-+]?[0-9]+)?$"
+# At most two exponent digits: with 32 characters at most, every match is a finite double (no "1e999").
+DECIMAL_PATTERN = r"^[0-9]+(\.[0-9]+)?([eE][-+]?[0-9]{1,2})?$"
 _OPS = {"ge": ">=", "gt": ">", "le": "<=", "lt": "<"}
+
+
+def cel_not_decimal(expr: str) -> str:
+    """CEL that is true when `expr` is not a decimal string double() can convert: a rule guarded by it passes
+    such a value, so the refusal the server gives is the pattern's, naming the field, not a conversion error."""
+    return f"!{expr}.matches(r'{DECIMAL_PATTERN}')"
 
 
 def _cel_double(value: float) -> str:
@@ -100,7 +107,7 @@ def decimal(**bounds: float) -> Any:
     extra: dict[str, Any] = {}
     if bounds:
         cel = " && ".join(f"double(self) {_OPS[k]} {_cel_double(v)}" for k, v in bounds.items())
-        extra["x-kubernetes-validations"] = [{"rule": cel, "message": message}]
+        extra["x-kubernetes-validations"] = [{"rule": f"{cel_not_decimal('self')} || ({cel})", "message": message}]
     return Annotated[
         str,
         StringConstraints(pattern=DECIMAL_PATTERN, max_length=32),

@@ -163,7 +163,7 @@ class DataSpec(ApiModel):
     token_budget: int = Field(
         ge=1, le=10**15, description="Training tokens in total (an integer, e.g. 1000000000 for 1B)."
     )
-    milestones: list[Annotated[int, Field(ge=1)]] = Field(
+    milestones: list[Annotated[int, Field(ge=1, le=10**15)]] = Field(
         default_factory=list,
         max_length=MAX_LIST,
         description="Token counts at which to checkpoint, export and evaluate (ascending, at most the budget).",

@@ -36,13 +36,15 @@ class Architecture(ApiModel):
             check=lambda a: a.preset is not None or None not in (a.hidden_size, a.num_layers, a.num_heads),
         ),
         Rule(
-            cel="!has(self.hiddenSize) || !has(self.numHeads) || self.hiddenSize % self.numHeads == 0",
+            cel="!has(self.hiddenSize) || !has(self.numHeads) || self.numHeads < 1 "
+            "|| self.hiddenSize % self.numHeads == 0",
             message="hiddenSize must be divisible by numHeads",
             field="hiddenSize",
             check=lambda a: a.hidden_size is None or a.num_heads is None or a.hidden_size % a.num_heads == 0,
         ),
         Rule(
-            cel="!has(self.numHeads) || !has(self.numKvHeads) || self.numHeads % self.numKvHeads == 0",
+            cel="!has(self.numHeads) || !has(self.numKvHeads) || self.numKvHeads < 1 "
+            "|| self.numHeads % self.numKvHeads == 0",
             message="numHeads must be divisible by numKvHeads",
             field="numKvHeads",
             check=lambda a: a.num_heads is None or a.num_kv_heads is None or a.num_heads % a.num_kv_heads == 0,

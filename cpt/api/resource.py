@@ -17,10 +17,19 @@ from cpt.api.platform import RunPolicy, Scheduling, StorageSpec
 from cpt.api.status import ContinuedPretrainStatus
 from cpt.api.training import TrainingSpec
 
-_STEP = (
-    "(self.training.nodes * self.training.procsPerNode * self.training.microBatchSize * "
-    "self.training.gradAccumulation * self.data.sequenceLength)"
+_SIZES = (
+    "self.training.nodes",
+    "self.training.procsPerNode",
+    "self.training.microBatchSize",
+    "self.training.gradAccumulation",
+    "self.data.sequenceLength",
 )
+_STEP = "(" + " * ".join(_SIZES) + ")"
+# Each size below its minimum is refused by the schema, naming the field; the rules pass such a resource
+# instead of dividing by zero. The step in double cannot overflow (at most 2^70) and compares exactly with
+# tokenBudget (at most 10^15 < 2^53); the milestone rule runs in int only once the step fits in the budget.
+_POSITIVE = "(" + " && ".join(f"{size} > 0" for size in _SIZES) + ")"
+_STEP_DOUBLE = "(" + " * ".join(f"double({size})" for size in _SIZES) + ")"
 
 
 def _distinct_milestone_steps(spec: ContinuedPretrainSpec) -> bool:
@@ -44,15 +53,15 @@ class ContinuedPretrainSpec(ApiModel):
 
     rules = (
         Rule(
-            cel="self.data.tokenBudget >= self.training.nodes * self.training.procsPerNode * "
-            "self.training.microBatchSize * self.training.gradAccumulation * self.data.sequenceLength",
+            cel=f"!{_POSITIVE} || double(self.data.tokenBudget) >= {_STEP_DOUBLE}",
             message="tokenBudget is smaller than one optimizer step "
             "(nodes * procsPerNode * microBatchSize * gradAccumulation * sequenceLength)",
             field="data.tokenBudget",
             check=lambda s: s.data.token_budget >= s.training.tokens_per_step(s.data.sequence_length),
         ),
         Rule(
-            cel=f"self.data.milestones.all(m, self.data.milestones.exists_one(n, (n + {_STEP} - 1) / {_STEP} == "
+            cel=f"!{_POSITIVE} || {_STEP_DOUBLE} > double(self.data.tokenBudget) || "
+            f"self.data.milestones.all(m, self.data.milestones.exists_one(n, (n + {_STEP} - 1) / {_STEP} == "
             f"(m + {_STEP} - 1) / {_STEP})) && self.data.milestones.all(m, m == self.data.tokenBudget || "
             f"(m + {_STEP} - 1) / {_STEP} < (self.data.tokenBudget + {_STEP} - 1) / {_STEP})",
             message="two milestones (or a milestone and tokenBudget) fall in the same optimizer step of "

@@ -7,7 +7,7 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, Field
 
-from cpt.api.base import MAX_LIST, ApiModel, Resources, Rule, SecretKeyRef, decimal, section
+from cpt.api.base import MAX_LIST, ApiModel, Resources, Rule, SecretKeyRef, cel_not_decimal, decimal, section
 
 # An environment variable name (a C identifier, what shells and most programs accept).
 ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
@@ -106,7 +106,9 @@ class Schedule(ApiModel):
 
     rules = (
         Rule(
-            cel="self.type != 'wsd' || double(self.warmupFraction) + double(self.decayFraction) <= 1.0",
+            cel=f"self.type != 'wsd' || {cel_not_decimal('self.warmupFraction')} || "
+            f"{cel_not_decimal('self.decayFraction')} || "
+            "double(self.warmupFraction) + double(self.decayFraction) <= 1.0",
             message="warmupFraction + decayFraction must not exceed 1",
             field="decayFraction",
             check=lambda s: s.type != "wsd" or float(s.warmup_fraction) + float(s.decay_fraction) <= 1.0,

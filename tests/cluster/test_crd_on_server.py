@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 from cpt.api import ContinuedPretrain
+from cpt.validation import validate_object
 from tests.cluster.cluster import Cluster
 from tests.cpt.test_spec import INVALID, with_change
 
@@ -84,3 +85,48 @@ def test_what_changes_results_is_immutable_once_started(crd_installed: Cluster, 
     crd_installed.kubectl(*edit, '{"spec":{"runPolicy":{"backoffLimit":5},"scheduling":{"serviceAccountName":"sa"}}}')
     spec = crd_installed.get_json("cpt", "frozen", "-n", namespace)["spec"]
     assert spec["suspend"] is True and spec["scheduling"]["serviceAccountName"] == "sa"
+
+
+# Values that make a rule's arithmetic fail (a divisor of 0, a product past int64, a decimal past a double):
+# the server must refuse them with the field's own message, never "division by zero evaluating rule".
+RULE_EDGES = [
+    ("spec.training.procsPerNode", 0, "spec.training.procsPerNode", "greater than or equal to 1"),
+    ("spec.training.nodes", 0, "spec.training.nodes", "greater than or equal to 1"),
+    ("spec.training.microBatchSize", 0, "spec.training.microBatchSize", "greater than or equal to 1"),
+    ("spec.training.gradAccumulation", 0, "spec.training.gradAccumulation", "greater than or equal to 1"),
+    ("spec.data.sequenceLength", 0, "spec.data.sequenceLength", "greater than or equal to 16"),
+    (
+        "spec.model.architecture",
+        {"hiddenSize": 64, "numLayers": 2, "numHeads": 0},
+        "spec.model.architecture.numHeads",
+        "greater than or equal to 1",
+    ),
+    (
+        "spec.model.architecture",
+        {"hiddenSize": 64, "numLayers": 2, "numHeads": 4, "numKvHeads": 0},
+        "spec.model.architecture.numKvHeads",
+        "greater than or equal to 1",
+    ),
+    (
+        "spec.training",
+        {"nodes": 4096, "procsPerNode": 64, "microBatchSize": 65536, "gradAccumulation": 65536},
+        "spec.data.tokenBudget",
+        "smaller than one optimizer step",
+    ),
+    ("spec.training.optimizer.lr", "abc", "spec.training.optimizer.lr", "should match"),
+    ("spec.training.optimizer.gradClip", "1e999", "spec.training.optimizer.gradClip", "should match"),
+    ("spec.training.schedule", {"type": "wsd", "decayFraction": "x"}, "spec.training.schedule.decayFraction", "match"),
+]
+
+
+@pytest.mark.parametrize(("change", "value", "path", "words"), RULE_EDGES, ids=[c[0] for c in RULE_EDGES])
+def test_rule_arithmetic_never_errors_on_the_server(
+    crd_installed: Cluster, namespace: str, change: str, value: Any, path: str, words: str
+) -> None:
+    result = create(crd_installed, with_change(change, value), namespace, check=False)
+    assert result.returncode != 0, f"the API server accepted {change}={value!r}"
+    assert f"{path}: Invalid value" in result.stderr and words in result.stderr, result.stderr
+    for error in ("evaluating rule", "division by zero", "modulus by zero", "overflow", "evaluation error"):
+        assert error not in result.stderr, result.stderr
+    _, problems = validate_object(with_change(change, value), "edge.yaml")
+    assert any(problem.path == path for problem in problems), problems
