@@ -11,7 +11,7 @@ from pathlib import Path
 
 import fsspec
 
-from cpt_pipeline.storage import storage_options
+from cpt_pipeline.storage import naming_the_object, storage_options
 
 
 def cache_root() -> Path:
@@ -34,11 +34,14 @@ def local_dir(uri: str, patterns: tuple[str, ...] = ("*",), revision: str | None
             return target
         fs, root = fsspec.core.url_to_fs(uri, **storage_options(uri))
         staging = target.with_name(target.name + f".tmp-{os.getpid()}")
-        for path in fs.find(root):
+        with naming_the_object("listing", uri):
+            found = fs.find(root)
+        for path in found:
             relative = path[len(root.rstrip("/")) + 1 :]
             if any(fnmatch.fnmatch(relative, p) for p in patterns):
                 (staging / relative).parent.mkdir(parents=True, exist_ok=True)
-                fs.get_file(path, str(staging / relative))
+                with naming_the_object("downloading", f"{uri.rstrip('/')}/{relative}"):
+                    fs.get_file(path, str(staging / relative))
         if not staging.exists():
             raise FileNotFoundError(f"{uri}: no files matching {patterns}")
         (staging / ".complete").touch()

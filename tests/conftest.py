@@ -125,3 +125,22 @@ def s3(s3_server: str, monkeypatch: pytest.MonkeyPatch):
     s3fs.S3FileSystem.clear_instance_cache()
     yield s3fs.S3FileSystem(client_kwargs={"endpoint_url": s3_server})
     s3fs.S3FileSystem.clear_instance_cache()
+
+
+@pytest.fixture
+def s3_proxy(s3, s3_server: str, monkeypatch: pytest.MonkeyPatch):
+    """The s3 fixture's environment, with every S3 request of this process and its children going through the
+    fault proxy (tests/s3proxy.py) and short timeouts and few attempts per request, so that a stall is given up
+    after 1 s and a fault that persists fails fast; yields the proxy."""
+    import s3fs
+
+    from cpt_pipeline.storage import S3_ATTEMPTS_ENV, S3_TIMEOUT_ENV
+    from tests.s3proxy import S3FaultProxy
+
+    with S3FaultProxy(s3_server) as proxy:
+        monkeypatch.setenv("AWS_ENDPOINT_URL_S3", proxy.endpoint)
+        monkeypatch.setenv(S3_TIMEOUT_ENV, "1")
+        monkeypatch.setenv(S3_ATTEMPTS_ENV, "2")
+        s3fs.S3FileSystem.clear_instance_cache()
+        yield proxy
+        s3fs.S3FileSystem.clear_instance_cache()

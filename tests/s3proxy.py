@@ -96,6 +96,7 @@ class S3FaultProxy:
         self.upstream = (parsed.hostname or "127.0.0.1", parsed.port or 80)
         self.faults: list[Fault] = []
         self.log: list[Fired] = []
+        self.seen: list[tuple[str, str]] = []  # (method, path) of every request, faulted or not
         self.requests = 0
         self.chaos_schedule: Chaos | None = None
         self._lock = threading.Lock()
@@ -160,6 +161,7 @@ class S3FaultProxy:
         """The fault for this request (counted ones first), logged; None to pass it through."""
         with self._lock:
             self.requests += 1
+            self.seen.append((method, path))
             chosen = next((f for f in self.faults if f.matches(method, path)), None)
             if chosen is not None:
                 chosen.count -= 1

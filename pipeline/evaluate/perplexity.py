@@ -22,19 +22,20 @@ import fsspec
 from cpt.api.evaluation import TextSet
 from cpt_pipeline import jsonl
 from cpt_pipeline.hf_loading import document_start, load_causal_lm, load_tokenizer
-from cpt_pipeline.storage import storage_options
+from cpt_pipeline.storage import naming_the_object, storage_options
 from cpt_pipeline.train.chunked_loss import IGNORE_INDEX, summed_cross_entropy, supports_chunked_loss
 
 
 def read_texts(text_set: TextSet) -> list[str]:
     """Up to maxDocuments texts from jsonl/parquet files, or from .txt files (one document per file)."""
     fs, _, paths = fsspec.get_fs_token_paths(text_set.uri, storage_options=storage_options(text_set.uri))
-    files = sorted(p for path in paths for p in (fs.find(path) if fs.isdir(path) else [path]))
+    with naming_the_object("listing", text_set.uri):
+        files = sorted(p for path in paths for p in (fs.find(path) if fs.isdir(path) else [path]))
     if not files:
         raise FileNotFoundError(f"perplexity set {text_set.uri!r}: no files")
     texts: list[str] = []
     for path in files:
-        with fs.open(path, "rb") as handle:
+        with naming_the_object("reading", fs.unstrip_protocol(path)), fs.open(path, "rb") as handle:
             data = handle.read()
         if path.endswith(".parquet"):
             import io

@@ -24,7 +24,7 @@ from typing import Any
 
 import torch.distributed as dist
 
-from cpt_pipeline.storage import Storage
+from cpt_pipeline.storage import Storage, StorageUnavailable
 from cpt_pipeline.train.resume import PLAN_FILE, check_resume
 
 log = logging.getLogger(__name__)
@@ -75,17 +75,19 @@ class Checkpointer:
         tag = tag_for(step, milestone)
         engine.save_checkpoint(str(self._dir()), tag=tag, client_state=client_state, save_latest=False)
         dist.barrier()  # every rank of the node has written its files into the node folder
-        uploaded: list[str] | str = []
+        uploaded: list[str] | tuple[bool, str] = []
         if not self.storage.is_local and self.local_rank == 0:
             try:
                 uploaded = self._upload(tag)
             except Exception as error:  # reported to every rank below, so that none waits forever
-                uploaded = f"upload of checkpoint {tag} to {self.storage.url(tag)} failed: {error}"
+                message = f"upload of checkpoint {tag} to {self.storage.url(tag)} failed: {error}"
+                uploaded = (isinstance(error, StorageUnavailable), message)
         reports: list[Any] = [None] * dist.get_world_size()
         dist.all_gather_object(reports, uploaded)
-        failures = [r for r in reports if isinstance(r, str)]
-        if failures:
-            raise RuntimeError(failures[0])
+        failures = [r for r in reports if isinstance(r, tuple)]
+        if failures:  # the object store's failure (exit 5, worth a retry) or another one
+            unavailable, message = failures[0]
+            raise (StorageUnavailable if unavailable else RuntimeError)(message)
         if self.rank == 0:
             self._confirm(tag, sorted({name for report in reports for name in report}))
         return tag
