@@ -13,6 +13,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+from cpt.kube_yaml import dump, load_all
+
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLES = REPO / "manifests" / "examples"
 
@@ -35,23 +39,36 @@ def test_the_bundled_data_is_what_build_py_generates(tmp_path: Path) -> None:
     assert size < 3 * 2**20, f"the quickstart bundle is {size} bytes"
 
 
-def test_the_quickstart_runs_from_the_repository_alone(tmp_path: Path) -> None:
-    """A folder holding only the quickstart files (no ../shared, no network): every stage, then the summary."""
-    target = tmp_path / "repo" / "manifests" / "examples"
-    shutil.copytree(EXAMPLES / "quickstart", target / "quickstart", ignore=shutil.ignore_patterns("__pycache__"))
-    shutil.copy(EXAMPLES / "quickstart.yaml", target)
-    text = (EXAMPLES / "quickstart.yaml").read_text()
-    assert "shared" not in text and "http" not in text
-    result = subprocess.run(
-        [str(Path(sys.executable).parent / "cpt"), "run", "manifests/examples/quickstart.yaml"],
+def _cpt(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(Path(sys.executable).parent / "cpt"), *args],
         capture_output=True,
         text=True,
-        cwd=tmp_path / "repo",
+        cwd=cwd,
         timeout=900,
         env={**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "NO_PROXY": "*"},
     )
+
+
+@pytest.fixture(scope="module")
+def quickstart(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess[str]]:
+    """A folder holding only the quickstart files (no ../shared, no network), after `cpt run` of the quickstart."""
+    repo = tmp_path_factory.mktemp("quickstart") / "repo"
+    target = repo / "manifests" / "examples"
+    shutil.copytree(EXAMPLES / "quickstart", target / "quickstart", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(EXAMPLES / "quickstart.yaml", target)
+    return repo, _cpt("run", "manifests/examples/quickstart.yaml", cwd=repo)
+
+
+def test_the_quickstart_runs_from_the_repository_alone(
+    quickstart: tuple[Path, subprocess.CompletedProcess[str]],
+) -> None:
+    """Every stage, then the summary."""
+    repo, result = quickstart
+    text = (EXAMPLES / "quickstart.yaml").read_text()
+    assert "shared" not in text and "http" not in text
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
-    run = tmp_path / "repo" / "runs" / "quickstart"
+    run = repo / "runs" / "quickstart"
     assert "Table 1" in result.stdout and "domain perplexity:" in result.stdout
     assert (run / "report" / "index.html").exists()
     preprocess = json.loads((run / "data" / "preprocess-status.json").read_text())
@@ -67,3 +84,29 @@ def test_the_quickstart_runs_from_the_repository_alone(tmp_path: Path) -> None:
     assert last["domainPerplexity"] < base["domainPerplexity"] / 10  # on held-out sections
     assert base["generalPerplexity"] < 3  # the base model knows its own stories
     assert last["generalPerplexity"] < base["generalPerplexity"] * 1.25  # replay keeps the stories it knew
+
+
+def test_without_replay_the_quickstart_forgets_its_stories(
+    quickstart: tuple[Path, subprocess.CompletedProcess[str]],
+) -> None:
+    """The trade-off: the same run without replay, up to the first milestone only (409,600 tokens, a quarter of
+    the budget), against the quickstart's 25% replay at that milestone, as `cpt compare` prints them."""
+    repo, result = quickstart
+    assert result.returncode == 0, result.stderr[-3000:]
+    doc = load_all((EXAMPLES / "quickstart.yaml").read_text())[0]
+    doc["metadata"]["name"] = "quickstart-no-replay"
+    doc["spec"]["data"]["replay"]["fraction"] = "0"
+    doc["spec"]["data"].update(tokenBudget=409_600, milestones=[])
+    doc["spec"]["storage"]["uri"] = "runs/quickstart-no-replay"
+    (repo / "no-replay.yaml").write_text(dump(doc))
+    no_replay = _cpt("run", "no-replay.yaml", cwd=repo)
+    assert no_replay.returncode == 0, no_replay.stdout[-2000:] + no_replay.stderr[-3000:]
+    compared = _cpt("compare", "no-replay.yaml", "manifests/examples/quickstart.yaml", cwd=repo)
+    assert compared.returncode == 0, compared.stderr
+    rows = {(r[0], r[2]): r for r in (line.split() for line in compared.stdout.splitlines()[1:]) if len(r) > 5}
+    without, with_replay = rows["quickstart-no-replay", "409,600"], rows["quickstart", "409,600"]
+    assert (without[1], with_replay[1]) == ("0", "0.25")
+    story = compared.stdout.splitlines()[0].split().index("story_quiz")
+    assert float(without[story]) < float(with_replay[story]) == 1.0  # without replay it forgets its stories
+    assert without[-2:] != with_replay[-2:] and without[-1] == "higher"  # general perplexity rose over 10-fold
+    assert with_replay[-1].endswith("%") and float(with_replay[-1].rstrip("%")) < 10  # 25% replay keeps them
