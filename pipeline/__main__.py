@@ -15,6 +15,7 @@ from cpt.exit_codes import EXIT_INVALID_SPEC
 from cpt.stages import Stage
 from cpt.validation import validate_file
 from cpt_pipeline.errors import exit_code_for, one_line
+from cpt_pipeline.pause import pause_point
 from cpt_pipeline.storage import export_object_store_settings
 
 INDEX_ENV = "JOB_COMPLETION_INDEX"  # set by Kubernetes in Indexed Job pods
@@ -101,6 +102,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.DEBUG if args.debug else logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    role = f"{args.stage}-worker" if "LOCAL_RANK" in os.environ else args.stage  # a torchrun worker, or the stage
+    pause_point(f"{role}:startup")
     spec = load_spec(args.spec)
     export_object_store_settings(spec.storage)
     handlers = {
@@ -111,7 +114,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         Stage.REPORT: _report,
     }
     try:
-        return handlers[Stage(args.stage)](args, spec) or 0
+        code = handlers[Stage(args.stage)](args, spec) or 0
+        pause_point(f"{role}:shutdown")
+        return code
     except Exception as error:
         code = exit_code_for(error)
         if code is None:

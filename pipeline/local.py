@@ -17,6 +17,7 @@ from cpt.api import ContinuedPretrainSpec
 from cpt.stages import Stage, parallelism, stage_argv
 from cpt_pipeline.__main__ import INDEX_ENV
 from cpt_pipeline.console import Console
+from cpt_pipeline.interrupt import Interrupt
 from cpt_pipeline.storage import Storage
 
 WORLD_STAGES = {Stage.PREPROCESS, Stage.DEDUP}  # take --world-size (the number of preprocessing workers)
@@ -77,9 +78,13 @@ def run_stage(
     cwd: Path | None = None,
     console: Console | None = None,
     log: StageLog | None = None,
+    interrupt: Interrupt | None = None,
 ) -> None:
     """Run one stage as `processes` processes (JOB_COMPLETION_INDEX 0..N-1, as cpt.stages.parallelism says). With
-    a console and a log, the processes' output goes to the log and the console shows their progress."""
+    a console and a log, the processes' output goes to the log and the console shows their progress. With an
+    `interrupt`, the processes run in their own process groups and a Ctrl-C ends the stage with
+    KeyboardInterrupt once they have exited, whatever their exit codes."""
+    group = {"process_group": 0} if interrupt is not None else {}
     argv = stage_argv(
         stage, str(spec_path), python=sys.executable, extra=[*(extra or []), "--world-size", str(world_size)]
     )
@@ -95,7 +100,9 @@ def run_stage(
             "OMP_NUM_THREADS": threads,
         }
         if console is None or log is None:
-            running.append(subprocess.Popen(argv, env=child_env, cwd=cwd))
+            running.append(subprocess.Popen(argv, env=child_env, cwd=cwd, **group))
+            if interrupt is not None:
+                interrupt.started(running[-1])
             continue
         child = subprocess.Popen(
             argv,
@@ -105,15 +112,21 @@ def run_stage(
             stderr=subprocess.STDOUT,
             text=True,
             errors="replace",
+            **group,
         )
+        if interrupt is not None:
+            interrupt.started(child)
         prefix = f"[{'worker' if stage is Stage.PREPROCESS else 'partition'} {rank}] " if processes > 1 else ""
         reader = threading.Thread(target=_follow, args=(child.stdout, prefix, log, console), daemon=True)
         reader.start()
         readers.append(reader)
         running.append(child)
-    failed = [(rank, code) for rank, code in ((r, p.wait()) for r, p in enumerate(running)) if code != 0]
+    wait = interrupt.wait if interrupt is not None else subprocess.Popen.wait
+    failed = [(rank, code) for rank, code in ((r, wait(p)) for r, p in enumerate(running)) if code != 0]
     for reader in readers:
         reader.join()
+    if interrupt is not None:
+        interrupt.check()
     if failed:
         raise RuntimeError(f"stage {stage}: " + ", ".join(f"rank {r} exited with {c}" for r, c in failed))
 
@@ -168,23 +181,33 @@ def run_pipeline(
     workers = spec.data.preprocessing.workers
     storage = Storage.from_spec(spec.storage)
     console = Console()
-    for stage in stages or list(Stage):
-        world = workers if stage in (Stage.PREPROCESS, Stage.DEDUP) else 1
-        log = StageLog(storage, stage)
-        console.start(stage)
-        try:
-            processes = parallelism(spec, stage)
-            run_stage(
-                stage, spec_path, world_size=world, processes=processes, env=env, cwd=cwd, console=console, log=log
-            )
-        except (RuntimeError, KeyboardInterrupt) as error:  # the live display must end, or the cursor stays hidden
-            console.finish(False, log.location, str(error) or "interrupted")
-            if isinstance(error, KeyboardInterrupt):
-                raise
-            raise RuntimeError(f"{error} (log: {log.location})") from None
-        finally:
-            log.close()
-        console.finish(True, log.location)
+    with Interrupt().handling() as interrupt:
+        for stage in stages or list(Stage):
+            interrupt.check()
+            world = workers if stage in (Stage.PREPROCESS, Stage.DEDUP) else 1
+            log = StageLog(storage, stage)
+            console.start(stage)
+            try:
+                processes = parallelism(spec, stage)
+                run_stage(
+                    stage,
+                    spec_path,
+                    world_size=world,
+                    processes=processes,
+                    env=env,
+                    cwd=cwd,
+                    console=console,
+                    log=log,
+                    interrupt=interrupt,
+                )
+            except (RuntimeError, KeyboardInterrupt) as error:  # the live display must end, or the cursor stays hidden
+                console.finish(False, log.location, str(error) or "interrupted")
+                if isinstance(error, KeyboardInterrupt):
+                    raise
+                raise RuntimeError(f"{error} (log: {log.location})") from None
+            finally:
+                log.close()
+            console.finish(True, log.location)
     from cpt_pipeline.report.summary import run_summary
 
     summary = run_summary(storage)

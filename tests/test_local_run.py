@@ -96,37 +96,3 @@ def test_a_failing_stage_shows_the_end_of_its_log_and_where_the_log_is(tmp_path:
     log = tmp_path / "run" / "logs" / "preprocess.log"
     assert f"(log: {log})" in result.stderr and "missing.jsonl" in log.read_text()
     assert "Traceback" not in result.stdout + result.stderr
-
-
-def test_ctrl_c_ends_the_display_and_says_how_to_resume(tmp_path: Path) -> None:
-    import signal
-    import time
-
-    doc = yaml.safe_load((REPO / "manifests" / "examples" / "quickstart.yaml").read_text())
-    for key in ("model",):
-        doc["spec"][key]["uri"] = str(REPO / doc["spec"][key]["uri"])
-    doc["spec"]["data"]["sources"][0]["uri"] = str(REPO / doc["spec"]["data"]["sources"][0]["uri"])
-    doc["spec"]["data"]["replay"]["source"]["uri"] = str(REPO / doc["spec"]["data"]["replay"]["source"]["uri"])
-    doc["spec"]["storage"]["uri"] = str(tmp_path / "run")
-    path = tmp_path / "quickstart.yaml"
-    path.write_text(dump(doc))
-    process = subprocess.Popen(
-        [str(Path(sys.executable).parent / "cpt"), "run", str(path), "--stages", "preprocess,dedup,train"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
-    lines = []
-    for line in process.stdout:  # type: ignore[union-attr]
-        lines.append(line)
-        if line.startswith("== train"):
-            break
-    time.sleep(3)
-    os.killpg(process.pid, signal.SIGINT)  # what Ctrl-C does: the whole foreground process group
-    out, err = process.communicate(timeout=120)
-    text = "".join(lines) + out
-    assert process.returncode == 130, text + err
-    assert "train: FAILED after" in text and "interrupted" in text
-    assert "cpt run: interrupted; run it again to resume" in err and "Traceback" not in err
-    assert (tmp_path / "run" / "logs" / "train.log").exists()

@@ -24,6 +24,7 @@ from typing import Any
 
 import torch.distributed as dist
 
+from cpt_pipeline.pause import pause_point
 from cpt_pipeline.storage import Storage, StorageUnavailable
 from cpt_pipeline.train.resume import PLAN_FILE, check_resume
 
@@ -74,6 +75,7 @@ class Checkpointer:
         previous checkpoint until `commit(tag)`."""
         tag = tag_for(step, milestone)
         engine.save_checkpoint(str(self._dir()), tag=tag, client_state=client_state, save_latest=False)
+        pause_point("train-worker:checkpoint")  # files written, not uploaded, `latest` not moved
         dist.barrier()  # every rank of the node has written its files into the node folder
         uploaded: list[str] | tuple[bool, str] = []
         if not self.storage.is_local and self.local_rank == 0:

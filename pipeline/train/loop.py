@@ -19,6 +19,7 @@ from typing import Any
 from cpt.api import ContinuedPretrainSpec
 from cpt.stages import TRAINING_COMPLETE, export_name
 from cpt_pipeline.errors import exit_code_for, one_line
+from cpt_pipeline.pause import pause_point
 from cpt_pipeline.storage import Storage
 from cpt_pipeline.train.checkpoint import Checkpointer, export_hf
 from cpt_pipeline.train.chunked_loss import causal_lm_loss
@@ -111,6 +112,7 @@ def train(spec: ContinuedPretrainSpec, storage: Storage) -> int:
         code = commit(run, train_step(run, step))
         if code is not None:
             return code
+        pause_point("train-worker:step")
     return finish(run)
 
 
