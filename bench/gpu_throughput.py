@@ -12,6 +12,9 @@ override with CPT_PEAK_TFLOPS). The reference study reached about 12k tokens/s p
 
     python -P bench/gpu_throughput.py [--micro-batch 16] [--zero 0] [--checkpointing] [--compile]
     python -P bench/gpu_throughput.py --device cpu --preset tiny --seq 64 --micro-batch 4 --steps 3  # smoke
+
+The last lines are the stage's figure as an entry of cpt/throughput.yaml (kind bench), which `cpt plan` and the
+operator's status.plan prefer to the paper's and published figures once added.
 """
 
 from __future__ import annotations
@@ -200,8 +203,9 @@ def main() -> int:
     import torch
 
     from cpt.api.model import Architecture
+    from cpt.throughput import flops_per_token
     from cpt_pipeline.train.model import count_parameters, llama_config
-    from cpt_pipeline.train.progress import flops_per_token, peak_flops
+    from cpt_pipeline.train.progress import peak_flops
 
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("no CUDA device: use --device cpu for a smoke test")
@@ -233,7 +237,36 @@ def main() -> int:
         print(f"plain PyTorch loop (peer, same run): {peer:,.0f} tokens/s per GPU{mfu(peer)}")
         print(f"training stage / plain PyTorch: {stage['tokens_per_second'] / peer:.2f}x")
     print(f"vs the reference study (~12k tokens/s per A100): {stage['tokens_per_second'] / 12000:.2f}x")
+    print(table_entry(args, name, params, config, stage["tokens_per_second"]))
     return 0
+
+
+def table_entry(args: argparse.Namespace, device: str, params: int, config: Any, tokens_per_second: float) -> str:
+    """The figure as an entry of cpt/throughput.yaml's figures (`cpt plan` and status.plan use it), under the GPU
+    type the device's name matches (else the name itself: add that type under gpus first)."""
+    import datetime
+
+    import yaml
+
+    from cpt.throughput import load_table
+
+    gpu = load_table().for_product(device)
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True)
+    settings = f"micro-batch {args.micro_batch}, ZeRO-{args.zero}" + (", activation checkpointing" * args.checkpointing)
+    entry = {
+        "gpu": gpu.name if gpu else device,
+        "kind": "bench",
+        "tokensPerSecond": round(tokens_per_second),
+        "model": args.preset,
+        "parameters": params,
+        "layers": config.num_hidden_layers,
+        "hidden": config.hidden_size,
+        "sequenceLength": args.seq,
+        "source": f"bench/gpu_throughput.py on one {device}, {datetime.date.today()}, commit "
+        f"{commit.stdout.strip() or 'unknown'}: the training stage, {settings}, bf16",
+    }
+    head = "entry for cpt/throughput.yaml (figures):" if gpu else f"no GPU type of cpt/throughput.yaml is {device}:"
+    return head + "\n" + yaml.safe_dump([entry], sort_keys=False, width=1000)
 
 
 if __name__ == "__main__":

@@ -1,8 +1,9 @@
-"""The `cpt` command line: validate resources, expand sweeps and print the CRD."""
+"""The `cpt` command line: validate resources, plan a run, expand sweeps and print the CRD."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections.abc import Sequence
 from importlib.metadata import entry_points
@@ -11,6 +12,8 @@ from pathlib import Path
 from cpt.compare import CompareError, Run, load_run, pareto, points, render, run_from_resource
 from cpt.crd import render_crd, render_helm_crd
 from cpt.kube_yaml import dump
+from cpt.plan import run_plan
+from cpt.plan_output import as_json, render_text
 from cpt.sweep import SweepError, expand, parse_setting
 from cpt.validation import load_documents, validate_file
 
@@ -99,6 +102,28 @@ def _compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _plan(args: argparse.Namespace) -> int:
+    resources, problems = validate_file(Path(args.file))
+    if not problems and len(resources) != 1:
+        problems = [f"{args.file}: expected one ContinuedPretrain, found {len(resources)} documents"]
+    if args.price_per_gpu_hour is not None and args.price_per_gpu_hour < 0:
+        problems = [f"--price-per-gpu-hour: {args.price_per_gpu_hour} is negative"]
+    try:
+        plan = None if problems else run_plan(resources[0].spec, True, args.gpu, args.price_per_gpu_hour)
+    except ValueError as error:  # an unknown --gpu
+        problems = [f"--gpu: {error}"]
+    if problems or plan is None:
+        for problem in problems:
+            print(f"cpt plan: {problem}", file=sys.stderr)
+        return 1
+    if args.output == "json":
+        sys.stdout.write(json.dumps(as_json(plan), indent=2) + "\n")
+    else:
+        title = f"{resources[0].metadata.get('name', '<unnamed>')} ({args.file})"
+        sys.stdout.write(render_text(resources[0].spec, plan, title, args.price_per_gpu_hour))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cpt", description="Continued pre-training of small language models.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -131,6 +156,17 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("-n", "--namespace", help="with -l: only this namespace (default: all)")
     compare.add_argument("--plot", metavar="FILE", help="draw the frontier into FILE (.png, .svg or .pdf)")
     compare.set_defaults(func=_compare)
+    plan = sub.add_parser("plan", help="steps, memory per device and time per GPU type of a run, before anything runs")
+    plan.add_argument("file", metavar="FILE", help="a ContinuedPretrain")
+    plan.add_argument(
+        "--gpu",
+        action="append",
+        metavar="TYPE",
+        help="a GPU type of cpt/throughput.yaml, e.g. A100-80GB (repeatable; default: every type in the table)",
+    )
+    plan.add_argument("--price-per-gpu-hour", type=float, metavar="USD", help="show the cost at this price")
+    plan.add_argument("-o", "--output", choices=["text", "json"], default="text")
+    plan.set_defaults(func=_plan)
     for plugin in entry_points(group=PLUGIN_GROUP):  # e.g. `cpt report`, when the pipeline is installed
         plugin.load()(sub)
     return parser

@@ -18,13 +18,13 @@ _UNAVAILABLE_NAMES = {"EndpointConnectionError", "ConnectTimeoutError", "ReadTim
 
 
 def _user_error_types() -> tuple[type[BaseException], ...]:
+    from cpt.memory import MemoryPlanError
     from cpt_pipeline.evaluate.harness import TaskDataError
     from cpt_pipeline.hf_loading import RemoteCodeError
     from cpt_pipeline.preprocess.identity import PreparedUnderAnotherSpec
     from cpt_pipeline.preprocess.readers import SourceError
     from cpt_pipeline.preprocess.tokenize import TokenizerError
     from cpt_pipeline.train.data import DataError
-    from cpt_pipeline.train.zero_auto import MemoryPlanError
 
     return (
         SourceError,

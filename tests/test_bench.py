@@ -8,6 +8,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import yaml
+
+from cpt.throughput import parse_table
+
 REPO = Path(__file__).resolve().parent.parent
 SMOKE = ["--device", "cpu", "--preset", "tiny", "--seq", "64", "--micro-batch", "4", "--steps", "3", "--warmup", "1"]
 
@@ -25,6 +29,13 @@ def test_gpu_throughput_smoke_runs_the_training_stage() -> None:
     assert stage and int(stage.group(1)) == 5, result.stdout  # warmup + steps + the final (exporting) step
     assert int(stage.group(2).replace(",", "")) > 0
     assert re.search(r"training stage / plain PyTorch: \d+\.\d\dx", result.stdout), result.stdout
+    # the figure as an entry of the throughput table: on CPU no GPU type matches, so it names the device
+    _, entry = result.stdout.split("no GPU type of cpt/throughput.yaml is cpu:\n")
+    (figure,) = yaml.safe_load(entry)
+    assert figure["kind"] == "bench" and figure["tokensPerSecond"] == int(stage.group(2).replace(",", ""))
+    assert (figure["layers"], figure["hidden"], figure["sequenceLength"]) == (2, 64, 64)  # the tiny preset at 64
+    table = parse_table({"gpus": [{"name": "cpu", "memoryGB": 1}], "figures": [figure]})  # a valid entry
+    assert table.figures_for("cpu")[0].source.startswith("bench/gpu_throughput.py on one cpu")
 
 
 def test_preprocess_scale_smoke_runs_both_stages_and_reports_memory() -> None:

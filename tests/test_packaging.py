@@ -1,4 +1,5 @@
-"""The wheel (what the container images install) carries every subpackage and the shipped task files."""
+"""The wheel (what the container images install) carries every subpackage and the shipped data files (the
+throughput table, the task files)."""
 
 from __future__ import annotations
 
@@ -35,6 +36,7 @@ def test_wheel_contains_all_modules_and_task_files(tmp_path: Path) -> None:
     for folder, package in (("cpt", "cpt"), ("operator", "cpt_operator"), ("pipeline", "cpt_pipeline")):
         for source in (REPO / folder).rglob("*.py"):
             assert f"{package}/{source.relative_to(REPO / folder).as_posix()}" in names, source
+    assert "cpt/throughput.yaml" in names  # cpt plan's and the operator's throughput table
     for task in (REPO / "pipeline" / "evaluate" / "tasks").iterdir():
         assert f"cpt_pipeline/evaluate/tasks/{task.name}" in names
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))

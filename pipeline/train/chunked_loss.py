@@ -21,16 +21,12 @@ import logging
 import types
 from typing import Any
 
+from cpt.memory import chunk_tokens
+
 log = logging.getLogger(__name__)
 IGNORE_INDEX = -100
-LOGITS_CHUNK_BYTES = 256 * 2**20  # fp32 logits of one chunk
 _SCALED_LOGITS = ("final_logit_softcapping", "logit_scale", "logits_scaling", "output_multiplier_scale")
 _MARK = "_cpt_chunked_loss"
-
-
-def chunk_tokens(vocab: int) -> int:
-    """Tokens per chunk: ~LOGITS_CHUNK_BYTES of fp32 logits."""
-    return max(1, LOGITS_CHUNK_BYTES // (4 * vocab))
 
 
 def summed_cross_entropy(hidden: Any, head: Any, labels: Any, chunk: int | None = None) -> Any:

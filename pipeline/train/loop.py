@@ -17,7 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from cpt.api import ContinuedPretrainSpec
+from cpt.memory import Footprint, ModelShape, choose_stage
 from cpt.stages import TRAINING_COMPLETE, export_name
+from cpt.throughput import flops_per_token
 from cpt_pipeline.errors import exit_code_for, one_line
 from cpt_pipeline.pause import pause_point
 from cpt_pipeline.storage import Storage
@@ -30,11 +32,11 @@ from cpt_pipeline.train.exit_codes import EXIT_BAD_INPUT, EXIT_NONFINITE, EXIT_P
 from cpt_pipeline.train.faults import Faults
 from cpt_pipeline.train.model import count_parameters, load_model
 from cpt_pipeline.train.nonfinite import NonFiniteLoss, UpdateGate, after_update, before_update
-from cpt_pipeline.train.progress import Progress, flops_per_token, peak_flops
+from cpt_pipeline.train.progress import Progress, peak_flops
 from cpt_pipeline.train.resume import ZERO_KEY, resume_plan
 from cpt_pipeline.train.schedule import lr_multiplier
 from cpt_pipeline.train.shard_check import check_data, model_eos_id
-from cpt_pipeline.train.zero_auto import Footprint, ModelShape, choose_stage, device_memory_bytes
+from cpt_pipeline.train.zero_auto import device_memory_bytes
 
 log = logging.getLogger(__name__)
 LOG_SAMPLE_IDS = "CPT_LOG_SAMPLE_IDS"  # tests: record the sample ids of every step in metrics
@@ -410,7 +412,7 @@ def _zero_stage(
     recorded: dict[str, Any] | None,
 ) -> int:
     """The ZeRO stage: the spec's; for auto, the one the latest checkpoint was written with, else the lowest
-    that fits (zero_auto.py)."""
+    that fits (cpt/memory.py)."""
     requested = spec.training.deepspeed.zero_stage
     if requested != "auto":
         return int(requested)

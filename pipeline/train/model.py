@@ -6,58 +6,16 @@ import logging
 from typing import Any
 
 from cpt.api.model import Architecture, ModelSpec
+from cpt.shapes import architecture_config
 
 log = logging.getLogger(__name__)
 
-# MobileLLM-125M (Liu et al. 2024): deep and thin, grouped-query attention, tied embeddings.
-PRESETS: dict[str, dict[str, Any]] = {
-    "mobilellm-125m": {
-        "hidden_size": 576,
-        "num_hidden_layers": 30,
-        "num_attention_heads": 9,
-        "num_key_value_heads": 3,
-        "intermediate_size": 1536,
-        "vocab_size": 32000,
-        "max_position_embeddings": 2048,
-        "tie_word_embeddings": True,
-    },
-    "tiny": {
-        "hidden_size": 64,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 4,
-        "num_key_value_heads": 2,
-        "intermediate_size": 128,
-        "vocab_size": 512,
-        "max_position_embeddings": 2048,
-        "tie_word_embeddings": True,
-    },
-}
-_FIELDS = {
-    "hidden_size": "hidden_size",
-    "num_layers": "num_hidden_layers",
-    "num_heads": "num_attention_heads",
-    "num_kv_heads": "num_key_value_heads",
-    "intermediate_size": "intermediate_size",
-    "vocab_size": "vocab_size",
-    "max_position_embeddings": "max_position_embeddings",
-    "tie_embeddings": "tie_word_embeddings",
-}
-
 
 def llama_config(arch: Architecture, vocab_size: int | None = None) -> Any:
-    """A LlamaConfig from a preset and/or explicit sizes (explicit sizes win)."""
+    """A LlamaConfig from a preset and/or explicit sizes (explicit sizes win; cpt/shapes.py)."""
     from transformers import LlamaConfig
 
-    values = dict(PRESETS[arch.preset]) if arch.preset else {"tie_word_embeddings": True}
-    values.setdefault("intermediate_size", 4 * (arch.hidden_size or 64))
-    values.setdefault("max_position_embeddings", 2048)
-    for ours, theirs in _FIELDS.items():
-        if getattr(arch, ours) is not None:
-            values[theirs] = getattr(arch, ours)
-    if vocab_size and arch.vocab_size is None:
-        values["vocab_size"] = vocab_size
-    values.setdefault("num_key_value_heads", values["num_attention_heads"])
-    return LlamaConfig(**values)
+    return LlamaConfig(**architecture_config(arch, vocab_size))
 
 
 def load_model(spec: ModelSpec, vocab_size: int, attention: str, seed: int) -> Any:

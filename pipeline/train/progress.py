@@ -37,11 +37,6 @@ def peak_flops(device: str) -> float | None:
     return next((tflops * 1e12 for key, tflops in PEAK_TFLOPS.items() if key in name), None)
 
 
-def flops_per_token(params: int, layers: int, hidden: int, seq_len: int) -> float:
-    """Model FLOPs per trained token: 6N for the matmuls plus 12 L d s for attention (recompute excluded)."""
-    return 6.0 * params + 12.0 * layers * hidden * seq_len
-
-
 WRITE_ATTEMPTS = 3
 RETRY_DELAY_SECONDS = 1.0
 

@@ -8,10 +8,10 @@ import copy
 import pytest
 import torch
 
+from cpt import memory
 from cpt.api.model import Architecture
-from cpt_pipeline.train import chunked_loss
+from cpt.memory import chunk_tokens
 from cpt_pipeline.train.chunked_loss import (
-    chunk_tokens,
     chunked_cross_entropy,
     fused_kernel,
     supports_chunked_loss,
@@ -34,7 +34,7 @@ def grads(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 @pytest.mark.parametrize("tied", [True, False])
 def test_loss_and_gradients_equal_the_full_logits_loss(tied: bool, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(chunked_loss, "LOGITS_CHUNK_BYTES", 4 * 512 * 10)  # 10 tokens a chunk: 12 chunks
+    monkeypatch.setattr(memory, "LOGITS_CHUNK_BYTES", 4 * 512 * 10)  # 10 tokens a chunk: 12 chunks
     model = tiny(tied)
     chunked = copy.deepcopy(model)
     assert use_chunked_loss(chunked)

@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 import yaml
 
+from cpt import memory
 from cpt.api import ContinuedPretrainSpec
 from cpt.api.training import DeepSpeed
-from cpt_pipeline.train import chunked_loss
-from cpt_pipeline.train.zero_auto import (
+from cpt.memory import (
     CUDA_CONTEXT_BYTES,
     Footprint,
     MemoryPlanError,
@@ -119,7 +119,7 @@ def measured_peak(hidden: int, layers: int, vocab: int, micro: int, seq: int, ch
 def test_the_estimate_is_within_25_percent_of_the_measured_peak_on_cpu(
     hidden: int, layers: int, vocab: int, micro: int, seq: int, checkpointing: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(chunked_loss, "LOGITS_CHUNK_BYTES", 4 * vocab * 512)  # 512-token chunks: chunking works
+    monkeypatch.setattr(memory, "LOGITS_CHUNK_BYTES", 4 * vocab * 512)  # 512-token chunks: chunking works
     import torch
     from transformers import AutoModelForCausalLM
 
