@@ -108,6 +108,7 @@ PRINTER_COLUMNS = [
     {"name": "Complete", "type": "string", "jsonPath": '.status.conditions[?(@.type=="Complete")].status'},
     {"name": "Tokens", "type": "integer", "jsonPath": ".status.training.tokensSeen"},
     {"name": "Step", "type": "integer", "jsonPath": ".status.training.step"},
+    {"name": "Expected", "type": "string", "jsonPath": ".status.plan.expectedDuration"},  # training time (cpt plan)
     {"name": "Avg Score", "type": "number", "jsonPath": ".status.evaluation.latestAverage"},
     {"name": "Domain PPL", "type": "number", "jsonPath": ".status.evaluation.latestDomainPerplexityChange"},
     {"name": "General PPL", "type": "number", "jsonPath": ".status.evaluation.latestGeneralPerplexityChange"},

@@ -144,7 +144,7 @@ def spec_gpu(spec: ContinuedPretrainSpec, table: Table) -> tuple[str | None, str
             return None, f"{GPU_PRODUCT_LABEL} {product} is no GPU type of the throughput table"
         return gpu.name, f"scheduling.nodeSelector {GPU_PRODUCT_LABEL}: {product}"
     resources = spec.training.resources
-    if GPU_RESOURCE in {**resources.requests, **resources.limits}:
+    if str({**resources.requests, **resources.limits}.get(GPU_RESOURCE, 0)) != "0":
         return DEFAULT_GPU, f"default (the spec requests {GPU_RESOURCE} without a {GPU_PRODUCT_LABEL} node selector)"
     return None, f"no GPU requested (training.resources has no {GPU_RESOURCE})"
 
@@ -178,9 +178,8 @@ def status_plan(spec: ContinuedPretrainSpec, table: Table | None = None) -> dict
         "source": None,
         "note": None,
     }
-    figures = table.figures_for(gpu) if gpu else []
-    if found.shape is None or not figures:
-        out["note"] = found.source if found.shape is None else gpu_from if gpu is None else f"no figure for {gpu}"
+    if found.shape is None or gpu is None:
+        out["note"] = found.source if found.shape is None else gpu_from
         return out
     memory = memory_plan(spec, found, [table.gpu(gpu)])
     assert memory is not None  # the shape is known
@@ -188,13 +187,17 @@ def status_plan(spec: ContinuedPretrainSpec, table: Table | None = None) -> dict
     stage = memory.auto[gpu] if requested == "auto" else int(requested)
     out["zeroStage"] = stage
     out["memoryPerDeviceGiB"] = None if stage is None else round(memory.estimates[stage] / GIB, 2)
+    out["note"] = memory.problems.get(gpu)
+    figures = table.figures_for(gpu)
+    if not figures:
+        out["note"] = f"no throughput figure for {gpu} in cpt/throughput.yaml"
+        return out
     time = estimate(figures[0], found, spec, steps, None)
     assert time is not None
     out["tokensPerSecondPerGpu"] = round(time.tokens_per_second)
     out["expectedSeconds"] = round(time.seconds)
     out["expectedDuration"] = duration(time.seconds)
     out["source"] = figure_line(figures[0], time.scale)
-    out["note"] = memory.problems.get(gpu)
     return out
 
 

@@ -1,5 +1,6 @@
 """One level-triggered pass over a run: from the resource and its observed children, what to create, which
-children to (un)suspend, and the status the operator owns (conditions, phase, times).
+children to (un)suspend, and the status the operator owns (conditions, phase, times, and status.plan: steps,
+memory and expected training time from the spec, cpt/plan.py).
 
 Pure: no API calls, so every transition is unit-tested and a restarted operator takes the same decision.
 Stage conditions (`Preprocessed`, `DataReady`, `BaselineEvaluated`, `Trained`, `Evaluated`, `Reported`) are sticky: once
@@ -16,6 +17,7 @@ from typing import Any
 
 from cpt.api import ContinuedPretrain
 from cpt.api.status import ConditionType, Phase
+from cpt.plan import status_plan
 from cpt.stages import Stage
 from cpt_operator.children import (
     evaluation_job,
@@ -137,7 +139,7 @@ def reconcile(
     spec = resource.spec
     conditions = Conditions(status.get("conditions", []), generation, now)
     decision = Decision()
-    out: dict[str, Any] = {"observedGeneration": generation}
+    out: dict[str, Any] = {"observedGeneration": generation, "plan": status_plan(spec)}  # from the spec alone
     if not status.get("startTime"):
         out["startTime"] = now
 

@@ -144,6 +144,32 @@ class EvaluationStatus(ApiModel):
     )
 
 
+class PlanStatus(ApiModel):
+    """What the run is expected to take, from the spec alone (cpt/plan.py, as `cpt plan` prints it)."""
+
+    steps: int = Field(ge=0, description="Optimizer steps of the whole run.")
+    tokens_per_step: int = Field(
+        ge=0, description="nodes x procsPerNode x microBatchSize x gradAccumulation x sequenceLength."
+    )
+    tokens: int = Field(ge=0, description="Tokens trained: steps x tokensPerStep.")
+    parameters: int | None = Field(None, ge=0, description="Model parameters, where the operator knows the model.")
+    gpu: str | None = Field(None, description="GPU type of the estimate (cpt/throughput.yaml).")
+    gpu_from: str | None = Field(None, description="Where the GPU type comes from (node selector or the default).")
+    zero_stage: int | None = Field(
+        None, ge=0, le=3, description="The spec's ZeRO stage, or the one zeroStage auto would pick on that GPU."
+    )
+    memory_per_device_gib: float | None = Field(
+        None, ge=0, alias="memoryPerDeviceGiB", description="Estimated memory per device at that stage (GiB)."
+    )
+    tokens_per_second_per_gpu: int | None = Field(
+        None, ge=0, description="The throughput figure, scaled to the model by model FLOPs per token."
+    )
+    expected_seconds: int | None = Field(None, ge=0, description="Expected training time (seconds).")
+    expected_duration: str | None = Field(None, description="Expected training time, e.g. 7h30m.")
+    source: str | None = Field(None, description="The figure used and where it comes from.")
+    note: str | None = Field(None, description="Why a figure is missing (unknown model, no GPU, no stage fits).")
+
+
 class ContinuedPretrainStatus(ApiModel):
     """Observed state, written by the operator only."""
 
@@ -167,6 +193,9 @@ class ContinuedPretrainStatus(ApiModel):
     preprocess: PreprocessStatus | None = Field(None, description="Preprocessing counts.")
     training: TrainingStatus | None = Field(None, description="Training progress.")
     evaluation: EvaluationStatus | None = Field(None, description="Evaluation results.")
+    plan: PlanStatus | None = Field(
+        None, description="Steps, memory and expected training time, written at admission (cpt plan)."
+    )
     report_uri: str | None = Field(None, description="URI of the rendered report.")
     evaluated_exports: list[str] = Field(
         default_factory=list,

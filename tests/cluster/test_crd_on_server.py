@@ -55,6 +55,7 @@ def test_printer_columns(crd_installed: Cluster, namespace: str) -> None:
         "COMPLETE",
         "TOKENS",
         "STEP",
+        "EXPECTED",
         "AVG",
         "SCORE",
         "DOMAIN",

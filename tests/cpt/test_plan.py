@@ -185,15 +185,22 @@ def test_status_plan_of_the_paper_example() -> None:
         ({"training__resources": {"limits": {"nvidia.com/gpu": 1}}}, DEFAULT_GPU, "default"),
         ({"scheduling__nodeSelector": {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}}, "H100-80GB", "HBM3"),
         ({"scheduling__nodeSelector": {"nvidia.com/gpu.product": "NVIDIA-L4"}}, None, "no GPU type"),
+        ({"training__resources": {"limits": {"nvidia.com/gpu": 0}}}, None, "no GPU requested"),
         ({}, None, "no GPU requested"),
     ],
-    ids=["requested-no-product", "h100-product", "unknown-product", "cpu"],
+    ids=["requested-no-product", "h100-product", "unknown-product", "zero-gpus", "cpu"],
 )
 def test_the_gpu_type_comes_from_the_spec(changes: dict[str, Any], gpu: str | None, why: str) -> None:
     plan = status_plan(spec_with(**changes))
     assert plan["gpu"] == gpu and why in plan["gpuFrom"]
     assert (plan["expectedDuration"] is None) == (gpu is None)
     assert plan["steps"] == math.ceil(1_000_000_000 / (80 * 2 * 2000))  # minimal(): one process, the defaults
+
+
+def test_a_gpu_type_without_a_figure_still_gets_its_memory_plan() -> None:
+    plan = status_plan(spec_with(scheduling__nodeSelector={"nvidia.com/gpu.product": "NVIDIA-H200"}))
+    assert plan["gpu"] == "H200" and plan["zeroStage"] == 0 and plan["memoryPerDeviceGiB"] > 0  # one process: 0
+    assert plan["expectedDuration"] is None and plan["note"] == "no throughput figure for H200 in cpt/throughput.yaml"
 
 
 def test_an_unknown_model_keeps_steps_and_says_why_the_time_is_unknown() -> None:

@@ -17,6 +17,7 @@ import pytest
 import yaml
 
 from cpt.api import ContinuedPretrain
+from cpt.plan import status_plan
 from tests.cluster.cluster import Cluster
 from tests.cluster.helpers import eventually
 from tests.cpt.test_spec import minimal
@@ -152,6 +153,22 @@ def test_a_run_goes_through_every_stage_to_complete(operator: Operator, namespac
 
     cluster.kubectl("delete", "cpt", "flow", "-n", namespace, "--wait=true", "--timeout=60s")
     eventually(lambda: names(cluster, namespace, "flow") == [], timeout=60, what="children garbage-collected")
+
+
+def test_kubectl_get_shows_the_expected_duration_before_the_first_step(operator: Operator, namespace: str) -> None:
+    """status.plan is written on the first pass, whole (the CRD schema keeps every field), even for a suspended
+    run, and kubectl get cpt shows its expected duration."""
+    cluster = operator.cluster
+    doc = run_doc("planned", suspend=True, training={"resources": {"limits": {"nvidia.com/gpu": 1}}})
+    cluster.apply({**doc, "metadata": {"name": "planned", "namespace": namespace}})
+    plan = status_plan(ContinuedPretrain.model_validate(doc).spec)
+    assert plan["expectedDuration"]
+    written = eventually(
+        lambda: (get(cluster, namespace, "cpt", "planned") or {}).get("status", {}).get("plan"), what="status.plan"
+    )
+    assert written == {key: value for key, value in plan.items() if value is not None}
+    rows = [line.split() for line in cluster.kubectl("get", "cpt", "planned", "-n", namespace).stdout.splitlines()]
+    assert rows[1][rows[0].index("EXPECTED")] == plan["expectedDuration"]
 
 
 def test_suspend_stops_the_running_stage_and_resume_continues(operator: Operator, namespace: str) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from cpt.api import ContinuedPretrain
@@ -79,6 +80,23 @@ def test_children_appear_in_stage_order_and_the_run_completes() -> None:
     assert run.status["phase"] == "Succeeded" and run.condition("Complete") == "True"
     assert run.condition("Ready") == "True" and run.condition("Reconciling") == "False"
     assert run.status["completionTime"] == NOW and ("Normal", "Complete", "the run completed") in decision.events
+
+
+def test_the_first_pass_writes_the_plan_and_an_edit_before_the_start_updates_it() -> None:
+    """status.plan (kubectl get cpt's Expected) is there from the first pass, before any pod runs, even suspended."""
+    gpu = {"resources": {"limits": {"nvidia.com/gpu": 1}}}
+    run = Run(resource(training=gpu, suspend=True))
+    run.step()
+    per_step = 1 * 80 * 2 * 2000  # minimal(): one process, the default micro-batch, accumulation and sequence
+    steps = math.ceil(1_000_000_000 / per_step)
+    seconds = steps * per_step / 12346  # the table's A100 figure (the paper's MobileLLM-125M at 2000: no scaling)
+    plan = run.status["plan"]
+    assert (plan["steps"], plan["tokensPerStep"], plan["gpu"]) == (steps, per_step, "A100-80GB")
+    assert plan["expectedSeconds"] == round(seconds) and plan["expectedDuration"] == "22h29m"
+    assert run.step().status["plan"] == plan  # the same plan every pass: the handler sends no change
+    run.run = resource(training=gpu, suspend=True, data={**minimal()["spec"]["data"], "tokenBudget": 2_000_000_000})
+    run.step()
+    assert run.status["plan"]["steps"] == math.ceil(2_000_000_000 / per_step)
 
 
 def test_terminal_states_are_sticky_when_children_are_deleted() -> None:
