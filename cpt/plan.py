@@ -18,6 +18,9 @@ from cpt.throughput import GPU_PRODUCT_LABEL, Figure, Gpu, Table, load_table
 # The GPU type status.plan assumes when the spec requests GPUs without naming a product: the paper's.
 DEFAULT_GPU = "A100-80GB"
 GPU_RESOURCE = "nvidia.com/gpu"
+# A figure is scaled to models whose FLOPs per token are within this factor of its own model's (either way):
+# MFU falls for much smaller models and rises for larger ones, so farther out the same-MFU rule misleads.
+MAX_SCALE = 10.0
 
 
 @dataclass(frozen=True)
@@ -90,12 +93,29 @@ class Estimate:
     cost: float | None  # at the price per GPU-hour given
 
 
+def unusable(figure: Figure, found: FoundShape, spec: ContinuedPretrainSpec) -> str | None:
+    """Why `figure` cannot estimate this run (None when it can): an unknown model, fp32 training (the figures
+    are bf16), or a model whose FLOPs per token are more than MAX_SCALE times from the measured model's."""
+    if found.shape is None:
+        return "the model's shape is unknown"
+    if spec.training.deepspeed.precision == "fp32":
+        return "the figures were measured in bf16 and this spec trains in fp32"
+    scale = figure.scale(found.shape, spec.data.sequence_length)
+    if not 1 / MAX_SCALE <= scale <= MAX_SCALE:
+        return (
+            f"this model's FLOPs per token are {1 / scale:.3g}x those of {figure.model}, beyond the {MAX_SCALE:g}x "
+            "within which a figure is scaled (the same MFU no longer holds)"
+        )
+    return None
+
+
 def estimate(
     figure: Figure, found: FoundShape, spec: ContinuedPretrainSpec, steps: Steps, price: float | None
-) -> Estimate | None:
-    """The time of `steps` at `figure` scaled to the model (None when its shape is unknown)."""
-    if found.shape is None:
-        return None
+) -> Estimate | str:
+    """The time of `steps` at `figure` scaled to the model, or why the figure cannot tell (`unusable`)."""
+    why = unusable(figure, found, spec)
+    if why is not None or found.shape is None:
+        return why or "the model's shape is unknown"
     scale = figure.scale(found.shape, spec.data.sequence_length)
     per_gpu = figure.tokens_per_second * scale
     seconds = steps.tokens / (per_gpu * steps.processes)
@@ -112,6 +132,7 @@ class Plan:
     memory: Memory | None
     estimates: list[Estimate] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)  # GPU types without a figure
+    refused: list[tuple[Figure, str]] = field(default_factory=list)  # figures that cannot estimate this run, why
 
 
 def run_plan(
@@ -125,13 +146,18 @@ def run_plan(
     table = table or load_table()
     chosen = [table.gpu(name) for name in gpus] if gpus else list(table.gpus)
     steps, found = step_plan(spec), model_shape(spec.model, read_local)
-    estimates, missing = [], []
+    plan = Plan(steps, found, chosen, memory_plan(spec, found, chosen))
     for gpu in chosen:
         figures = table.figures_for(gpu.name)
         if not figures:
-            missing.append(gpu.name)
-        estimates += [e for f in figures if (e := estimate(f, found, spec, steps, price)) is not None]
-    return Plan(steps, found, chosen, memory_plan(spec, found, chosen), estimates, missing)
+            plan.missing.append(gpu.name)
+        for figure in figures:
+            result = estimate(figure, found, spec, steps, price)
+            if isinstance(result, Estimate):
+                plan.estimates.append(result)
+            else:
+                plan.refused.append((figure, result))
+    return plan
 
 
 def spec_gpu(spec: ContinuedPretrainSpec, table: Table) -> tuple[str | None, str]:
@@ -192,12 +218,15 @@ def status_plan(spec: ContinuedPretrainSpec, table: Table | None = None) -> dict
     if not figures:
         out["note"] = f"no throughput figure for {gpu} in cpt/throughput.yaml"
         return out
-    time = estimate(figures[0], found, spec, steps, None)
-    assert time is not None
+    results = [estimate(figure, found, spec, steps, None) for figure in figures]
+    time = next((r for r in results if isinstance(r, Estimate)), None)
+    if time is None:
+        out["note"] = f"{figures[0].kind} figure for {gpu}: {results[0]}"
+        return out
     out["tokensPerSecondPerGpu"] = round(time.tokens_per_second)
     out["expectedSeconds"] = round(time.seconds)
     out["expectedDuration"] = duration(time.seconds)
-    out["source"] = figure_line(figures[0], time.scale)
+    out["source"] = figure_line(time.figure, time.scale)
     return out
 
 

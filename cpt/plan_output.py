@@ -10,11 +10,16 @@ from cpt.plan import Plan, figure_line
 from cpt.throughput import TABLE
 
 
+def _count(number: int, one: str, many: str) -> str:
+    return f"{number:,} {one if number == 1 else many}"
+
+
 def _steps(spec: ContinuedPretrainSpec, plan: Plan) -> list[str]:
     training, steps = spec.training, plan.steps
     lines = [
         "Steps",
-        f"  {steps.processes} processes ({training.nodes} nodes x {training.procs_per_node}) x "
+        f"  {_count(steps.processes, 'process', 'processes')} ({_count(training.nodes, 'node', 'nodes')} x "
+        f"{training.procs_per_node}) x "
         f"{training.micro_batch_size} sequences x {training.grad_accumulation} micro-steps x "
         f"{spec.data.sequence_length:,} tokens = {steps.tokens_per_step:,} tokens per optimizer step",
         f"  {steps.steps:,} steps for the budget of {spec.data.token_budget:,} tokens "
@@ -48,7 +53,8 @@ def _memory(spec: ContinuedPretrainSpec, plan: Plan) -> list[str]:
     settings += ["parameters offloaded to CPU"] * (ds.offload_params == "cpu")
     lines = [
         f"Memory per device (cpt/memory.py estimate: {', '.join(settings)}, micro-batch "
-        f"{spec.training.micro_batch_size} x {spec.data.sequence_length:,} tokens, {plan.steps.processes} processes)"
+        f"{spec.training.micro_batch_size} x {spec.data.sequence_length:,} tokens, "
+        f"{_count(plan.steps.processes, 'process', 'processes')})"
     ]
     for stage, needed in plan.memory.estimates.items():
         mark = "   <- the spec's zeroStage" if str(ds.zero_stage) == str(stage) else ""
@@ -64,9 +70,12 @@ def _memory(spec: ContinuedPretrainSpec, plan: Plan) -> list[str]:
 
 
 def _times(plan: Plan, price: float | None) -> list[str]:
-    head = f"Time for {plan.steps.tokens:,} tokens on {plan.steps.processes} GPUs (training only)"
+    head = f"Time for {plan.steps.tokens:,} tokens on {_count(plan.steps.processes, 'GPU', 'GPUs')} (training only)"
     if plan.shape.shape is None:
         return [head, "  unknown: the model's shape is unknown, so no figure can be scaled to it"]
+    if not plan.estimates:
+        lines = [head, *(f"  {f.gpu:<10} {f.kind:<10} no estimate: {why}" for f, why in plan.refused)]
+        return lines + [f"  {gpu:<10} no figure in cpt/{TABLE.name}" for gpu in plan.missing]
     cost = f"  cost (${price:.2f}/GPU-hour)" if price is not None else ""
     lines = [head, f"  {'GPU':<10} {'figure':<10} {'tokens/s/GPU':>12} {'hours':>8} {'GPU-hours':>10}{cost}"]
     for e in plan.estimates:
@@ -75,9 +84,9 @@ def _times(plan: Plan, price: float | None) -> list[str]:
             f"  {e.gpu:<10} {e.figure.kind:<10} {e.tokens_per_second:>12,.0f} {e.seconds / 3600:>8.2f} "
             f"{e.gpu_hours:>10.2f}{money}"
         )
-    lines += [
-        f"  {gpu:<10} no figure in cpt/{TABLE.name} (bench/gpu_throughput.py measures one)" for gpu in plan.missing
-    ]
+    lines += [f"  {f.gpu:<10} {f.kind:<10} no estimate: {why}" for f, why in plan.refused]
+    hint = "(bench/gpu_throughput.py measures one)"
+    lines += [f"  {gpu:<10} no figure in cpt/{TABLE.name} {hint}" for gpu in plan.missing]
     lines.append(
         f"Figures (cpt/{TABLE.name}), scaled to this model by model FLOPs per token (6N + 12 L d s at the run's "
         "sequence length), i.e. at the source's MFU:"
@@ -130,4 +139,5 @@ def as_json(plan: Plan) -> dict[str, Any]:
             for e in plan.estimates
         ],
         "noFigure": plan.missing,
+        "noEstimate": [{"gpu": f.gpu, "kind": f.kind, "why": why} for f, why in plan.refused],
     }

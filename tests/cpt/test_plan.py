@@ -203,6 +203,27 @@ def test_a_gpu_type_without_a_figure_still_gets_its_memory_plan() -> None:
     assert plan["expectedDuration"] is None and plan["note"] == "no throughput figure for H200 in cpt/throughput.yaml"
 
 
+@pytest.mark.parametrize(
+    ("architecture", "precision", "why"),
+    [
+        ({"preset": "tiny"}, "bf16", "beyond the 10x within which a figure is scaled"),  # 6N: ~1/1000 of 125M
+        ({"preset": "mobilellm-125m"}, "fp32", "measured in bf16 and this spec trains in fp32"),
+    ],
+    ids=["far-smaller-model", "fp32"],
+)
+def test_a_figure_is_not_stretched_beyond_what_it_measured(architecture: dict, precision: str, why: str) -> None:
+    spec = spec_with(
+        model={"architecture": architecture, "tokenizer": "t/t"},
+        training__deepspeed={"precision": precision},
+        training__resources={"limits": {"nvidia.com/gpu": 1}},
+    )
+    plan = run_plan(spec, read_local=False, gpus=["A100-80GB"])
+    assert plan.estimates == [] and {f.kind for f, _ in plan.refused} == {"paper", "published"}
+    assert all(why in reason for _, reason in plan.refused)
+    status = status_plan(spec)
+    assert status["expectedDuration"] is None and why in status["note"] and status["zeroStage"] == 0
+
+
 def test_an_unknown_model_keeps_steps_and_says_why_the_time_is_unknown() -> None:
     plan = status_plan(
         spec_with(model={"uri": "someone/unknown-7b"}, training__resources={"limits": {"nvidia.com/gpu": 1}})
