@@ -216,18 +216,22 @@ def status_plan(spec: ContinuedPretrainSpec, table: Table | None = None) -> dict
     out["note"] = memory.problems.get(gpu)
     figures = table.figures_for(gpu)
     if not figures:
-        out["note"] = f"no throughput figure for {gpu} in cpt/throughput.yaml"
+        out["note"] = _notes(out["note"], f"no throughput figure for {gpu} in cpt/throughput.yaml")
         return out
     results = [estimate(figure, found, spec, steps, None) for figure in figures]
     time = next((r for r in results if isinstance(r, Estimate)), None)
     if time is None:
-        out["note"] = f"{figures[0].kind} figure for {gpu}: {results[0]}"
+        out["note"] = _notes(out["note"], f"{figures[0].kind} figure for {gpu}: {results[0]}")
         return out
     out["tokensPerSecondPerGpu"] = round(time.tokens_per_second)
     out["expectedSeconds"] = round(time.seconds)
     out["expectedDuration"] = duration(time.seconds)
     out["source"] = figure_line(time.figure, time.scale)
     return out
+
+
+def _notes(*notes: object) -> str:
+    return "; ".join(str(note) for note in notes if note)
 
 
 def figure_line(figure: Figure, scale: float) -> str:
