@@ -15,8 +15,8 @@ reads it from the YAML file named by KUBECPT_WORKER_POD_TEMPLATE (the Helm chart
 
 The operator gives every stage pod Pod Security `restricted` (placement.py): pod `runAsNonRoot` and a
 RuntimeDefault seccomp profile; container `allowPrivilegeEscalation: false`, every capability dropped. A run
-cannot change it; the platform can (e.g. `runAsUser: 1000` for an image whose USER is a name, or root for a node
-whose Python lives under /root, as the end-to-end tests' node does), and owns what that means for its namespaces.
+cannot change it; the platform can (e.g. `runAsUser: 1000` for an image without a numeric USER, as the end-to-end
+tests' local image), and owns what that means for its namespaces.
 """
 
 from __future__ import annotations

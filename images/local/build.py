@@ -39,11 +39,12 @@ def _entry(tar: tarfile.TarFile, name: str, kind: bytes, mode: int, data: bytes 
     tar.addfile(info, io.BytesIO(data) if kind == tarfile.REGTYPE else None)
 
 
-def skeleton(extra_files: dict[str, tuple[bytes, int]]) -> bytes:
+def skeleton(extra_files: dict[str, tuple[bytes, int]], root_mode: int = 0o700) -> bytes:
     """A deterministic layer: the usual top-level folders, merged-/usr links, passwd/group, and extra files."""
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as tar:
-        for folder, mode in (("etc", 0o755), ("tmp", 0o1777), ("usr", 0o755), ("root", 0o700), ("workspace", 0o777)):
+        folders = (("etc", 0o755), ("tmp", 0o1777), ("usr", 0o755), ("root", root_mode), ("workspace", 0o777))
+        for folder, mode in folders:
             _entry(tar, folder, tarfile.DIRTYPE, mode)
         for link in ("bin", "lib", "lib64", "sbin"):
             _entry(tar, link, tarfile.SYMTYPE, 0o777, target=f"usr/{link}")
@@ -116,7 +117,8 @@ def worker_image(venv: Path, out: Path, name: str, entrypoint: list[str] = ENTRY
         "Env": [f"PATH={path}", "PYTHONUNBUFFERED=1", "HOME=/tmp"],
         "WorkingDir": "/workspace",
     }
-    archive(out, name, skeleton({}), config)
+    # The node's Python may live under /root (the test machine's does): a non-root user must reach its mount.
+    archive(out, name, skeleton({}, root_mode=0o755), config)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -271,6 +271,9 @@ class Cluster:
                 f"--tls-private-key-file={self.pki.serving_key}",
                 f"--client-ca-file={self.pki.ca_cert}",
                 "--authorization-mode=RBAC",
+                # On by default since 1.25; named so that a namespace's pod-security.kubernetes.io/enforce label is
+                # enforced here whatever the defaults become (the end-to-end runs are in a `restricted` namespace).
+                "--enable-admission-plugins=PodSecurity",
                 "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
                 f"--service-account-key-file={self.pki.sa_public}",
                 f"--service-account-signing-key-file={self.pki.sa_private}",

@@ -8,8 +8,10 @@ any process, mount, iptables chain, cgroup, interface or sysctl change is left b
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -38,32 +40,97 @@ def build_images(bin_dir: Path, out: Path) -> list[Path]:
     return [pause, worker, operator]
 
 
-def host_environment() -> tuple[list[dict], list[dict]]:
-    """hostPath volumes and read-only mounts of what the local images leave to the node: /usr and
-    /etc/alternatives (the compiler DeepSpeed's CPU op is built with), the Python installation, the venv and the
-    checkout (the production images carry them; see images/README.md)."""
+def host_paths() -> list[str]:
+    """What the local images leave to the node: /usr and /etc/alternatives (the compiler DeepSpeed's CPU op is
+    built with), the Python installation, the venv and the checkout (the production images carry them; see
+    images/README.md)."""
     paths = ["/usr", "/etc/alternatives", sys.base_prefix, str(REPO)]
-    if not Path(sys.prefix).is_relative_to(REPO):
-        paths.append(sys.prefix)
+    venv = Path(sys.prefix)
+    if not venv.is_relative_to(REPO):
+        # a worktree's venv belongs to another checkout, where its editable install points
+        paths.append(str(venv.parent if (venv.parent / "pyproject.toml").exists() else venv))
+    return paths
+
+
+def host_environment() -> tuple[list[dict], list[dict]]:
+    """hostPath volumes and read-only mounts of host_paths(), for the chart-installed operator's own pod."""
     volumes, mounts = [], []
-    for index, path in enumerate(paths):
+    for index, path in enumerate(host_paths()):
         volumes.append({"name": f"host-{index}", "hostPath": {"path": path, "type": "Directory"}})
         mounts.append({"name": f"host-{index}", "mountPath": path, "readOnly": True})
     return volumes, mounts
 
 
-def worker_pod_template(extensions: Path) -> dict:
-    """The host environment for every stage pod, and DeepSpeed's CPU op, compiled once by the first pod, cached in
-    `extensions` for the others (TORCH_EXTENSIONS_DIR; torch locks it while one pod builds)."""
-    volumes, mounts = host_environment()
-    volumes.append({"name": "torch-extensions", "hostPath": {"path": str(extensions), "type": "Directory"}})
-    mounts.append({"name": "torch-extensions", "mountPath": "/torch-extensions"})
+WORKER_USER = 1000  # the production worker image's numeric USER (images/worker/Dockerfile)
+
+
+@dataclass(frozen=True)
+class HostVolume:
+    """A folder of this machine that every stage pod mounts, through a claim the test's admin binds to it."""
+
+    name: str
+    path: str
+    read_only: bool = True
+
+    def objects(self, namespace: str) -> list[dict]:
+        """A hostPath PersistentVolume (the admin's, cluster-wide) pre-bound to a claim in `namespace`: Pod
+        Security `restricted` refuses hostPath volumes in pods but allows claims."""
+        mode = ["ReadOnlyMany"] if self.read_only else ["ReadWriteMany"]
+        size = {"storage": "1Gi"}
+        pv_name = f"{namespace}-{self.name}"
+        return [
+            {
+                "apiVersion": "v1",
+                "kind": "PersistentVolume",
+                "metadata": {"name": pv_name},
+                "spec": {
+                    "capacity": size,
+                    "accessModes": mode,
+                    "persistentVolumeReclaimPolicy": "Retain",
+                    "storageClassName": "",
+                    "hostPath": {"path": self.path, "type": "Directory"},
+                    "claimRef": {"namespace": namespace, "name": self.name},
+                },
+            },
+            {
+                "apiVersion": "v1",
+                "kind": "PersistentVolumeClaim",
+                "metadata": {"name": self.name, "namespace": namespace},
+                "spec": {
+                    "accessModes": mode,
+                    "storageClassName": "",
+                    "volumeName": pv_name,
+                    "resources": {"requests": size},
+                },
+            },
+        ]
+
+
+def worker_host_volumes(extensions: Path) -> list[HostVolume]:
+    """What the local worker image leaves to the node (host_paths()), the folders of PYTHONPATH
+    (a worktree's code; empty in CI) and the shared, writable DeepSpeed op cache."""
+    paths = host_paths()
+    paths += [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p and Path(p).is_dir()]
+    volumes = [HostVolume(f"host-{index}", path) for index, path in enumerate(paths)]
+    return [*volumes, HostVolume("torch-extensions", str(extensions), read_only=False)]
+
+
+def worker_pod_template(volumes: list[HostVolume], extensions_volume: str = "torch-extensions") -> dict:
+    """Every stage pod mounts the host folders through their claims, at the same paths, and runs as the
+    production image's non-root user: the pods pass Pod Security `restricted`. DeepSpeed's CPU op is compiled
+    once by the first pod and cached for the others (TORCH_EXTENSIONS_DIR; torch locks it while one pod
+    builds)."""
+    pod_volumes, mounts = [], []
+    for volume in volumes:
+        claim = {"claimName": volume.name, "readOnly": volume.read_only}
+        pod_volumes.append({"name": volume.name, "persistentVolumeClaim": claim})
+        path = "/torch-extensions" if volume.name == extensions_volume else volume.path
+        mounts.append({"name": volume.name, "mountPath": path, "readOnly": volume.read_only})
     env = [{"name": "TORCH_EXTENSIONS_DIR", "value": "/torch-extensions"}]
-    # The node's Python lives under /root (mode 700) on the test machine: the pods run as root, the rest of the
-    # operator's restricted security context (no privilege escalation, no capabilities, RuntimeDefault seccomp)
-    # stays. The production image runs as its non-root USER.
-    security = {"runAsUser": 0, "runAsNonRoot": False}
-    return {"volumes": volumes, "securityContext": security, "container": {"volumeMounts": mounts, "env": env}}
+    if os.environ.get("PYTHONPATH"):
+        env.append({"name": "PYTHONPATH", "value": os.environ["PYTHONPATH"]})
+    security = {"runAsUser": WORKER_USER, "runAsGroup": WORKER_USER}
+    return {"volumes": pod_volumes, "securityContext": security, "container": {"volumeMounts": mounts, "env": env}}
 
 
 @pytest.fixture(scope="session")
@@ -92,7 +159,14 @@ def pod_s3(tmp_path_factory: pytest.TempPathFactory):
 
 
 @pytest.fixture(scope="session")
-def template_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def worker_volumes(tmp_path_factory: pytest.TempPathFactory) -> list[HostVolume]:
+    extensions = tmp_path_factory.mktemp("torch-extensions")
+    extensions.chmod(0o777)  # written by the pods' non-root user
+    return worker_host_volumes(extensions)
+
+
+@pytest.fixture(scope="session")
+def template_file(tmp_path_factory: pytest.TempPathFactory, worker_volumes: list[HostVolume]) -> Path:
     path = tmp_path_factory.mktemp("operator") / "worker-pod-template.yaml"
-    path.write_text(yaml.safe_dump(worker_pod_template(tmp_path_factory.mktemp("torch-extensions"))))
+    path.write_text(yaml.safe_dump(worker_pod_template(worker_volumes)))
     return path

@@ -1,6 +1,10 @@
 """The whole product once, the way a user meets it: `kubectl apply` two ContinuedPretrains, real containers run
 every stage on the real node, and the scores land in the resources' status.
 
+The namespace enforces Pod Security `restricted` (real API server admission): every stage pod runs as a
+non-root user with the host's Python environment mounted through claims, never hostPath. The runs read S3
+credentials, a hub token and a tracker key from Secrets; afterwards no output holds any of them.
+
 Both runs train the shared stories model with world size 2 on the same data: `gang` as 2 pods x 1 process,
 `single` as 1 pod x 2 processes. One of `gang`'s training pods is deleted after its first checkpoint: the
 JobSet restarts the gang, training resumes from the checkpoint in S3, and every step's loss equals the
@@ -10,6 +14,7 @@ uninterrupted `single` run's.
 from __future__ import annotations
 
 import json
+import secrets
 import subprocess
 import threading
 import time
@@ -24,7 +29,8 @@ from cpt.kube_yaml import dump
 from tests.cluster.cluster import Cluster
 from tests.cluster.helpers import eventually
 from tests.conftest import REPO, shared_data_dir
-from tests.e2e.conftest import WORKER_IMAGE
+from tests.e2e.conftest import WORKER_IMAGE, WORKER_USER, HostVolume
+from tests.e2e.leaks import leaks
 from tests.e2e.node import NODE_ADDRESS
 from tests.e2e.slow_s3 import SlowCheckpoints
 from tests.operator.process import Operator
@@ -35,17 +41,30 @@ STEP_TOKENS = 2 * 16 * 256  # world size x microBatchSize x sequenceLength
 STEPS = 24
 CHECKPOINT_STEPS = 4
 CRD = REPO / "manifests" / "crd" / "continuedpretrains.cpt.kubecpt.dev.yaml"
-CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
+# Secret name -> its keys and values. Fresh values per session, so a leak cannot hide behind a common word.
+SECRETS = {
+    "s3-credentials": {
+        "AWS_ACCESS_KEY_ID": f"AKIAE2E{secrets.token_hex(8).upper()}",
+        "AWS_SECRET_ACCESS_KEY": secrets.token_urlsafe(30),
+        "AWS_DEFAULT_REGION": "us-east-1",  # not a secret: never scanned for
+    },
+    "hub-token": {"token": f"hf_{secrets.token_hex(16)}"},
+    "tracker": {"api-key": f"trk{secrets.token_hex(20)}"},
+}
+# What the leak scan looks for: "secret/key" -> value.
+SECRET_VALUES = {
+    f"{name}/{k}": v for name, data in SECRETS.items() for k, v in data.items() if k != "AWS_DEFAULT_REGION"
+}
 
 
-def resource(name: str, endpoint: str, nodes: int, procs: int) -> dict[str, Any]:
+def resource(name: str, endpoint: str, nodes: int, procs: int, namespace: str = NAMESPACE) -> dict[str, Any]:
     data = f"s3://{BUCKET}/inputs"
     return {
         "apiVersion": "cpt.kubecpt.dev/v1alpha1",
         "kind": "ContinuedPretrain",
-        "metadata": {"name": name, "namespace": NAMESPACE},
+        "metadata": {"name": name, "namespace": namespace},
         "spec": {
-            "model": {"uri": f"{data}/models/stories260K"},
+            "model": {"uri": f"{data}/models/stories260K", "secretRef": {"name": "hub-token", "key": "token"}},
             "data": {
                 "sources": [{"name": "stem", "uri": f"{data}/corpora/openstax_stem.jsonl"}],
                 "replay": {
@@ -67,6 +86,7 @@ def resource(name: str, endpoint: str, nodes: int, procs: int) -> dict[str, Any]
                 "checkpoint": {"intervalSteps": CHECKPOINT_STEPS, "keepLast": 2},
                 "logIntervalSteps": 1,
                 "extraEnv": {"CPT_LOG_SAMPLE_IDS": "1"},  # every step's sample ids, to compare data order
+                "secretEnv": {"WANDB_API_KEY": {"name": "tracker", "key": "api-key"}},
             },
             "evaluation": {
                 "localTaskDir": f"{data}/benchmarks",
@@ -90,7 +110,10 @@ def resource(name: str, endpoint: str, nodes: int, procs: int) -> dict[str, Any]
 
 
 def upload_inputs(fs: s3fs.S3FileSystem) -> None:
-    """The model, a slice of the corpora (held-out documents kept apart) and two benchmarks, into the bucket."""
+    """The model, a slice of the corpora (held-out documents kept apart) and two benchmarks, into the bucket
+    (once a session: another module may have put them there)."""
+    if fs.exists(f"{BUCKET}/inputs/corpora/stories_heldout.jsonl"):
+        return
     shared = shared_data_dir()
     fs.mkdir(BUCKET)
     fs.put(str(shared / "models" / "stories260K") + "/", f"{BUCKET}/inputs/models/stories260K/", recursive=True)
@@ -107,16 +130,43 @@ def upload_inputs(fs: s3fs.S3FileSystem) -> None:
         fs.pipe_file(f"{BUCKET}/inputs/corpora/{name}", ("\n".join(lines) + "\n").encode())
 
 
+def restricted_namespace(cluster: Cluster, volumes: list[HostVolume], namespace: str = NAMESPACE) -> None:
+    """A namespace enforcing Pod Security `restricted`, with the Secrets and the claims of the host folders the
+    stage pods mount; refuses a pod that would break the profile, so admission is known to be on."""
+    labels = {
+        "pod-security.kubernetes.io/enforce": "restricted",
+        "pod-security.kubernetes.io/enforce-version": "latest",
+    }
+    cluster.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace, "labels": labels}})
+    for name, data in SECRETS.items():
+        cluster.kubectl(
+            "create", "secret", "generic", name, "-n", namespace, *(f"--from-literal={k}={v}" for k, v in data.items())
+        )
+    for volume in volumes:
+        for obj in volume.objects(namespace):
+            cluster.apply(obj)
+    claims = [f"pvc/{v.name}" for v in volumes]
+    cluster.kubectl("wait", "--for=jsonpath={.status.phase}=Bound", *claims, "-n", namespace, "--timeout=60s")
+    root_pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "root", "namespace": namespace},
+        "spec": {"containers": [{"name": "c", "image": WORKER_IMAGE, "securityContext": {"runAsUser": 0}}]},
+    }
+    refused = cluster.kubectl("apply", "--dry-run=server", "-f", "-", input=json.dumps(root_pod), check=False)
+    assert refused.returncode != 0 and 'violates PodSecurity "restricted:latest"' in refused.stderr, refused
+
+
 @pytest.fixture(scope="module")
-def setup(node, pod_s3: str, template_file: Path, tmp_path_factory: pytest.TempPathFactory):
+def setup(
+    node, pod_s3: str, template_file: Path, worker_volumes: list[HostVolume], tmp_path_factory: pytest.TempPathFactory
+):
     cluster: Cluster = node.cluster
     cluster.kubectl("apply", "--server-side", "-f", str(CRD))
     cluster.kubectl("apply", "--server-side", "-f", str(cluster.bin_dir / "crds" / "jobset.x-k8s.io_jobsets.yaml"))
     for crd in ("continuedpretrains.cpt.kubecpt.dev", "jobsets.jobset.x-k8s.io"):
         cluster.kubectl("wait", "--for=condition=Established", f"crd/{crd}", "--timeout=60s")
-    cluster.kubectl("create", "namespace", NAMESPACE)
-    secret = ["create", "secret", "generic", "s3-credentials", "-n", NAMESPACE]
-    cluster.kubectl(*secret, *(f"--from-literal={k}={v}" for k, v in CREDENTIALS.items()))
+    restricted_namespace(cluster, worker_volumes)
     fs = s3fs.S3FileSystem(key="testing", secret="testing", client_kwargs={"endpoint_url": pod_s3})
     upload_inputs(fs)
     logs = tmp_path_factory.mktemp("operator")
@@ -286,6 +336,11 @@ def test_apply_runs_every_stage_in_real_pods_and_a_killed_gang_resumes_exactly(s
             assert fs.exists(f"{root}/exports/{export}/model.safetensors")
         assert fs.exists(f"{root}/report/index.html")
 
+    # Pod Security `restricted` admitted every stage pod: the image's non-root user, no hostPath volume
+    for pod in get(cluster, "pods")["items"]:
+        assert pod["spec"]["securityContext"]["runAsUser"] == WORKER_USER, pod["metadata"]["name"]
+        assert not any("hostPath" in v for v in pod["spec"]["volumes"]), pod["metadata"]["name"]
+
     # kubectl logs of a training pod shows the progress lines
     pod = training_pods(cluster, "single")[0]["metadata"]["name"]
     log = cluster.kubectl("logs", pod, "-n", NAMESPACE).stdout
@@ -391,3 +446,53 @@ def test_a_gracefully_deleted_gang_pod_resumes_from_the_step_sigterm_arrived(set
         cluster.kubectl("delete", "cpt", "preempt", "-n", NAMESPACE, "--wait=false")
         pods = ["pods", "-l", "cpt.kubecpt.dev/run=preempt"]
         eventually(lambda: not (get(cluster, *pods) or {}).get("items", [1]), timeout=600, what="pods gone")
+
+
+def cluster_outputs(cluster: Cluster, logs: Path) -> list[tuple[str, bytes]]:
+    """Every output of the runs in the cluster: the resources (spec and status), Events, ConfigMaps, the
+    children and their pods (specs and statuses), the logs of every pod (also the previous container's and
+    those followed before a pod was deleted) and the operator's log."""
+    kinds = "cpt,events,configmaps,pods,jobs,jobsets.jobset.x-k8s.io,services,serviceaccounts,roles,rolebindings"
+    found = [(kind, json.dumps(obj).encode()) for kind, obj in [("objects", get(cluster, kinds))]]
+    pods = (get(cluster, "pods") or {}).get("items", [])
+    for pod in pods:
+        name = pod["metadata"]["name"]
+        for flag in ("--all-containers", "--previous"):
+            found.append(
+                (
+                    f"logs {name} {flag}",
+                    cluster.kubectl("logs", name, "-n", NAMESPACE, flag, check=False).stdout.encode(),
+                )
+            )
+    found += [(f"log {path.name}", path.read_bytes()) for path in (logs / "pods").glob("*.follow.log")]
+    found.append(("operator log", (logs / "operator.log").read_bytes()))
+    return found
+
+
+def storage_outputs(fs: s3fs.S3FileSystem) -> list[tuple[str, bytes]]:
+    """Every object the runs wrote: shards, checkpoints, logs, metrics, reports, exports and their configs."""
+    fs.invalidate_cache()
+    return [(path, fs.cat_file(path)) for path in fs.find(f"{BUCKET}/runs")]
+
+
+def test_no_secret_value_reaches_any_output(setup) -> None:
+    """After the runs above (S3 credentials, a hub token and a tracker key from Secrets), no output holds any
+    secret value, plain or base64-encoded. The scan is shown to work on the Secrets themselves."""
+    cluster, fs, _, _, logs = setup
+    values = SECRET_VALUES
+    run = get(cluster, "cpt", "gang")
+    assert run and run["status"]["phase"] == "Succeeded", "the leak scan needs the finished runs of this module"
+    pod = next(p for p in training_pods(cluster, "gang"))
+    container = pod["spec"]["containers"][0]
+    refs = {
+        e["name"]: e["valueFrom"]["secretKeyRef"] for e in container["env"] if "secretKeyRef" in e.get("valueFrom", {})
+    }
+    assert refs["HF_TOKEN"]["name"] == "hub-token" and refs["WANDB_API_KEY"]["name"] == "tracker", refs
+    assert container["envFrom"] == [{"secretRef": {"name": "s3-credentials"}}]
+
+    stored = get(cluster, "secrets")
+    assert sorted(leaks([("secrets", json.dumps(stored).encode())], values)) == sorted(f"secrets: {v}" for v in values)
+    outputs = cluster_outputs(cluster, logs) + storage_outputs(fs)
+    assert len(outputs) > 50 and any("/checkpoints/" in where for where, _ in outputs), [w for w, _ in outputs]
+    assert leaks(outputs, values) == []
+    print(f"\nleak scan: {len(outputs)} outputs, {sum(len(d) for _, d in outputs)} bytes, no secret found")
