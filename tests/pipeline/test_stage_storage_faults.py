@@ -1,7 +1,7 @@
-"""The preprocessing stages, run through the fault proxy (tests/s3proxy.py) in front of moto with a connection
-reset, two 503 SlowDowns and a stalled connection on their reads and on their writes: each stage retries and
-succeeds, with every fault spent. A fault that lasts ends the stage with exit code 5 and one line naming the
-object, and leaves nothing that looks finished (no manifest)."""
+"""Every stage that reads or writes the object store, run through the fault proxy (tests/s3proxy.py) in front
+of moto with a connection reset, two 503 SlowDowns and a stalled connection on its reads and on its writes:
+each stage retries and succeeds, with every fault spent. A fault that lasts ends the stage with exit code 5
+and one line naming the object, and leaves nothing that looks finished (manifest, `latest`, export)."""
 
 from __future__ import annotations
 
@@ -146,3 +146,49 @@ def test_dedup_retries_its_reads_and_manifest_write(proxy: S3FaultProxy, run: di
     manifest = json.loads(run["s3"].cat_file(f"{run['root']}/data/domain/manifest.json"))
     for shard in manifest["sources"]["stem"]["shards"]:
         assert run["s3"].exists(f"{run['root']}/data/domain/stem/{shard['path']}")
+
+
+def test_train_fails_naming_an_export_file_and_publishes_neither_export_nor_latest(
+    proxy: S3FaultProxy, run: dict[str, Any]
+) -> None:
+    proxy.clear()
+    proxy.reset(10_000, method="PUT", key=r"/exports/.*/model\.safetensors$")
+    result = stage(run, "train", TMPDIR=str(run["tmp"]))
+    proxy.clear()
+    export = f"s3://{run['root']}/exports/tokens-{TOKENS_PER_STEP * 2:013d}"
+    fails_naming(result, "train", f"{export}/model.safetensors")
+    s3, root = run["s3"], run["root"]
+    s3.invalidate_cache()
+    assert not s3.exists(f"{root}/exports/tokens-{TOKENS_PER_STEP * 2:013d}/export.json")
+    assert s3.cat_file(f"{root}/checkpoints/latest").decode().strip() == "step-00000001"  # not the milestone's
+
+
+def test_train_resumes_retrying_checkpoint_downloads_uploads_latest_and_exports(
+    proxy: S3FaultProxy, run: dict[str, Any]
+) -> None:
+    scratch = run["tmp"] / "resumed"  # a fresh node folder: the checkpoint comes from the bucket
+    scratch.mkdir()
+    faults = [
+        ("GET", r"/checkpoints/step-00000001/"),
+        ("PUT", r"/checkpoints/step-\d+(-milestone)?/"),
+        ("PUT", r"/checkpoints/latest$"),
+        ("PUT", r"/exports/"),
+    ]
+    retried(proxy, run, "train", faults, TMPDIR=str(scratch))
+    s3, root = run["s3"], run["root"]
+    assert s3.cat_file(f"{root}/checkpoints/latest").decode().strip() == "step-00000004-milestone"
+    for tokens in (TOKENS_PER_STEP * 2, TOKENS_PER_STEP * 4):
+        export = f"{root}/exports/tokens-{tokens:013d}"
+        assert all(s3.exists(f"{export}/{file}") for file in json.loads(s3.cat_file(f"{export}/export.json"))["files"])
+
+
+def test_evaluate_retries_its_reads_and_result_writes(proxy: S3FaultProxy, run: dict[str, Any]) -> None:
+    faults = [("GET", r"/exports/"), ("GET", r"/in/stories\.jsonl$"), ("PUT", r"/eval/")]
+    retried(proxy, run, "evaluate", faults, CPT_CACHE=str(run["tmp"] / "cache"))
+    status = json.loads(run["s3"].cat_file(f"{run['root']}/eval/status.json"))
+    assert [m["tokens"] for m in status["milestones"]] == [0, TOKENS_PER_STEP * 2, TOKENS_PER_STEP * 4]
+
+
+def test_report_retries_its_reads_and_writes(proxy: S3FaultProxy, run: dict[str, Any]) -> None:
+    retried(proxy, run, "report", [("GET", r"/eval/"), ("PUT", r"/report/")])
+    assert run["s3"].exists(f"{run['root']}/report/index.html")
