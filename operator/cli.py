@@ -73,5 +73,6 @@ def list_runs(selector: str, namespace: str | None) -> list[dict[str, Any]]:
     except ApiException as error:
         raise CompareError(f"-l {selector}: the API server answered {error.status} {error.reason}") from error
     except (config.ConfigException, HTTPError, OSError) as error:
-        raise CompareError(f"-l {selector}: cannot reach the cluster: {str(error).splitlines()[0]}") from error
+        first_line = str(error).split("\n", 1)[0]
+        raise CompareError(f"-l {selector}: cannot reach the cluster: {first_line}") from error
     return sorted(found.get("items", []), key=lambda r: (r["metadata"].get("namespace", ""), r["metadata"]["name"]))
