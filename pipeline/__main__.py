@@ -81,10 +81,11 @@ def _evaluate(args: argparse.Namespace, spec: ContinuedPretrainSpec) -> None:
 def _report(args: argparse.Namespace, spec: ContinuedPretrainSpec) -> None:
     from cpt_pipeline.report.marks import marks_from
     from cpt_pipeline.report.report import build_report
-    from cpt_pipeline.status_push import push_status
+    from cpt_pipeline.status_push import push_status, read_status
     from cpt_pipeline.storage import Storage
 
-    result = build_report(Storage.from_spec(spec.storage), marks=marks_from(spec.to_api()))
+    marks = marks_from(spec.to_api(), read_status())  # the status on a cluster: recommended export, segments
+    result = build_report(Storage.from_spec(spec.storage), marks=marks)
     push_status("kubecpt-report", {"reportUri": result["reportUri"]})
     print(json.dumps({"stage": "report", **result}))
 

@@ -94,6 +94,19 @@ def _log_failure(run: _Run, field_manager: str, error: Exception) -> None:
     log.warning("status push to %s/%s failed (%s): %s %s", run.namespace, run.name, field_manager, error, detail)
 
 
+def read_status(timeout: float = 10) -> dict[str, Any] | None:
+    """This pod's run's status as the API server has it (the report marks its recommended export and budget
+    segments); None outside a pod or when it cannot be read (logged)."""
+    run = _run()
+    if run is None:
+        return None
+    try:
+        return run.request("GET", run.url(), None, timeout).get("status") or {}
+    except (OSError, urllib.error.URLError) as error:
+        _log_failure(run, "read", error)
+        return None
+
+
 def push_status(field_manager: str, status: dict[str, Any], timeout: float = 10) -> bool:
     """Server-side apply `status` to this pod's run under `field_manager`; True when the server took it."""
     run = _run()

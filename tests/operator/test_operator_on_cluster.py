@@ -264,7 +264,7 @@ def test_stage_pods_push_their_status_with_the_runs_own_token(
     import urllib.error
     import urllib.request
 
-    from cpt_pipeline.status_push import push_status
+    from cpt_pipeline.status_push import push_status, read_status
 
     cluster = operator.cluster
     cluster.apply({**run_doc("other", suspend=True), "metadata": {"name": "other", "namespace": namespace}})
@@ -294,6 +294,7 @@ def test_stage_pods_push_their_status_with_the_runs_own_token(
     run = eventually(lambda: (r := get(cluster, namespace, "cpt", "pushed")) and "evaluation" in r["status"] and r)
     assert run["status"]["evaluation"]["milestones"][1]["scores"][0]["delta"] == 0.02
     assert run["status"]["training"]["step"] == 7  # the trainer's fields stay: one field manager each
+    assert read_status()["evaluation"]["milestones"][1]["averageDelta"] == 0.02  # what the report stage reads
 
     monkeypatch.setenv("KUBECPT_RUN", f"{namespace}/other")
     assert not push_status("kubecpt-train", {"training": {"step": 1}})  # another run: forbidden
