@@ -18,6 +18,7 @@ from cpt.throughput import GPU_PRODUCT_LABEL, Figure, Gpu, Table, load_table
 # The GPU type status.plan assumes when the spec requests GPUs without naming a product: the paper's.
 DEFAULT_GPU = "A100-80GB"
 GPU_RESOURCE = "nvidia.com/gpu"
+ASSUMED = "default"  # how gpuFrom starts when no label named the GPU (the Expected column then says "assumed")
 # A figure is scaled to models whose FLOPs per token are within this factor of its own model's (either way):
 # MFU falls for much smaller models and rises for larger ones, so farther out the same-MFU rule misleads.
 MAX_SCALE = 10.0
@@ -171,7 +172,7 @@ def spec_gpu(spec: ContinuedPretrainSpec, table: Table) -> tuple[str | None, str
         return gpu.name, f"scheduling.nodeSelector {GPU_PRODUCT_LABEL}: {product}"
     resources = spec.training.resources
     if str({**resources.requests, **resources.limits}.get(GPU_RESOURCE, 0)) != "0":
-        return DEFAULT_GPU, f"default (the spec requests {GPU_RESOURCE} without a {GPU_PRODUCT_LABEL} node selector)"
+        return DEFAULT_GPU, f"{ASSUMED} (the spec requests {GPU_RESOURCE} without a {GPU_PRODUCT_LABEL} node selector)"
     return None, f"no GPU requested (training.resources has no {GPU_RESOURCE})"
 
 
@@ -182,6 +183,29 @@ def duration(seconds: float) -> str:
     return f"{hours}h{rest // 60:02d}m" if hours else f"{rest // 60}m{rest % 60:02d}s"
 
 
+PLAN_FIELDS = (
+    "steps",
+    "tokensPerStep",
+    "tokens",
+    "parameters",
+    "gpu",
+    "gpuFrom",
+    "zeroStage",
+    "memoryPerDeviceGiB",
+    "tokensPerSecondPerGpu",
+    "expectedSeconds",
+    "expectedDuration",
+    "source",
+    "note",
+)
+
+
+def failed_plan(error: Exception) -> dict[str, object]:
+    """status.plan when computing it raised: every field None, `note` the error (one line); the pass goes on."""
+    message = " ".join(f"{type(error).__name__}: {error}".split())
+    return {**dict.fromkeys(PLAN_FIELDS), "note": f"status.plan failed: {message}"}
+
+
 def status_plan(spec: ContinuedPretrainSpec, table: Table | None = None) -> dict[str, object]:
     """status.plan: steps and tokens, and on the GPU type the pods get (`spec_gpu`) the ZeRO stage, its memory
     per device and the expected training time from that type's preferred figure. Every field is present, None
@@ -190,19 +214,13 @@ def status_plan(spec: ContinuedPretrainSpec, table: Table | None = None) -> dict
     steps, found = step_plan(spec), model_shape(spec.model, read_local=False)
     gpu, gpu_from = spec_gpu(spec, table)
     out: dict[str, object] = {
+        **dict.fromkeys(PLAN_FIELDS),
         "steps": steps.steps,
         "tokensPerStep": steps.tokens_per_step,
         "tokens": steps.tokens,
         "parameters": found.shape.params if found.shape else None,
         "gpu": gpu,
         "gpuFrom": gpu_from,
-        "zeroStage": None,
-        "memoryPerDeviceGiB": None,
-        "tokensPerSecondPerGpu": None,
-        "expectedSeconds": None,
-        "expectedDuration": None,
-        "source": None,
-        "note": None,
     }
     if found.shape is None or gpu is None:
         out["note"] = found.source if found.shape is None else gpu_from
@@ -225,7 +243,8 @@ def status_plan(spec: ContinuedPretrainSpec, table: Table | None = None) -> dict
         return out
     out["tokensPerSecondPerGpu"] = round(time.tokens_per_second)
     out["expectedSeconds"] = round(time.seconds)
-    out["expectedDuration"] = duration(time.seconds)
+    assumed = f" ({gpu} assumed)" if gpu_from.startswith(ASSUMED) else ""  # no label named it: the column says so
+    out["expectedDuration"] = duration(time.seconds) + assumed
     out["source"] = figure_line(time.figure, time.scale)
     return out
 

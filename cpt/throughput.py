@@ -110,5 +110,9 @@ def parse_table(document: dict) -> Table:
 
 @cache
 def load_table() -> Table:
-    """The shipped table."""
-    return parse_table(yaml.safe_load(TABLE.read_text(encoding="utf-8")))
+    """The shipped table; ValueError naming the file when it is malformed (one line)."""
+    try:
+        return parse_table(yaml.safe_load(TABLE.read_text(encoding="utf-8")))
+    except (yaml.YAMLError, KeyError, TypeError, ValueError) as error:
+        message = " ".join(str(error).split())
+        raise ValueError(message if message.startswith(TABLE.name) else f"{TABLE.name}: {message}") from error

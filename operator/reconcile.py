@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from cpt.api import ContinuedPretrain
+from cpt.api import ContinuedPretrain, ContinuedPretrainSpec
 from cpt.api.status import ConditionType, Phase
-from cpt.plan import status_plan
+from cpt.plan import failed_plan, status_plan
 from cpt.stages import Stage
 from cpt_operator.children import (
     evaluation_job,
@@ -139,7 +139,7 @@ def reconcile(
     spec = resource.spec
     conditions = Conditions(status.get("conditions", []), generation, now)
     decision = Decision()
-    out: dict[str, Any] = {"observedGeneration": generation, "plan": status_plan(spec)}  # from the spec alone
+    out: dict[str, Any] = {"observedGeneration": generation, "plan": _plan(spec)}
     if not status.get("startTime"):
         out["startTime"] = now
 
@@ -215,6 +215,14 @@ def reconcile(
     decision.status = out
     _replace_leftovers(leftovers, decision)
     return decision
+
+
+def _plan(spec: ContinuedPretrainSpec) -> dict[str, Any]:
+    """status.plan from the spec; never fails the pass (an error, e.g. a malformed throughput table, is its note)."""
+    try:
+        return status_plan(spec)
+    except Exception as error:  # the plan is advice: the run goes on without it
+        return failed_plan(error)
 
 
 STARTING_RECHECK = 10.0  # seconds between passes while a Job or JobSet runs without a pod

@@ -165,9 +165,14 @@ class PlanStatus(ApiModel):
         None, ge=0, description="The throughput figure, scaled to the model by model FLOPs per token."
     )
     expected_seconds: int | None = Field(None, ge=0, description="Expected training time (seconds).")
-    expected_duration: str | None = Field(None, description="Expected training time, e.g. 7h30m.")
+    expected_duration: str | None = Field(
+        None,
+        description='Expected training time, e.g. 7h30m; "7h30m (A100-80GB assumed)" when no label named the GPU.',
+    )
     source: str | None = Field(None, description="The figure used and where it comes from.")
-    note: str | None = Field(None, description="Why a figure is missing (unknown model, no GPU, no stage fits).")
+    note: str | None = Field(
+        None, description="Why a figure is missing (unknown model, no GPU, no stage fits, the plan failed)."
+    )
 
 
 class ContinuedPretrainStatus(ApiModel):

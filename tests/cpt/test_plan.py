@@ -194,6 +194,8 @@ def test_the_gpu_type_comes_from_the_spec(changes: dict[str, Any], gpu: str | No
     plan = status_plan(spec_with(**changes))
     assert plan["gpu"] == gpu and why in plan["gpuFrom"]
     assert (plan["expectedDuration"] is None) == (gpu is None)
+    assumed = gpu == DEFAULT_GPU  # the column says so where no label named the GPU
+    assert (plan["expectedDuration"] or "").endswith(f" ({DEFAULT_GPU} assumed)") == assumed
     assert plan["steps"] == math.ceil(1_000_000_000 / (80 * 2 * 2000))  # minimal(): one process, the defaults
 
 

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any
 
+import pytest
+
+from cpt import throughput
 from cpt.api import ContinuedPretrain
 from cpt_operator.config import OperatorConfig
 from cpt_operator.reconcile import Decision, child_key, reconcile
@@ -92,11 +96,28 @@ def test_the_first_pass_writes_the_plan_and_an_edit_before_the_start_updates_it(
     seconds = steps * per_step / 12346  # the table's A100 figure (the paper's MobileLLM-125M at 2000: no scaling)
     plan = run.status["plan"]
     assert (plan["steps"], plan["tokensPerStep"], plan["gpu"]) == (steps, per_step, "A100-80GB")
-    assert plan["expectedSeconds"] == round(seconds) and plan["expectedDuration"] == "22h29m"
+    assert plan["expectedSeconds"] == round(seconds) and plan["expectedDuration"] == "22h29m (A100-80GB assumed)"
     assert run.step().status["plan"] == plan  # the same plan every pass: the handler sends no change
     run.run = resource(training=gpu, suspend=True, data={**minimal()["spec"]["data"], "tokenBudget": 2_000_000_000})
     run.step()
     assert run.status["plan"]["steps"] == math.ceil(2_000_000_000 / per_step)
+
+
+def test_a_broken_throughput_table_puts_the_error_in_the_plan_and_the_pass_goes_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
+) -> None:
+    """status.plan never fails a pass: a malformed cpt/throughput.yaml (a bench entry pasted wrong) is its note."""
+    broken = tmp_path / "throughput.yaml"
+    broken.write_text("gpus:\n  - name: A100-80GB\nfigures:\n  - gpu: A100-80GB\n    tokensPerSecond: [\n")
+    monkeypatch.setattr(throughput, "TABLE", broken)
+    throughput.load_table.cache_clear()  # (loaded once per process)
+    request.addfinalizer(throughput.load_table.cache_clear)
+    run = Run(resource(training={"resources": {"limits": {"nvidia.com/gpu": 1}}}))
+    decision = run.step()
+    plan = run.status["plan"]
+    assert plan["expectedDuration"] is None and plan["note"].startswith("status.plan failed: ")
+    assert "throughput.yaml" in plan["note"] and "\n" not in plan["note"]  # one line naming the file
+    assert run.created(decision) and run.status["phase"] and run.condition("Reconciling") == "True"
 
 
 def test_terminal_states_are_sticky_when_children_are_deleted() -> None:
