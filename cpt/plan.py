@@ -161,9 +161,16 @@ def run_plan(
     return plan
 
 
-def spec_gpu(spec: ContinuedPretrainSpec, table: Table) -> tuple[str | None, str]:
-    """(GPU type, why) a run's pods get: the node selector's GPU product, else DEFAULT_GPU when GPUs are
-    requested; (None, why) for a run that requests no GPU or names a product the table does not know."""
+def spec_gpu(
+    spec: ContinuedPretrainSpec, table: Table, flavor: tuple[str, str] | None = None
+) -> tuple[str | None, str]:
+    """(GPU type, why) a run's pods get: the GPU product of the Kueue ResourceFlavor the training was admitted to
+    (`flavor`: its name and product label), else the node selector's, else DEFAULT_GPU when GPUs are requested;
+    (None, why) for a run that requests no GPU or lands on a product the table does not know."""
+    if flavor is not None:
+        where = f"Kueue ResourceFlavor {flavor[0]}: {GPU_PRODUCT_LABEL} {flavor[1]}"
+        known = table.for_product(flavor[1])
+        return (known.name, where) if known else (None, f"{where} is no GPU type of the throughput table")
     product = spec.scheduling.node_selector.get(GPU_PRODUCT_LABEL)
     if product:
         gpu = table.for_product(product)
@@ -206,13 +213,16 @@ def failed_plan(error: Exception) -> dict[str, object]:
     return {**dict.fromkeys(PLAN_FIELDS), "note": f"status.plan failed: {message}"}
 
 
-def status_plan(spec: ContinuedPretrainSpec, table: Table | None = None) -> dict[str, object]:
-    """status.plan: steps and tokens, and on the GPU type the pods get (`spec_gpu`) the ZeRO stage, its memory
+def status_plan(
+    spec: ContinuedPretrainSpec, table: Table | None = None, flavor: tuple[str, str] | None = None
+) -> dict[str, object]:
+    """status.plan: steps and tokens, and on the GPU type the pods get (`spec_gpu`, `flavor` the ResourceFlavor
+    Kueue admitted the training to and its GPU product, if any) the ZeRO stage, its memory
     per device and the expected training time from that type's preferred figure. Every field is present, None
     where unknown (`note` says why), so a merge patch clears what no longer holds after an edit."""
     table = table or load_table()
     steps, found = step_plan(spec), model_shape(spec.model, read_local=False)
-    gpu, gpu_from = spec_gpu(spec, table)
+    gpu, gpu_from = spec_gpu(spec, table, flavor)
     out: dict[str, object] = {
         **dict.fromkeys(PLAN_FIELDS),
         "steps": steps.steps,

@@ -15,7 +15,8 @@ from typing import Any
 import kopf
 
 from cpt import API_GROUP, API_VERSION, PLURAL
-from cpt_operator.kube import JOB_UID_LABEL, JOBSET, JOBSET_UID_LABEL, WORKLOAD, start_problem
+from cpt.throughput import GPU_PRODUCT_LABEL
+from cpt_operator.kube import JOB_UID_LABEL, JOBSET, JOBSET_UID_LABEL, RESOURCE_FLAVOR, WORKLOAD, start_problem
 from cpt_operator.names import DEACTIVATED, RUN_LABEL
 from cpt_operator.ownership import controller_uid
 
@@ -115,7 +116,20 @@ def cpt_workloads(namespace: str | None, body: kopf.Body, **_: Any) -> dict[Any,
         "spec": {key: spec[key] for key in ("queueName", "active") if key in spec},
         "status": {"conditions": copy.deepcopy((body.get("status") or {}).get("conditions", []))},
     }
+    admission = (body.get("status") or {}).get("admission")
+    if admission:  # the flavors Kueue assigned (status.plan's GPU type): no resource usage, no counts
+        assignments = admission.get("podSetAssignments") or []
+        kept["status"]["admission"] = {
+            "podSetAssignments": [{"flavors": dict(a.get("flavors") or {})} for a in assignments]
+        }
     return {(namespace, owner): kept} if owner else {}
+
+
+@kopf.index(*RESOURCE_FLAVOR, id="cpt_resourceflavors")
+def cpt_resourceflavors(name: str | None, body: kopf.Body, **_: Any) -> dict[Any, Any]:
+    """Kueue's ResourceFlavors whose node labels name a GPU product: flavor name -> product (status.plan's GPU)."""
+    product = ((body.get("spec") or {}).get("nodeLabels") or {}).get(GPU_PRODUCT_LABEL)
+    return {name: product} if name and product else {}
 
 
 class Cache:
@@ -127,7 +141,7 @@ class Cache:
     def bind(self, kwargs: dict[str, Any]) -> None:
         """Take the indices from a handler's kwargs (kopf hands them to handlers only)."""
         if not self.indices:
-            names = (*CHILD_INDICES, *OWNER_INDICES, "cpt_runs", "cpt_pods", "cpt_workloads")
+            names = (*CHILD_INDICES, *OWNER_INDICES, "cpt_runs", "cpt_pods", "cpt_workloads", "cpt_resourceflavors")
             self.indices = {name: kwargs[name] for name in names}
 
     @property
@@ -165,3 +179,16 @@ class Cache:
 
     def workloads(self, namespace: str, owner_uid: str) -> list[dict[str, Any]]:
         return self.values("cpt_workloads", (namespace, owner_uid))
+
+    def flavor_products(self) -> dict[str, str]:
+        """Each ResourceFlavor's GPU product label, by flavor name."""
+        for _ in range(5):
+            try:
+                names = list(self.indices["cpt_resourceflavors"])
+                break
+            except RuntimeError:  # changed size during iteration: read again
+                continue
+        else:
+            return {}
+        found = {name: self.values("cpt_resourceflavors", name) for name in names}
+        return {name: products[0] for name, products in found.items() if products}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -16,6 +17,8 @@ if TYPE_CHECKING:
 
 JOBSET = ("jobset.x-k8s.io", "v1alpha2", "jobsets")
 WORKLOAD = ("kueue.x-k8s.io", "v1beta2", "workloads")
+RESOURCE_FLAVOR = ("kueue.x-k8s.io", "v1beta2", "resourceflavors")
+GPU_RESOURCE = "nvidia.com/gpu"
 JOB_UID_LABEL = "batch.kubernetes.io/controller-uid"  # on a Job's pods: the Job's UID
 JOBSET_UID_LABEL = "jobset.sigs.k8s.io/jobset-uid"  # on a JobSet's pods: the JobSet's UID
 CAUSE = "kubecpt.dev/failedJobMessage"  # added to an observed JobSet: why its first failed Job failed
@@ -30,8 +33,20 @@ CANNOT_START = {
 }
 
 
-def workload_summary(workload: dict[str, Any], owner: str) -> dict[str, Any]:
-    """What a pass needs of a Kueue Workload: its owner child, whether it holds quota, and Kueue's message."""
+def admitted_gpu(workload: dict[str, Any], products: Mapping[str, str]) -> tuple[str | None, str | None]:
+    """(flavor, GPU product) of the ResourceFlavor Kueue admitted the Workload to, from `products` (flavor name ->
+    its nodeLabels' nvidia.com/gpu.product): the flavor of nvidia.com/gpu first; (None, None) when none is known."""
+    assignments = ((workload.get("status") or {}).get("admission") or {}).get("podSetAssignments") or []
+    pairs = [pair for assignment in assignments for pair in (assignment.get("flavors") or {}).items()]
+    for _, flavor in sorted(pairs, key=lambda pair: pair[0] != GPU_RESOURCE):
+        if flavor in products:
+            return flavor, products[flavor]
+    return None, None
+
+
+def workload_summary(workload: dict[str, Any], owner: str, products: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """What a pass needs of a Kueue Workload: its owner child, whether it holds quota, Kueue's message, and the GPU
+    of the flavor it was admitted to (`admitted_gpu`)."""
     conditions = {c["type"]: c for c in workload.get("status", {}).get("conditions", [])}
     admitted = conditions.get("Admitted", {}).get("status") == "True"
     pending = conditions.get("QuotaReserved", {})
@@ -46,6 +61,7 @@ def workload_summary(workload: dict[str, Any], owner: str) -> dict[str, Any]:
         "active": workload.get("spec", {}).get("active", True) is not False,
         "deactivatedByUs": DEACTIVATED in (workload["metadata"].get("annotations") or {}),
         "message": pending.get("message", "") if not admitted else "",
+        **dict(zip(("gpuFlavor", "gpuProduct"), admitted_gpu(workload, products or {}), strict=True)),
     }
 
 
@@ -192,7 +208,7 @@ class Kube:
         for name, obj in list(observed.children.items()):
             if obj["kind"] in ("Job", "JobSet") and QUEUE_LABEL in obj["metadata"].get("labels", {}):
                 for workload in cache.workloads(namespace, obj["metadata"]["uid"]):
-                    summary = workload_summary(workload, name)
+                    summary = workload_summary(workload, name, cache.flavor_products())
                     observed.children[f"Workload:{summary['metadata']['name']}"] = summary
         observed.children.update(self._unqueueable(observed.children))
         observed.children = dict(sorted(observed.children.items()))

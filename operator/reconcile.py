@@ -139,7 +139,7 @@ def reconcile(
     spec = resource.spec
     conditions = Conditions(status.get("conditions", []), generation, now)
     decision = Decision()
-    out: dict[str, Any] = {"observedGeneration": generation, "plan": _plan(spec)}
+    out: dict[str, Any] = {"observedGeneration": generation, "plan": _plan(spec, _admitted_gpu(resource, children))}
     if not status.get("startTime"):
         out["startTime"] = now
 
@@ -217,10 +217,19 @@ def reconcile(
     return decision
 
 
-def _plan(spec: ContinuedPretrainSpec) -> dict[str, Any]:
-    """status.plan from the spec; never fails the pass (an error, e.g. a malformed throughput table, is its note)."""
+def _admitted_gpu(resource: ContinuedPretrain, children: dict[str, dict[str, Any]]) -> tuple[str, str] | None:
+    """(ResourceFlavor, GPU product) Kueue admitted the training child to; None before admission or without Kueue."""
+    workload = _workloads_by_owner(children).get(child_name(resource.metadata["name"], "train"))
+    if workload is None or not workload.get("gpuProduct"):
+        return None
+    return workload["gpuFlavor"], workload["gpuProduct"]
+
+
+def _plan(spec: ContinuedPretrainSpec, flavor: tuple[str, str] | None) -> dict[str, Any]:
+    """status.plan from the spec (on the admitted flavor's GPU, if any); never fails the pass (an error, e.g. a
+    malformed throughput table, is its note)."""
     try:
-        return status_plan(spec)
+        return status_plan(spec, flavor=flavor)
     except Exception as error:  # the plan is advice: the run goes on without it
         return failed_plan(error)
 

@@ -166,3 +166,6 @@ def test_the_operator_role_grants_every_call_the_passes_make() -> None:
         ("cpt.kubecpt.dev", "continuedpretrains", "get"),  # a timer's pass checks the run still exists
     }
     assert needed <= granted, sorted(needed - granted)
+    cluster_wide = rules(template("--set", "watchNamespace=team-a")[("ClusterRole", f"{FULLNAME}-discovery")])
+    flavors = {("kueue.x-k8s.io", "resourceflavors", verb) for verb in ("get", "list", "watch")}  # status.plan's GPU
+    assert flavors <= cluster_wide, sorted(flavors - cluster_wide)

@@ -330,6 +330,8 @@ def test_workload_summary_reads_kueues_conditions() -> None:
         "active": True,
         "deactivatedByUs": False,
         "message": "insufficient quota",
+        "gpuFlavor": None,
+        "gpuProduct": None,
     }
     admitted = {**pending, "status": {"conditions": [{"type": "Admitted", "status": "True"}]}}
     assert workload_summary(admitted, "t-train")["admitted"] is True
@@ -502,3 +504,71 @@ def test_only_the_operators_objects_of_an_earlier_run_are_leftovers() -> None:
     assert not is_leftover(obj(ours, [{**old, "uid": "new"}]), "new")  # this run's own
     assert not is_leftover(obj({"cpt.kubecpt.dev/run": "t"}, []), "new")  # a user's object with the label
     assert not is_leftover(obj(ours, [{"kind": "JobSet", "uid": "x", "controller": True}]), "new")
+
+
+H100 = "NVIDIA-H100-80GB-HBM3"
+
+
+def test_the_plan_follows_the_gpu_of_the_flavor_kueue_admitted_the_training_to() -> None:
+    """On Kueue the GPU comes from the admitted ResourceFlavor's node labels, not the spec: once the training's
+    Workload is admitted to an H100 flavor, status.plan is re-planned on H100s and no longer says 'assumed'."""
+    run = running_gang(scheduling={"queueName": "gpu"}, training={"resources": {"limits": {"nvidia.com/gpu": 1}}})
+    run.children["Workload:jobset-t-train-1a2b3"] = workload("t-train", admitted=False)
+    run.step()
+    assumed = run.status["plan"]
+    assert assumed["gpu"] == "A100-80GB" and assumed["expectedDuration"].endswith("(A100-80GB assumed)")
+    other = {**workload("t-eval-0", admitted=True), "gpuFlavor": "l4", "gpuProduct": "NVIDIA-L4"}
+    run.children["Workload:job-t-eval-0-1a2b3"] = other  # an evaluation's flavor does not plan the training
+    run.children["Workload:jobset-t-train-1a2b3"] = {
+        **workload("t-train", admitted=True),
+        "gpuFlavor": "h100",
+        "gpuProduct": H100,
+    }
+    run.step()
+    plan = run.status["plan"]
+    assert plan["gpu"] == "H100-80GB" and plan["gpuFrom"] == f"Kueue ResourceFlavor h100: nvidia.com/gpu.product {H100}"
+    assert "assumed" not in plan["expectedDuration"] and plan["expectedSeconds"] < assumed["expectedSeconds"]
+    run.children["Workload:jobset-t-train-1a2b3"] = {
+        **workload("t-train", admitted=True),
+        "gpuFlavor": "l4",
+        "gpuProduct": "NVIDIA-L4",
+    }
+    run.step()
+    plan = run.status["plan"]
+    assert plan["gpu"] is None and plan["expectedDuration"] is None
+    assert (
+        plan["note"]
+        == "Kueue ResourceFlavor l4: nvidia.com/gpu.product NVIDIA-L4 is no GPU type of the throughput table"
+    )
+
+
+def test_the_cache_keeps_the_admitted_flavors_and_the_summary_names_the_gpu_flavor() -> None:
+    """cache.cpt_workloads keeps status.admission's flavors, cache.cpt_resourceflavors each flavor's GPU product
+    label, and workload_summary joins them: the flavor of nvidia.com/gpu first."""
+    from cpt_operator.cache import cpt_resourceflavors, cpt_workloads
+    from cpt_operator.kube import workload_summary
+
+    flavors = {}
+    for name, labels in (("default", {}), ("h100", {"nvidia.com/gpu.product": H100, "zone": "a"})):
+        flavors.update(
+            cpt_resourceflavors(name=name, body={"metadata": {"name": name}, "spec": {"nodeLabels": labels}})
+        )
+    assert flavors == {"h100": H100}
+    body = {
+        "metadata": {"name": "jobset-t-train-1a2b3", "ownerReferences": [{"uid": "u1", "controller": True}]},
+        "spec": {"queueName": "gpu"},
+        "status": {
+            "conditions": [{"type": "Admitted", "status": "True"}],
+            "admission": {
+                "clusterQueue": "cq",
+                "podSetAssignments": [
+                    {"name": "node", "flavors": {"cpu": "default", "nvidia.com/gpu": "h100"}, "count": 1}
+                ],
+            },
+        },
+    }
+    ((key, kept),) = cpt_workloads(namespace="ns", body=body).items()
+    assert key == ("ns", "u1")
+    summary = workload_summary(kept, "t-train", flavors)
+    assert (summary["admitted"], summary["gpuFlavor"], summary["gpuProduct"]) == (True, "h100", H100)
+    assert workload_summary(kept, "t-train")["gpuProduct"] is None  # no flavor seen (yet): the spec plans
