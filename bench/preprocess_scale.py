@@ -6,7 +6,7 @@ verbatim (exact duplicates) and 10% with one word in 80 changed (near duplicates
 `--tokens` tokens. The pipeline runs as `cpt run` runs it: the stages' own argv, one process per worker and
 per dedup partition, JOB_COMPLETION_INDEX set. The tokenizer-only pass encodes the same texts with the
 pipeline's tokenizer (the backend TextTokenizer chose) on as many threads as the pipeline has workers.
-Printed: both throughputs and their ratio (goal >= 0.80x), and every process's peak RSS (from wait4).
+Printed: both throughputs and their ratio (goal >= 0.80x), and every process's peak RSS (VmHWM).
 
     .venv/bin/python -P bench/preprocess_scale.py --tokens 25000000 [--workers 2] [--keep]
 """
@@ -22,6 +22,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -156,14 +157,31 @@ def run_stage(stage: str, spec_path: Path, workers: int, processes: int) -> tupl
         subprocess.Popen(argv, env={**env, INDEX_ENV: str(i)}, cwd=REPO, stdout=subprocess.DEVNULL)
         for i in range(processes)
     ]
-    peaks, cpu = [], 0.0
+    high = {child.pid: 0 for child in running}
+    watch = threading.Thread(target=_watch_peaks, args=(high,), daemon=True)
+    watch.start()
+    cpu = 0.0
     for child in running:
         _, status, usage = os.wait4(child.pid, 0)
         if status != 0:
             raise SystemExit(f"{stage} process {child.args} exited with status {status}")
-        peaks.append(usage.ru_maxrss / 1024)
         cpu += _cpu(usage)
-    return time.perf_counter() - start, cpu, peaks
+    watch.join()
+    return time.perf_counter() - start, cpu, [high[child.pid] / 1024 for child in running]
+
+
+def _watch_peaks(high: dict[int, int]) -> None:
+    """Each process's VmHWM (KiB), read from /proc until it exits. wait4's ru_maxrss is not used: a child
+    inherits it from this process at fork, before its exec, so it would report this process's size."""
+    alive = set(high)
+    while alive:
+        for pid in list(alive):
+            try:
+                lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+                high[pid] = max(high[pid], next(int(x.split()[1]) for x in lines if x.startswith("VmHWM:")))
+            except (OSError, StopIteration):  # exited (or a zombie without memory): its last value stands
+                alive.discard(pid)
+        time.sleep(0.1)
 
 
 def main() -> int:
