@@ -187,11 +187,19 @@ def stage_job(
     if stage in (Stage.PREPROCESS, Stage.DEDUP):
         argv_extra += ["--world-size", str(workers)]
     pods = parallelism(spec, stage)
+    indexed = stage in (Stage.PREPROCESS, Stage.DEDUP)
+    # Indexed stages: each index gets its own runPolicy.backoffLimit retries (k8s >= 1.33), so transient
+    # failures spread over 64 partitions do not add up; one index out of retries fails the Job at once.
+    retries = (
+        {"backoffLimitPerIndex": spec.run_policy.backoff_limit, "maxFailedIndexes": 0}
+        if indexed
+        else {"backoffLimit": spec.run_policy.backoff_limit}
+    )
     job_spec: dict[str, Any] = {
         "completions": pods,
         "parallelism": pods,
-        "completionMode": "Indexed" if stage in (Stage.PREPROCESS, Stage.DEDUP) else "NonIndexed",
-        "backoffLimit": spec.run_policy.backoff_limit,
+        "completionMode": "Indexed" if indexed else "NonIndexed",
+        **retries,
         "podFailurePolicy": _stage_pod_failure_policy(),
         "suspend": bool(spec.suspend or spec.scheduling.queue_name),
         "manualSelector": False,

@@ -52,6 +52,17 @@ def test_dedup_is_an_indexed_job_with_one_index_per_partition() -> None:
         assert command == stage_argv(Stage.DEDUP, extra=["--world-size", str(preprocessing["workers"])])
 
 
+def test_each_index_of_the_preprocess_and_dedup_jobs_retries_on_its_own() -> None:
+    data = minimal()["spec"]["data"]
+    run = resource(data={**data, "preprocessing": {"workers": 4, "dedupPartitions": 64}}, runPolicy={"backoffLimit": 3})
+    for stage in (Stage.PREPROCESS, Stage.DEDUP):
+        job = stage_job(run, stage, CONFIG)["spec"]
+        assert (job.get("backoffLimitPerIndex"), job.get("maxFailedIndexes")) == (3, 0), stage
+        assert "backoffLimit" not in job, stage  # the API server defaults it to "no limit across indexes"
+    report = stage_job(run, Stage.REPORT, CONFIG)["spec"]
+    assert report["backoffLimit"] == 3 and "backoffLimitPerIndex" not in report
+
+
 def test_stage_commands_are_the_shared_argument_lists() -> None:
     run = resource()
     workers = run.spec.data.preprocessing.workers
