@@ -106,9 +106,10 @@ def _rows(buckets: list[dict[str, np.ndarray]], key: str, doc: str) -> tuple[np.
     return np.concatenate(values), _Rows(*(np.concatenate(c) for c in (unit, position, rank, local)))
 
 
-def decide_partition(buckets: list[dict[str, np.ndarray]]) -> bytes:
+def decide_partition(buckets: list[dict[str, np.ndarray]], inputs: str | None = None) -> bytes:
     """Reduce index p: from bucket p of every worker (in rank order), the exact duplicates to remove
-    (rank, local) and the MinHash collision groups (key, members with their global place); as npz."""
+    (rank, local) and the MinHash collision groups (key, members with their global place); as npz, with
+    `inputs` (the digest of the worker outputs they were made from) when given."""
     hashes, ex = _rows(buckets, "exact", "exact_doc")
     order = np.lexsort((ex.position, ex.unit))
     first = np.zeros(len(hashes), dtype=bool)
@@ -133,6 +134,7 @@ def decide_partition(buckets: list[dict[str, np.ndarray]]) -> bytes:
         group_position=band.position[members],
         group_rank=band.rank[members],
         group_local=band.local[members],
+        **({"inputs": np.array(inputs)} if inputs is not None else {}),
     )
 
 

@@ -19,6 +19,7 @@ held out (held_out.py): written for evaluation, never tokenized into a shard.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import logging
@@ -437,14 +438,42 @@ def _load_rank(storage: Storage, set_name: str, rank: int, done: dict[str, Any])
     return {"done": done, "columns": columns, "dir": out}
 
 
-def dedup_partition(set_dir: Storage, world_size: int, partition: int, partitions: int) -> bytes:
-    """Reduce index `partition`: its bucket from every worker, decided (partitions.decide_partition)."""
+def dedup_partition(
+    set_dir: Storage, world_size: int, partition: int, partitions: int, inputs: str | None = None
+) -> bytes:
+    """Reduce index `partition`: its bucket from every worker, decided (partitions.decide_partition); `inputs`
+    (inputs_digest of the workers' done.json) is recorded in the part."""
     buckets = []
     for rank in range(world_size):
         data = set_dir.sub(f"rank-{rank:05d}").read_bytes(bucket_name(partition))
         with np.load(io.BytesIO(data)) as arrays:
             buckets.append({k: arrays[k] for k in arrays.files})
-    return decide_partition(buckets)
+    return decide_partition(buckets, inputs=inputs)
+
+
+def inputs_digest(dones: list[dict[str, Any]]) -> str:
+    """A digest of every worker's done.json: decisions made from other worker outputs do not match it."""
+    digest = hashlib.sha256()
+    for done in dones:
+        digest.update(json.dumps(done, sort_keys=True).encode())
+    return digest.hexdigest()
+
+
+def _decide(set_dir: Storage, decided: Storage, world_size: int, partition: int, partitions: int, inputs: str) -> None:
+    """Write partition's decisions unless they exist and were made from these worker outputs."""
+    if not _decided(decided, partition, inputs):
+        decided.write_bytes(dedup_partition(set_dir, world_size, partition, partitions, inputs), _part_name(partition))
+
+
+def _decided(decided: Storage, partition: int, inputs: str) -> bool:
+    """Whether partition's decisions exist and were made from these worker outputs (inputs_digest)."""
+    if not decided.exists(_part_name(partition)):
+        return False
+    with np.load(io.BytesIO(decided.read_bytes(_part_name(partition)))) as arrays:
+        made_from = str(arrays["inputs"]) if "inputs" in arrays.files else None
+    if made_from != inputs:
+        log.info("dedup partition %d: decided from other worker outputs; deciding again", partition)
+    return made_from == inputs
 
 
 def reduce(
@@ -466,12 +495,14 @@ def reduce(
             log.info("preprocess %s: manifest exists, skipped", data_set.name)
             continue
         dones = _checked_ranks(storage, data_set.name, world_size, prepared, partitions)
+        inputs = inputs_digest(dones)
         decided = decisions_dir(storage, data_set.name, partitions)
+        set_dir = storage.sub("work", "preprocess", data_set.name)
         for index in range(partitions) if partition is None else [partition]:
-            if not decided.exists(_part_name(index)):
-                set_dir = storage.sub("work", "preprocess", data_set.name)
-                decided.write_bytes(dedup_partition(set_dir, world_size, index, partitions), _part_name(index))
-        if _packs(decided, partitions, partition):
+            _decide(set_dir, decided, world_size, index, partitions, inputs)
+        if _packs(decided, partitions, partition, inputs):
+            for index in range(partitions):  # one decided before a worker ran again: its index has finished
+                _decide(set_dir, decided, world_size, index, partitions, inputs)
             _reduce_set(spec, storage, data_set, dones, shard_rows, prepared)
     sets = [s.name for s in data_sets(spec)]
     if not all(storage.exists("data", name, "manifest.json") for name in sets):
@@ -500,17 +531,20 @@ def _tokenizer_info(spec: ContinuedPretrainSpec, storage: Storage) -> TokenizerI
     ).info
 
 
-def _packs(decided: Storage, partitions: int, partition: int | None) -> bool:
-    """Whether this index packs: every partition is decided, and no other index claimed the packing (a claim
-    is a hint against double work; two indexes that pack together write the same bytes, atomically)."""
+def _packs(decided: Storage, partitions: int, partition: int | None, inputs: str) -> bool:
+    """Whether this index packs: every partition is decided (the packer decides again those made from other
+    worker outputs than `inputs`), and no other index claimed packing these outputs (a claim is a hint against
+    double work; two indexes that pack together write the same bytes, atomically)."""
     if partition is None:
         return True
     if not all(decided.exists(_part_name(p)) for p in range(partitions)):
         log.info("dedup partition %d of %d: decided; another index will pack", partition, partitions)
         return False
-    if decided.exists("pack-claim.json") and decided.read_json("pack-claim.json")["partition"] != partition:
-        return False
-    decided.write_json({"partition": partition}, "pack-claim.json")
+    if decided.exists("pack-claim.json"):
+        claim = decided.read_json("pack-claim.json")
+        if claim.get("inputs") == inputs and claim["partition"] != partition:
+            return False
+    decided.write_json({"partition": partition, "inputs": inputs}, "pack-claim.json")
     return True
 
 
@@ -541,10 +575,16 @@ def _deduplicated(storage: Storage, data_set: DataSet, ranks: list[dict[str, Any
     """The keep mask over every worker's documents (in rank order), from every partition's decisions."""
     partitions = ranks[0]["done"]["partitions"]
     decided = decisions_dir(storage, data_set.name, partitions)
+    inputs = inputs_digest([r["done"] for r in ranks])
     decisions = []
     for p in range(partitions):
         with np.load(io.BytesIO(decided.read_bytes(_part_name(p)))) as arrays:
-            decisions.append({k: arrays[k] for k in arrays.files})
+            if "inputs" not in arrays.files or str(arrays["inputs"]) != inputs:  # rewritten since _packs looked
+                raise RuntimeError(
+                    f"preprocess {data_set.name}: {decided.path(_part_name(p))} was decided from other worker "
+                    "outputs; rerun the dedup"
+                )
+            decisions.append({k: arrays[k] for k in arrays.files if k != "inputs"})
     keep, exact, near = keep_masks(decisions, [len(r["columns"]["ends"]) for r in ranks])
     stats.add(keys.DUPLICATES, exact)
     if near:

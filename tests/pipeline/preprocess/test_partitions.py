@@ -5,12 +5,14 @@ from __future__ import annotations
 import io
 import json
 import random
+import shutil
 import tracemalloc
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from cpt.api import ContinuedPretrainSpec
 from cpt.api.data import MinHash
 from cpt_pipeline.preprocess.dedup import MinHasher, exact_hash, first_occurrences
 from cpt_pipeline.preprocess.partitions import band_keys, band_ranges, bucket_files, decide_partition, keep_masks
@@ -86,13 +88,25 @@ def corpus(tmp_path: Path) -> Path:
     return tmp_path / "in"
 
 
-def run(tmp_path: Path, name: str, partitions: int, world: int = 2) -> Storage:
-    spec = make_spec(
+def partitioned_spec(tmp_path: Path, name: str, partitions: int, world: int = 2) -> ContinuedPretrainSpec:
+    return make_spec(
         tmp_path / name,
         [{"name": "d", "uri": str(tmp_path / "in")}],
         dedup={"minhash": {"enabled": True, "threshold": "0.7"}},
         preprocessing={"limitToBudget": False, "workers": world, "dedupPartitions": partitions},
     )
+
+
+def packed(storage: Storage) -> tuple[dict[str, int], list[bytes]]:
+    """The set's counts and the bytes of its shards and tail."""
+    manifest = storage.read_json("data", "domain", "manifest.json")
+    base = storage.sub("data", "domain", "d")
+    files = [base.read_bytes(s["path"]) for s in manifest["sources"]["d"]["shards"]] + [base.read_bytes("tail.bin")]
+    return manifest["stats"]["counts"], files
+
+
+def run(tmp_path: Path, name: str, partitions: int, world: int = 2) -> Storage:
+    spec = partitioned_spec(tmp_path, name, partitions, world)
     storage = Storage.from_spec(spec.storage)
     for rank in range(world):
         prepare(spec, storage, rank, world)
@@ -106,13 +120,27 @@ def test_one_and_three_partitions_pack_the_same_shards(tmp_path: Path) -> None:
     corpus(tmp_path)
     outputs = []
     for partitions in (1, 3):
-        storage = run(tmp_path, f"p{partitions}", partitions)
-        manifest = storage.read_json("data", "domain", "manifest.json")
-        base = storage.sub("data", "domain", "d")
-        files = [base.read_bytes(s["path"]) for s in manifest["sources"]["d"]["shards"]] + [base.read_bytes("tail.bin")]
-        outputs.append((manifest["stats"]["counts"], files))
+        outputs.append(packed(run(tmp_path, f"p{partitions}", partitions)))
     assert outputs[0][0]["near_duplicates"] > 0 and outputs[0][0]["duplicates"] > 0
     assert outputs[0] == outputs[1]
+
+
+def test_a_worker_rerun_over_changed_files_is_decided_again(tmp_path: Path) -> None:
+    """Partitions decided from a worker's old outputs are not reused once that worker ran again."""
+    corpus(tmp_path)
+    spec = partitioned_spec(tmp_path, "rerun", 3)
+    storage = Storage.from_spec(spec.storage)
+    for rank in range(2):
+        prepare(spec, storage, rank, 2)
+    for index in (0, 1):  # two partitions decided, the third not yet
+        reduce(spec, storage, 2, shard_rows=5, partition=index)
+    source = tmp_path / "in" / "0.jsonl"  # worker 0's first unit: half of its documents, changed
+    lines = source.read_text().splitlines()[::2]
+    source.write_text("".join(line.replace(").", ")!") + "\n" for line in lines))
+    shutil.rmtree(storage.path("work", "preprocess", "domain", "rank-00000"))
+    prepare(spec, storage, 0, 2)
+    reduce(spec, storage, 2, shard_rows=5, partition=2)  # the last index packs
+    assert packed(storage) == packed(run(tmp_path, "fresh", 3))
 
 
 def test_one_partition_needs_less_memory_as_partitions_grow(tmp_path: Path) -> None:
