@@ -8,6 +8,8 @@ not depend on the number of workers, and keeps the first occurrence. `first_occu
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import xxhash
 
@@ -28,16 +30,19 @@ def first_occurrences(hashes: np.ndarray, order: np.ndarray) -> np.ndarray:
     return keep
 
 
+# what str.split() splits at besides the ASCII whitespace bytes.split() knows (NBSP, U+3000, U+2009, ...)
+_OTHER_SPACE = re.compile("[\x1c-\x1f\x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]")
 _SHINGLE_MIX = np.uint64(0x9E3779B97F4A7C15)  # odd: word hashes -> shingle hash, sum of h[i+k] * MIX**k
 
 
 class MinHasher:
     """MinHash signatures of word shingles, vectorised with numpy; near-duplicate removal with LSH (datasketch).
 
-    Words are the lower-cased text's whitespace-separated byte strings, each hashed with xxh3-64; a shingle's
-    hash combines its `ngram` word hashes (a polynomial, mod 2^64). Permutation j maps a shingle hash h to
-    (a_j * h + b_j) mod 2^64 >> 32 (multiply-shift; a_j odd, from a fixed seed), so the signature's values are
-    32-bit like datasketch's, at a few numpy operations per shingle instead of a SHA-1 call in Python."""
+    Words are the lower-cased text's words as str.split() finds them (at any Unicode space), each hashed with
+    xxh3-64; a shingle's hash combines its `ngram` word hashes (a polynomial, mod 2^64). Permutation j maps a
+    shingle hash h to (a_j * h + b_j) mod 2^64 >> 32 (multiply-shift; a_j odd, from a fixed seed), so the
+    signature's values are 32-bit like datasketch's, at a few numpy operations per shingle instead of a SHA-1
+    call in Python."""
 
     def __init__(self, cfg: MinHash) -> None:
         self.cfg = cfg
@@ -49,7 +54,7 @@ class MinHasher:
 
     def shingles(self, text: str) -> np.ndarray:
         """The shingle hashes of text (one for a text shorter than `ngram` words, none for an empty one)."""
-        words = text.lower().encode("utf-8", "surrogatepass").split()
+        words = _OTHER_SPACE.sub(" ", text.lower()).encode("utf-8", "surrogatepass").split()  # as str.split()
         hashes = np.fromiter(map(xxhash.xxh3_64_intdigest, words), dtype=np.uint64, count=len(words))
         n = min(self.cfg.ngram, len(hashes))
         width = len(hashes) - n + 1 if n else 0

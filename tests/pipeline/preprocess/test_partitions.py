@@ -168,3 +168,14 @@ def test_signatures_estimate_the_jaccard_similarity_of_the_shingles() -> None:
         exact = len(a & b) / len(a | b)
         estimate = float((hasher.signature(text) == hasher.signature(near)).mean())
         assert abs(estimate - exact) < 0.08, (every, exact, estimate)
+
+
+def test_words_split_at_every_unicode_space_as_str_split_does() -> None:
+    hasher = MinHasher(CFG)
+    words = " ".join(document(i, lines=10) for i in range(2)).split()
+    spaces = ["\u00a0", "\u3000", "\u2009", "\x1c", "\u2028", "\u0085"]
+    joined = "".join(w + spaces[i % len(spaces)] for i, w in enumerate(words))
+    assert hasher.shingles(joined).tolist() == hasher.shingles(" ".join(words)).tolist()
+    near = "\u00a0".join(w + "s" if i % 40 == 7 else w for i, w in enumerate(words))  # a near copy, NBSP-joined
+    original = "\u3000".join(words)
+    assert (hasher.signature(original) == hasher.signature(near)).mean() > float(CFG.threshold)
