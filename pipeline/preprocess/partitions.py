@@ -60,23 +60,28 @@ def bucket_files(
     """One worker's buckets, one npz per partition. exact: (n,) uint64 or None; bands: (n, b, 2) uint64 or None."""
     local = np.arange(len(units), dtype=np.int64)
     files = []
-    exact_part = exact % np.uint64(partitions) if exact is not None else None
+    if exact is not None:
+        exact_rows = _split_by(exact % np.uint64(partitions), partitions)
     if bands is not None:
         flat = bands.reshape(-1, 2)
         band_doc = np.repeat(local, bands.shape[1])
-        band_part = flat[:, 1] % np.uint64(partitions)
+        band_rows = _split_by(flat[:, 1] % np.uint64(partitions), partitions)
     for p in range(partitions):
         arrays: dict[str, np.ndarray] = {}
         if exact is not None:
-            mine = exact_part == p
-            arrays.update(exact=exact[mine], exact_doc=local[mine])
+            arrays.update(exact=exact[exact_rows[p]], exact_doc=local[exact_rows[p]])
         if bands is not None:
-            mine = band_part == p
-            arrays.update(band_key=flat[mine], band_doc=band_doc[mine])
+            arrays.update(band_key=flat[band_rows[p]], band_doc=band_doc[band_rows[p]])
         docs = np.unique(np.concatenate([arrays.get("exact_doc", local[:0]), arrays.get("band_doc", local[:0])]))
         arrays.update(docs=docs, units=units[docs], positions=positions[docs])
         files.append(_npz(**arrays))
     return files
+
+
+def _split_by(part: np.ndarray, partitions: int) -> list[np.ndarray]:
+    """The rows of each partition (part: each row's partition), in their order: one stable sort, not P scans."""
+    order = np.argsort(part, kind="stable")
+    return np.split(order, np.searchsorted(part[order], np.arange(1, partitions, dtype=part.dtype)))
 
 
 @dataclass

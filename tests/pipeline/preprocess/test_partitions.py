@@ -179,3 +179,25 @@ def test_words_split_at_every_unicode_space_as_str_split_does() -> None:
     near = "\u00a0".join(w + "s" if i % 40 == 7 else w for i, w in enumerate(words))  # a near copy, NBSP-joined
     original = "\u3000".join(words)
     assert (hasher.signature(original) == hasher.signature(near)).mean() > float(CFG.threshold)
+
+
+def test_buckets_hold_each_partitions_rows_in_the_workers_order() -> None:
+    """bucket_files (one sort) against the definition: partition p's rows are those whose hash mod P is p."""
+    rng = np.random.default_rng(3)
+    n, bands = 500, 9
+    exact = rng.integers(0, 2**64, n, dtype=np.uint64)
+    band = rng.integers(0, 2**64, (n, bands, 2), dtype=np.uint64)
+    units, positions = rng.integers(0, 40, n), rng.integers(0, 1000, n)
+    for partitions in (1, 7, 1000):  # 1000: most partitions empty
+        files = [dict(np.load(io.BytesIO(f))) for f in bucket_files(exact, band, units, positions, partitions)]
+        assert len(files) == partitions
+        for p, got in enumerate(files):
+            mine = np.flatnonzero(exact % np.uint64(partitions) == p)
+            assert got["exact"].tolist() == exact[mine].tolist() and got["exact_doc"].tolist() == mine.tolist()
+            flat = band.reshape(-1, 2)
+            rows = np.flatnonzero(flat[:, 1] % np.uint64(partitions) == p)
+            assert got["band_key"].tolist() == flat[rows].tolist()
+            assert got["band_doc"].tolist() == (rows // bands).tolist()
+            docs = sorted(set(mine.tolist()) | set((rows // bands).tolist()))
+            assert got["docs"].tolist() == docs and got["units"].tolist() == units[docs].tolist()
+            assert got["positions"].tolist() == positions[docs].tolist()
