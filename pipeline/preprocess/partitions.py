@@ -6,8 +6,10 @@ band index) that falls in p, with the document's place in the global order (work
 index in the worker. Reduce index p reads bucket p of every worker, never the rest:
 
 - exact: among the documents sharing a hash, all but the first in the global order are removed;
-- MinHash: band keys shared by two or more documents form collision groups; they are written out with
-  their members. A group can hold documents of any partition's exact decisions, and one document's
+- MinHash: band keys shared by two or more documents form collision groups; they are written out as
+  group sizes and members (int64 global_ids, no key). A later exact copy of a member (same exact hash: the
+  bucket carries each document's) is left out, since it is removed anyway.
+  A group can hold documents of any partition's exact decisions, and one document's
   bands live in several partitions, so the partition cannot decide near duplicates on its own.
 
 The packer (`keep_masks`) applies every partition's exact removals, then visits the documents of the
@@ -15,7 +17,7 @@ collision groups in the global order: a document still kept is a near duplicate 
 already holds a kept document, else it marks its groups. That is exactly what one process with a
 MinHashLSH index does (insert each kept document, drop the ones whose query finds a candidate), so the
 kept documents are the same for any number of partitions. Memory: a partition holds 1/P of the keys; the
-packer holds one flag per document and the members of collision groups (documents that have a near copy).
+packer holds one flag and two int64s per document and 8 B per member of a collision group (near copies).
 """
 
 from __future__ import annotations
@@ -74,6 +76,8 @@ def bucket_files(
             arrays.update(band_key=flat[band_rows[p]], band_doc=band_doc[band_rows[p]])
         docs = np.unique(np.concatenate([arrays.get("exact_doc", local[:0]), arrays.get("band_doc", local[:0])]))
         arrays.update(docs=docs, units=units[docs], positions=positions[docs])
+        if exact is not None:
+            arrays.update(hashes=exact[docs])  # so the partition can leave exact copies out of the band keys
         files.append(_npz(**arrays))
     return files
 
@@ -92,10 +96,11 @@ class _Rows:
     position: np.ndarray
     rank: np.ndarray
     local: np.ndarray
+    hash: np.ndarray | None  # the document's exact hash (None when exact dedup is off)
 
 
 def _rows(buckets: list[dict[str, np.ndarray]], key: str, doc: str) -> tuple[np.ndarray, _Rows]:
-    values, unit, position, rank, local = [], [], [], [], []
+    values, unit, position, rank, local, hashes = [], [], [], [], [], []
     for r, bucket in enumerate(buckets):
         if key not in bucket:
             continue
@@ -105,16 +110,46 @@ def _rows(buckets: list[dict[str, np.ndarray]], key: str, doc: str) -> tuple[np.
         position.append(bucket["positions"][where])
         rank.append(np.full(len(where), r, dtype=np.int64))
         local.append(bucket[doc])
+        if "hashes" in bucket:
+            hashes.append(bucket["hashes"][where])
     if not values:
         empty = np.empty(0, dtype=np.int64)
-        return np.empty(0, dtype=np.uint64), _Rows(empty, empty, empty, empty)
-    return np.concatenate(values), _Rows(*(np.concatenate(c) for c in (unit, position, rank, local)))
+        return np.empty(0, dtype=np.uint64), _Rows(empty, empty, empty, empty, None)
+    columns = (np.concatenate(c) for c in (unit, position, rank, local))
+    return np.concatenate(values), _Rows(*columns, np.concatenate(hashes) if len(hashes) == len(values) else None)
+
+
+def global_ids(units: np.ndarray, positions: np.ndarray) -> np.ndarray:
+    """int64 ids in the global order (unit, position): unit * 2^32 + position."""
+    if len(units) and (int(units.max()) >= 2**31 or int(positions.max()) >= 2**32):
+        raise ValueError("dedup: more than 2^31 work units or 2^32 documents in one unit")
+    return (units.astype(np.int64) << 32) | positions.astype(np.int64)
+
+
+def _shared_band_keys(keys: np.ndarray, rows: _Rows) -> tuple[np.ndarray, np.ndarray]:
+    """The band keys two or more documents share, as (group sizes int32, member ids int64 in the global order,
+    group by group). A later exact copy of a member (same exact hash) is left out: it is removed anyway."""
+    ids = global_ids(rows.unit, rows.position)
+    if rows.hash is not None:  # the first row of each (key, exact hash) in the global order
+        order = np.lexsort((ids, rows.hash, keys[:, 1], keys[:, 0]))
+        k, h = keys[order], rows.hash[order]
+        first = np.ones(len(order), dtype=bool)
+        first[1:] = np.any(k[1:] != k[:-1], axis=1) | (h[1:] != h[:-1])
+        kept = order[first]
+        keys, ids = keys[kept], ids[kept]
+    order = np.lexsort((ids, keys[:, 1], keys[:, 0]))
+    sorted_keys = keys[order]
+    new = np.ones(len(order), dtype=bool)
+    new[1:] = np.any(sorted_keys[1:] != sorted_keys[:-1], axis=1)
+    sizes = np.diff(np.append(np.flatnonzero(new), len(order)))
+    members = ids[order][np.repeat(sizes >= 2, sizes)]
+    return sizes[sizes >= 2].astype(np.int32), members
 
 
 def decide_partition(buckets: list[dict[str, np.ndarray]], inputs: str | None = None) -> bytes:
     """Reduce index p: from bucket p of every worker (in rank order), the exact duplicates to remove
-    (rank, local) and the MinHash collision groups (key, members with their global place); as npz, with
-    `inputs` (the digest of the worker outputs they were made from) when given."""
+    (rank, local) and the MinHash collision groups (sizes, members' global_ids); as npz, with `inputs` (the
+    digest of the worker outputs they were made from) when given."""
     hashes, ex = _rows(buckets, "exact", "exact_doc")
     order = np.lexsort((ex.position, ex.unit))
     first = np.zeros(len(hashes), dtype=bool)
@@ -122,56 +157,51 @@ def decide_partition(buckets: list[dict[str, np.ndarray]], inputs: str | None = 
         _, index = np.unique(hashes[order], return_index=True)
         first[order[index]] = True
     keys, band = _rows(buckets, "band_key", "band_doc")
-    keys = keys.reshape(-1, 2)
-    order = np.lexsort((band.position, band.unit, keys[:, 1], keys[:, 0]))
-    sorted_keys = keys[order]
-    new = np.ones(len(order), dtype=bool)
-    new[1:] = np.any(sorted_keys[1:] != sorted_keys[:-1], axis=1)
-    starts = np.flatnonzero(new)
-    sizes = np.diff(np.append(starts, len(order)))
-    shared = np.repeat(sizes >= 2, sizes)
-    members = order[shared]
+    sizes, members = _shared_band_keys(keys.reshape(-1, 2), band)
     return _npz(
         exact_rank=ex.rank[~first],
         exact_local=ex.local[~first],
-        group_key=keys[members],
-        group_unit=band.unit[members],
-        group_position=band.position[members],
-        group_rank=band.rank[members],
-        group_local=band.local[members],
+        group_size=sizes,
+        group_member=members,
         **({"inputs": np.array(inputs)} if inputs is not None else {}),
     )
 
 
-def keep_masks(decisions: list[dict[str, np.ndarray]], sizes: list[int]) -> tuple[list[np.ndarray], int, int]:
-    """Each worker's keep mask, after every partition's decisions; and the exact and near duplicates removed."""
-    keep = [np.ones(n, dtype=bool) for n in sizes]
+def keep_masks(
+    decisions: list[dict[str, np.ndarray]], sizes: list[int], ids: np.ndarray
+) -> tuple[list[np.ndarray], int, int]:
+    """Each worker's keep mask, after every partition's decisions; and the exact and near duplicates removed.
+    ids: global_ids of every document, worker after worker. Holds one flag per document, the sort of `ids`, and
+    the members of the shared band keys (8 B each, 12 B while walked), never a band key."""
+    offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+    keep = np.ones(int(offsets[-1]), dtype=bool)
     exact = 0
     for decision in decisions:
-        for rank in range(len(sizes)):
-            removed = decision["exact_local"][decision["exact_rank"] == rank]
-            keep[rank][removed] = False
-            exact += len(removed)
-    cols = {k: np.concatenate([d[k] for d in decisions]) for k in decisions[0] if k.startswith("group_")}
-    if not len(cols["group_unit"]):
-        return keep, exact, 0
-    _, group = np.unique(cols["group_key"], axis=0, return_inverse=True)
-    group = group.ravel()
-    order = np.lexsort((group, cols["group_position"], cols["group_unit"]))
-    rank, local, group = cols["group_rank"][order], cols["group_local"][order], group[order]
-    doc = rank.astype(np.int64) * (max(sizes) + 1) + local
-    starts = np.flatnonzero(np.append(True, doc[1:] != doc[:-1]))
-    ends = np.append(starts[1:], len(doc))
-    held = np.zeros(int(group.max()) + 1, dtype=bool)  # the group holds a kept document
+        keep[offsets[decision["exact_rank"]] + decision["exact_local"]] = False
+        exact += len(decision["exact_local"])
+    members = np.concatenate([d["group_member"] for d in decisions])
+    if not len(members):
+        return np.split(keep, offsets[1:-1]), exact, 0
+    group_sizes = np.concatenate([d["group_size"] for d in decisions])
+    group = np.repeat(np.arange(len(group_sizes), dtype=np.int32), group_sizes)
+    order = np.lexsort((group, members))  # document after document in the global order
+    members, group = members[order], group[order]
+    del order
+    sorter = np.argsort(ids, kind="stable")
+    doc = sorter[np.searchsorted(ids, members, sorter=sorter)]
+    del sorter
+    starts = np.flatnonzero(np.append(True, members[1:] != members[:-1]))
+    ends = np.append(starts[1:], len(members))
+    held = np.zeros(len(group_sizes), dtype=bool)  # the group holds a kept document
     near = 0
     for start, end in zip(starts.tolist(), ends.tolist(), strict=True):
-        r, i = int(rank[start]), int(local[start])
-        if not keep[r][i]:
+        d = int(doc[start])
+        if not keep[d]:
             continue
         groups = group[start:end]
         if held[groups].any():
-            keep[r][i] = False
+            keep[d] = False
             near += 1
         else:
             held[groups] = True
-    return keep, exact, near
+    return np.split(keep, offsets[1:-1]), exact, near

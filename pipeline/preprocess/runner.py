@@ -48,7 +48,14 @@ from cpt_pipeline.preprocess.identity import (
     refuse_if_changed,
     set_identity,
 )
-from cpt_pipeline.preprocess.partitions import band_keys, band_ranges, bucket_files, decide_partition, keep_masks
+from cpt_pipeline.preprocess.partitions import (
+    band_keys,
+    band_ranges,
+    bucket_files,
+    decide_partition,
+    global_ids,
+    keep_masks,
+)
 from cpt_pipeline.preprocess.readers import Document, SourceError, WorkUnit, plan_units, read_unit
 from cpt_pipeline.preprocess.shards import FORMAT, ShardPacker, rows_per_shard
 from cpt_pipeline.preprocess.stats import Stats
@@ -585,7 +592,8 @@ def _deduplicated(storage: Storage, data_set: DataSet, ranks: list[dict[str, Any
                     "outputs; rerun the dedup"
                 )
             decisions.append({k: arrays[k] for k in arrays.files if k != "inputs"})
-    keep, exact, near = keep_masks(decisions, [len(r["columns"]["ends"]) for r in ranks])
+    ids = np.concatenate([global_ids(r["columns"]["units"], r["columns"]["positions"]) for r in ranks])
+    keep, exact, near = keep_masks(decisions, [len(r["columns"]["ends"]) for r in ranks], ids)
     stats.add(keys.DUPLICATES, exact)
     if near:
         stats.add(keys.NEAR_DUPLICATES, near)

@@ -45,7 +45,11 @@ def single_process(texts: list[str], signatures: np.ndarray) -> np.ndarray:
     return keep & ~MinHasher(CFG).near_duplicates(signatures, order, keep)
 
 
-def partitioned(texts: list[str], signatures: np.ndarray, workers: int, partitions: int) -> np.ndarray:
+def load(data: bytes) -> dict[str, np.ndarray]:
+    return dict(np.load(io.BytesIO(data)))
+
+
+def decided(texts: list[str], signatures: np.ndarray, workers: int, partitions: int) -> list[bytes]:
     """Document i is unit i, read by worker i mod workers; each worker buckets, each partition decides."""
     ranges = band_ranges(CFG)
     buckets = []
@@ -55,10 +59,19 @@ def partitioned(texts: list[str], signatures: np.ndarray, workers: int, partitio
         bands = np.array([band_keys(signatures[i], ranges) for i in mine], dtype=np.uint64)
         units = mine.astype(np.int64)
         buckets.append(bucket_files(exact, bands, units, np.zeros_like(units), partitions))
-    load = lambda data: dict(np.load(io.BytesIO(data)))  # noqa: E731
-    decisions = [load(decide_partition([load(b[p]) for b in buckets])) for p in range(partitions)]
-    sizes = [len(range(rank, len(texts), workers)) for rank in range(workers)]
-    keep, _, _ = keep_masks(decisions, sizes)
+    return [decide_partition([load(b[p]) for b in buckets]) for p in range(partitions)]
+
+
+def packer_keep(decisions: list[bytes], documents: int, workers: int) -> list[np.ndarray]:
+    """The packer's dedup: every partition's decisions loaded, then keep_masks."""
+    sizes = [len(range(rank, documents, workers)) for rank in range(workers)]
+    ids = np.concatenate([np.arange(rank, documents, workers, dtype=np.int64) << 32 for rank in range(workers)])
+    keep, _, _ = keep_masks([load(d) for d in decisions], sizes, ids)
+    return keep
+
+
+def partitioned(texts: list[str], signatures: np.ndarray, workers: int, partitions: int) -> np.ndarray:
+    keep = packer_keep(decided(texts, signatures, workers, partitions), len(texts), workers)
     result = np.zeros(len(texts), dtype=bool)
     for rank in range(workers):
         result[rank::workers] = keep[rank]
@@ -201,3 +214,23 @@ def test_buckets_hold_each_partitions_rows_in_the_workers_order() -> None:
             docs = sorted(set(mine.tolist()) | set((rows // bands).tolist()))
             assert got["docs"].tolist() == docs and got["units"].tolist() == units[docs].tolist()
             assert got["positions"].tolist() == positions[docs].tolist()
+
+
+def test_the_packer_holds_near_copies_not_every_exact_copys_band_keys() -> None:
+    """An exact copy shares every band key with its original; the partitions leave exact copies out of the band
+    keys (they are removed anyway), so the packer's peak (decisions loaded + keep_masks, numpy traced) grows by
+    a few bytes per extra document, not by one row per band of each copy."""
+    texts = planted([document(i, lines=10) for i in range(120)], seed=2)
+    hasher = MinHasher(CFG)
+    signature = {t: hasher.signature(t) for t in texts}
+    peaks = []
+    for rows in (texts, texts + [t for t in texts[:60] for _ in range(25)]):  # + 1,500 exact copies
+        rows = sorted(rows, key=texts.index)
+        decisions = decided(rows, np.stack([signature[t] for t in rows]), workers=2, partitions=3)
+        tracemalloc.start()
+        keep = packer_keep(decisions, len(rows), workers=2)
+        peaks.append(tracemalloc.get_traced_memory()[1])
+        tracemalloc.stop()
+        assert sum(int(k.sum()) for k in keep) < len(texts)  # the near copies are found
+    extra = len(texts[:60]) * 25
+    assert peaks[1] - peaks[0] < 64 * extra, (peaks, (peaks[1] - peaks[0]) / extra)
