@@ -495,6 +495,19 @@ def reduce(
     partitions = spec.data.preprocessing.partitions
     if partition is not None and not 0 <= partition < partitions:
         raise ValueError(f"dedup partition {partition} is outside spec.data.preprocessing.dedupPartitions {partitions}")
+    stale = _stale_ranks(spec, storage, world_size)
+    if stale:
+        if partition not in (None, 0):
+            log.warning(
+                "dedup partition %d: workers %s have no buckets for %d partitions (finished under an older "
+                "version, or another dedupPartitions); index 0 prepares them again and decides every partition",
+                partition,
+                stale,
+                partitions,
+            )
+            return {}
+        _prepare_again(spec, storage, world_size, stale)
+        partition = None  # index 0 decides every partition and packs
     tokenizer = _tokenizer_info(spec, storage)
     for data_set in data_sets(spec):
         prepared = prepare_identity(spec, data_set.name, data_set.tokens_needed, tokenizer)
@@ -521,6 +534,31 @@ def reduce(
     storage.write_json(summary, "data", "preprocess-status.json")
     push_status("kubecpt-dedup", {"preprocess": summary})
     return summary
+
+
+def _stale_ranks(spec: ContinuedPretrainSpec, storage: Storage, world_size: int) -> list[int]:
+    """Workers that finished an unpacked set without buckets for this partition count (an older version wrote
+    no `partitions`, or spec.data.preprocessing.dedupPartitions changed since)."""
+    partitions = spec.data.preprocessing.partitions
+    stale = set()
+    for data_set in data_sets(spec):
+        if storage.exists("data", data_set.name, "manifest.json"):
+            continue
+        for rank in range(world_size):
+            out = work_dir(storage, data_set.name, rank)
+            if out.exists("done.json") and out.read_json("done.json").get("partitions") != partitions:
+                stale.add(rank)
+    return sorted(stale)
+
+
+def _prepare_again(spec: ContinuedPretrainSpec, storage: Storage, world_size: int, ranks: list[int]) -> None:
+    """Delete these workers' outputs of every unpacked set and prepare them again, here (dedup index 0)."""
+    for rank in ranks:
+        log.warning("dedup: preparing worker %d of %d again (its outputs have no dedup buckets)", rank, world_size)
+        for data_set in data_sets(spec):
+            if not storage.exists("data", data_set.name, "manifest.json"):
+                work_dir(storage, data_set.name, rank).remove()
+        prepare(spec, storage, rank, world_size)
 
 
 def _tokenizer_info(spec: ContinuedPretrainSpec, storage: Storage) -> TokenizerInfo:

@@ -156,6 +156,26 @@ def test_a_worker_rerun_over_changed_files_is_decided_again(tmp_path: Path) -> N
     assert packed(storage) == packed(run(tmp_path, "fresh", 3))
 
 
+def test_workers_finished_under_an_older_version_are_prepared_again_by_dedup_index_0(tmp_path: Path) -> None:
+    """An operator upgrade mid-preprocessing: a worker's done.json without `partitions` and no buckets. Index 1
+    leaves it to index 0, which prepares that worker again, decides every partition and packs."""
+    corpus(tmp_path)
+    spec = partitioned_spec(tmp_path, "upgrade", 3)
+    storage = Storage.from_spec(spec.storage)
+    for rank in range(2):
+        prepare(spec, storage, rank, 2)
+    old = storage.sub("work", "preprocess", "domain", "rank-00001")
+    done = old.read_json("done.json")
+    del done["partitions"]
+    old.write_json(done, "done.json")
+    for p in range(3):
+        old.remove(f"bucket-{p:05d}.npz")
+    assert reduce(spec, storage, 2, shard_rows=5, partition=1) == {}
+    assert not storage.exists("work", "preprocess", "domain", "dedup-of-3", "part-00001.npz")
+    assert reduce(spec, storage, 2, shard_rows=5, partition=0)  # packed: the status summary
+    assert packed(storage) == packed(run(tmp_path, "fresh", 3))
+
+
 def test_one_partition_needs_less_memory_as_partitions_grow(tmp_path: Path) -> None:
     """Peak memory of reduce index 0's decision (numpy allocations are traced) falls with more partitions."""
     from cpt_pipeline.preprocess.runner import dedup_partition
