@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from tests.cluster.cluster import Cluster
+from tests.cluster.cluster import GPU_PRODUCT, Cluster
 from tests.cluster.helpers import eventually
 from tests.kueue.controller import start_kueue
 from tests.operator.process import Operator
@@ -27,7 +27,12 @@ def kueue(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory):
     controller = start_kueue(cluster, tmp_path_factory.mktemp("kueue"))
     cluster.apply(
         [
-            {"apiVersion": KUEUE, "kind": "ResourceFlavor", "metadata": {"name": "default"}},
+            {  # the kwok nodes' GPU: status.plan is re-planned on it once a gang is admitted
+                "apiVersion": KUEUE,
+                "kind": "ResourceFlavor",
+                "metadata": {"name": "default"},
+                "spec": {"nodeLabels": {"nvidia.com/gpu.product": GPU_PRODUCT}},
+            },
             {
                 "apiVersion": KUEUE,
                 "kind": "ClusterQueue",
@@ -130,6 +135,17 @@ def test_the_second_gang_waits_in_the_queue_until_the_first_finishes(operator: O
         return running_gang(cluster, namespace, "first")
 
     eventually(first_gang_running, timeout=120, what="the first run's gang admitted and running")
+
+    def admitted_plan() -> dict[str, Any] | None:  # planned on the admitted flavor's GPU, no longer an assumed one
+        plan = ((get(cluster, namespace, "cpt", "first") or {}).get("status") or {}).get("plan") or {}
+        return (
+            plan
+            if plan.get("gpuFrom") == f"Kueue ResourceFlavor default: nvidia.com/gpu.product {GPU_PRODUCT}"
+            else None
+        )
+
+    plan = eventually(admitted_plan, what="status.plan on the admitted flavor's GPU")
+    assert plan["gpu"] == "A100-80GB" and "assumed" not in plan["expectedDuration"]
     cluster.apply(queued_run("second", namespace))
 
     def queued() -> dict[str, Any] | None:
