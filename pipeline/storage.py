@@ -23,14 +23,38 @@ from fsspec.implementations.local import LocalFileSystem
 
 from cpt.api.platform import StorageSpec
 
-# Seconds an S3 request may wait to connect, and then for each read of the answer, before it is retried
-# (botocore's retries, then s3fs's): a stalled connection is given up and retried, never waited on forever.
+# One retry layer: s3fs's (botocore makes a single attempt per call). Each request waits at most
+# CPT_S3_TIMEOUT_SECONDS to connect and then for each read of the answer, and is made CPT_S3_ATTEMPTS times
+# with s3fs's backoff: a 5xx (503 SlowDown), a reset or a stalled connection is retried, never waited on
+# forever. A whole storage operation (a multipart upload of a checkpoint file included) is cut off after
+# CPT_S3_DEADLINE_SECONDS; the training process group's timeout exceeds it (cpt_pipeline.train.distributed), so
+# a store that keeps failing ends training with exit 5 and one line, not in a collective's watchdog.
 S3_TIMEOUT_ENV = "CPT_S3_TIMEOUT_SECONDS"
-S3_TIMEOUT_SECONDS = 60.0
-# botocore's attempts per request ("standard" mode: 503 SlowDown, resets and timeouts are retried, with
-# backoff); s3fs retries each failed call again, up to 5 times.
+S3_TIMEOUT_SECONDS = 30.0
 S3_ATTEMPTS_ENV = "CPT_S3_ATTEMPTS"
 S3_ATTEMPTS = 5
+S3_DEADLINE_ENV = "CPT_S3_DEADLINE_SECONDS"
+S3_DEADLINE_SECONDS = 1200.0
+
+
+def s3_timeout() -> float:
+    return float(os.environ.get(S3_TIMEOUT_ENV) or S3_TIMEOUT_SECONDS)
+
+
+def s3_attempts() -> int:
+    return int(os.environ.get(S3_ATTEMPTS_ENV) or S3_ATTEMPTS)
+
+
+def s3_deadline() -> float:
+    """Seconds one storage operation may take in all, retries included."""
+    return float(os.environ.get(S3_DEADLINE_ENV) or S3_DEADLINE_SECONDS)
+
+
+def request_worst_case_seconds() -> float:
+    """The longest one request can take under a lasting fault: every attempt stalls to the connect and the
+    read timeout, plus s3fs's backoff between attempts (min(0.1 * 1.7**i, 15) s after attempt i)."""
+    backoff = sum(min(0.1 * 1.7**i, 15.0) for i in range(s3_attempts()))
+    return s3_attempts() * 2 * s3_timeout() + backoff
 
 
 def storage_options(uri: str, endpoint: str | None = None, region: str | None = None) -> dict[str, Any]:
@@ -45,28 +69,35 @@ def storage_options(uri: str, endpoint: str | None = None, region: str | None = 
         client_kwargs["endpoint_url"] = endpoint
     if region:
         client_kwargs["region_name"] = region
-    timeout = float(os.environ.get(S3_TIMEOUT_ENV) or S3_TIMEOUT_SECONDS)
+    timeout = s3_timeout()
     config = {
         "connect_timeout": timeout,
         "read_timeout": timeout,
-        "retries": {"mode": "standard", "total_max_attempts": int(os.environ.get(S3_ATTEMPTS_ENV) or S3_ATTEMPTS)},
+        "retries": {"mode": "standard", "total_max_attempts": 1},  # s3fs retries, botocore does not
     }
     return {"client_kwargs": client_kwargs, "config_kwargs": config} if client_kwargs else {"config_kwargs": config}
 
 
 _RETRIED_STATUS = {500, 502, 503, 504}
+# botocore's connection failures that s3fs does not retry by itself (botocore did, before it made one attempt)
+_RETRIED_ERRORS = {"EndpointConnectionError", "ConnectTimeoutError", "ConnectionError", "ClientConnectionError"}
 
 
 def _unavailable_answer(error: Exception) -> bool:
-    """A 5xx answer: s3fs retries SlowDown only when the body says so, and a HEAD's 503 has no body."""
+    """A 5xx answer (s3fs retries SlowDown only when the body says so, and a HEAD's 503 has no body) or a
+    connection that could not be made."""
+    if {cls.__name__ for cls in type(error).__mro__} & _RETRIED_ERRORS:
+        return True
     response = getattr(error, "response", None) or {}
     return response.get("ResponseMetadata", {}).get("HTTPStatusCode") in _RETRIED_STATUS
 
 
 def _retry_unavailable_answers() -> None:
-    """Make s3fs retry every 5xx answer (on top of botocore's attempts), a HEAD's included."""
+    """Make s3fs retry every 5xx answer, a HEAD's included, and every failed connection, CPT_S3_ATTEMPTS times
+    in all (s3fs's attempts per call are a class setting, not an option)."""
     import s3fs.core
 
+    s3fs.core.S3FileSystem.retries = s3_attempts()
     if s3fs.core.CUSTOM_ERROR_HANDLER is not _unavailable_answer:
         s3fs.core.set_custom_error_handler(_unavailable_answer)
 
@@ -148,13 +179,18 @@ class Storage:
         """Object-store failures that outlived the retries, as StorageUnavailable naming the object."""
         return contextlib.nullcontext() if self.is_local else naming_the_object(action, self.url(*parts))
 
+    @property
+    def _deadline(self) -> dict[str, float]:
+        """The keyword that cuts an object-store operation off after CPT_S3_DEADLINE_SECONDS (fsspec's)."""
+        return {} if self.is_local else {"timeout": s3_deadline()}
+
     def exists(self, *parts: str) -> bool:
         with self._naming("checking", *parts):
-            return self.fs.exists(self.path(*parts))
+            return self.fs.exists(self.path(*parts), **self._deadline)
 
     def read_bytes(self, *parts: str) -> bytes:
         with self._naming("reading", *parts):
-            return self.fs.cat_file(self.path(*parts))
+            return self.fs.cat_file(self.path(*parts), **self._deadline)
 
     def read_json(self, *parts: str) -> Any:
         return json.loads(self.read_bytes(*parts))
@@ -172,7 +208,7 @@ class Storage:
             os.replace(temp, target)
         else:
             with self._naming("writing", *parts):
-                self.fs.pipe_file(target, data)
+                self.fs.pipe_file(target, data, **self._deadline)
 
     def put_file(self, local_path: str, *parts: str) -> None:
         """Copy a local file into storage atomically, streaming (never the whole file in memory)."""
@@ -184,7 +220,7 @@ class Storage:
             os.replace(temp, target)
         else:
             with self._naming("uploading", *parts):
-                self.fs.put_file(local_path, target)
+                self.fs.put_file(local_path, target, **self._deadline)
 
     def write_json(self, obj: Any, *parts: str) -> None:
         self.write_bytes(json.dumps(obj, indent=1, sort_keys=True).encode(), *parts)
@@ -197,7 +233,7 @@ class Storage:
         base = self.path(*parts)
         try:
             with self._naming("listing", *parts):
-                entries = self.fs.ls(base, detail=False)
+                entries = self.fs.ls(base, detail=False, **self._deadline)
         except FileNotFoundError:
             return []
         return sorted(posixpath.basename(e.rstrip("/")) for e in entries)
@@ -205,8 +241,8 @@ class Storage:
     def remove(self, *parts: str) -> None:
         path = self.path(*parts)
         with self._naming("removing", *parts):
-            if self.fs.exists(path):
-                self.fs.rm(path, recursive=True)
+            if self.fs.exists(path, **self._deadline):
+                self.fs.rm(path, recursive=True, **self._deadline)
 
     def local_copy(self, *parts: str, cache_dir: str) -> str:
         """A local path for the file (itself when local; else downloaded into cache_dir once, under its full
@@ -218,6 +254,6 @@ class Storage:
             os.makedirs(os.path.dirname(target), exist_ok=True)
             temp = f"{target}.tmp-{uuid.uuid4().hex[:8]}"
             with self._naming("downloading", *parts):
-                self.fs.get_file(self.path(*parts), temp)
+                self.fs.get_file(self.path(*parts), temp, **self._deadline)
             os.replace(temp, target)
         return target

@@ -140,7 +140,7 @@ def s3_proxy(s3, s3_server: str, monkeypatch: pytest.MonkeyPatch):
     with S3FaultProxy(s3_server) as proxy:
         monkeypatch.setenv("AWS_ENDPOINT_URL_S3", proxy.endpoint)
         monkeypatch.setenv(S3_TIMEOUT_ENV, "1")
-        monkeypatch.setenv(S3_ATTEMPTS_ENV, "2")
+        monkeypatch.setenv(S3_ATTEMPTS_ENV, "3")
         s3fs.S3FileSystem.clear_instance_cache()
         yield proxy
         s3fs.S3FileSystem.clear_instance_cache()

@@ -10,9 +10,23 @@ from __future__ import annotations
 
 import os
 import tempfile
+from datetime import timedelta
 from pathlib import Path
 
+from cpt_pipeline.storage import s3_deadline
+
 LOOP_COLLECTIVE_DEVICE = "cpu"  # where the loop's bookkeeping tensors live, on CPU and GPU runs alike
+
+
+# How much longer than one storage operation's deadline the ranks wait in a collective: while rank 0 uploads a
+# checkpoint the others wait in all_gather_object, and must see its exit-5 failure, not their own watchdog's.
+PROCESS_GROUP_MARGIN_SECONDS = 600.0
+
+
+def process_group_timeout() -> timedelta:
+    """The `timeout=` of `deepspeed.init_distributed`: CPT_S3_DEADLINE_SECONDS (a whole storage operation,
+    retries included) plus a 10-minute margin, 30 minutes by default."""
+    return timedelta(seconds=s3_deadline() + PROCESS_GROUP_MARGIN_SECONDS)
 
 
 def process_group_backend(cuda: bool) -> str:

@@ -26,7 +26,12 @@ from cpt_pipeline.storage import Storage
 from cpt_pipeline.train.checkpoint import Checkpointer, export_hf
 from cpt_pipeline.train.chunked_loss import causal_lm_loss
 from cpt_pipeline.train.data import MixedSamples, load_set
-from cpt_pipeline.train.distributed import LOOP_COLLECTIVE_DEVICE, node_scratch, process_group_backend
+from cpt_pipeline.train.distributed import (
+    LOOP_COLLECTIVE_DEVICE,
+    node_scratch,
+    process_group_backend,
+    process_group_timeout,
+)
 from cpt_pipeline.train.ds_config import deepspeed_config, effective_precision
 from cpt_pipeline.train.exit_codes import EXIT_BAD_INPUT, EXIT_NONFINITE, EXIT_PREEMPTED
 from cpt_pipeline.train.faults import Faults
@@ -126,7 +131,7 @@ def setup(spec: ContinuedPretrainSpec, storage: Storage) -> Run:
 
     cuda = torch.cuda.is_available()
     device = "cuda" if cuda else "cpu"
-    deepspeed.init_distributed(dist_backend=process_group_backend(cuda))
+    deepspeed.init_distributed(dist_backend=process_group_backend(cuda), timeout=process_group_timeout())
     rank, world = dist.get_rank(), dist.get_world_size()
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if cuda:

@@ -4,6 +4,7 @@ a fault that persists ends it with StorageUnavailable naming the object, and not
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -11,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from cpt_pipeline.storage import Storage, StorageUnavailable
+from cpt_pipeline.storage import S3_ATTEMPTS_ENV, Storage, StorageUnavailable
 from tests.s3proxy import S3FaultProxy
 
 # One occurrence of each fault, as the proxy arms it: kind -> (count, extra arguments).
@@ -106,6 +107,10 @@ def test_a_lasting_fault_fails_naming_the_object(
     with pytest.raises(StorageUnavailable) as failure:
         operation(storage, tmp_path)
     message = str(failure.value)
+    # One retry layer (s3fs's): CPT_S3_ATTEMPTS attempts, none nested; a reset pooled connection is sent again
+    # once by the HTTP client (aiohttp) within an attempt.
+    per_attempt = 2 if kind == "reset" else 1
+    assert len(s3_proxy.fired(kind)) == int(os.environ[S3_ATTEMPTS_ENV]) * per_attempt
     assert storage.url(*names.split("/")) + " failed after retries" in message and "\n" not in message
     s3_proxy.clear()
     if name == "write":
