@@ -15,6 +15,7 @@ from cpt.exit_codes import EXIT_INVALID_SPEC
 from cpt.stages import Stage
 from cpt.validation import validate_file
 from cpt_pipeline.errors import exit_code_for, one_line
+from cpt_pipeline.interrupt import die_with_runner
 from cpt_pipeline.pause import pause_point
 from cpt_pipeline.storage import export_object_store_settings
 
@@ -103,6 +104,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.DEBUG if args.debug else logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    die_with_runner()
     role = f"{args.stage}-worker" if "LOCAL_RANK" in os.environ else args.stage  # a torchrun worker, or the stage
     pause_point(f"{role}:startup")
     spec = load_spec(args.spec)

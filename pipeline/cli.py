@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 from pathlib import Path
 
@@ -48,9 +49,9 @@ def _run(args: argparse.Namespace) -> int:
     except (RuntimeError, ValueError) as error:
         print(f"cpt run: {error}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as error:  # Ctrl-C, SIGTERM or SIGHUP: 130, 143 or 129
         print("cpt run: interrupted; run it again to resume (finished stages are skipped)", file=sys.stderr)
-        return 130
+        return 128 + getattr(error, "signum", signal.SIGINT)
     return 0
 
 

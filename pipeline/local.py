@@ -17,7 +17,7 @@ from cpt.api import ContinuedPretrainSpec
 from cpt.stages import Stage, parallelism, stage_argv
 from cpt_pipeline.__main__ import INDEX_ENV
 from cpt_pipeline.console import Console
-from cpt_pipeline.interrupt import Interrupt
+from cpt_pipeline.interrupt import RUNNER_PID_ENV, Interrupt
 from cpt_pipeline.storage import Storage
 
 WORLD_STAGES = {Stage.PREPROCESS, Stage.DEDUP}  # take --world-size (the number of preprocessing workers)
@@ -82,9 +82,14 @@ def run_stage(
 ) -> None:
     """Run one stage as `processes` processes (JOB_COMPLETION_INDEX 0..N-1, as cpt.stages.parallelism says). With
     a console and a log, the processes' output goes to the log and the console shows their progress. With an
-    `interrupt`, the processes run in their own process groups and a Ctrl-C ends the stage with
-    KeyboardInterrupt once they have exited, whatever their exit codes."""
-    group = {"process_group": 0} if interrupt is not None else {}
+    `interrupt`, the processes run in their own process groups, read no terminal (stdin is /dev/null: a
+    background group reading it would be stopped by SIGTTIN), die with this process (CPT_RUNNER_PID), and a
+    Ctrl-C, SIGTERM or SIGHUP ends the stage with `Interrupted` once they have exited, whatever their exit
+    codes."""
+    group: dict = {}
+    if interrupt is not None:
+        group = {"process_group": 0, "stdin": subprocess.DEVNULL}
+        env = {**(env or {}), RUNNER_PID_ENV: str(os.getpid())}
     argv = stage_argv(
         stage, str(spec_path), python=sys.executable, extra=[*(extra or []), "--world-size", str(world_size)]
     )

@@ -61,9 +61,12 @@ def processes_with(marker: str) -> list[str]:
     return left
 
 
-def interrupt_at(tmp_path: Path, point: str, stages: str) -> tuple[subprocess.CompletedProcess, str]:
-    """`cpt run` until a stage process reaches `point`, then SIGINT to the runner alone (as `kill -INT` does;
-    a terminal's Ctrl-C reaches the same processes, each stage running in its own process group)."""
+def interrupt_at(
+    tmp_path: Path, point: str, stages: str, signum: int = signal.SIGINT
+) -> tuple[subprocess.CompletedProcess, str]:
+    """`cpt run` until a stage process reaches `point`, then `signum` to the runner alone (as `kill -INT` does;
+    a terminal's Ctrl-C reaches the same processes, each stage running in its own process group). After a
+    SIGKILL, which the runner cannot pass on, its stage processes must end by themselves."""
     marker = tmp_path / "paused"
     env = {**os.environ, "CPT_FAULT_PAUSE_AT": point, "CPT_FAULT_PAUSE_FILE": str(marker)}
     process = subprocess.Popen(
@@ -78,9 +81,13 @@ def interrupt_at(tmp_path: Path, point: str, stages: str) -> tuple[subprocess.Co
     while not marker.exists():
         assert process.poll() is None and time.monotonic() < deadline, f"{point} never reached: {process.stderr}"
         time.sleep(0.1)
-    os.kill(process.pid, signal.SIGINT)
+    os.kill(process.pid, signum)
     out, err = process.communicate(timeout=300)
     left = processes_with(f"CPT_FAULT_PAUSE_FILE={marker}")
+    deadline = time.monotonic() + 120  # generous: after a SIGKILL, the stages end on their own signal
+    while left and signum == signal.SIGKILL and time.monotonic() < deadline:
+        time.sleep(0.2)
+        left = processes_with(f"CPT_FAULT_PAUSE_FILE={marker}")
     for line in left:  # not left behind by a failing test either
         with contextlib.suppress(ProcessLookupError):
             os.kill(int(line.split()[0]), signal.SIGKILL)
@@ -98,8 +105,8 @@ def assert_nothing_half_written(run: Path) -> None:
         assert (run / "checkpoints" / tag).is_dir() and list((run / "checkpoints" / tag).glob("*.json"))
 
 
-def assert_interrupted(result: subprocess.CompletedProcess, stage: str) -> None:
-    assert result.returncode == 130, result.stdout[-2000:] + result.stderr[-3000:]
+def assert_interrupted(result: subprocess.CompletedProcess, stage: str, code: int = 130) -> None:
+    assert result.returncode == code, result.stdout[-2000:] + result.stderr[-3000:]
     assert f"{stage}: FAILED after" in result.stdout and "interrupted" in result.stdout, result.stdout
     assert "cpt run: interrupted; run it again to resume" in result.stderr
     assert "Traceback" not in result.stderr and "exited with" not in result.stdout + result.stderr
@@ -132,3 +139,28 @@ def test_ctrl_c_in_training(tmp_path: Path, prepared: Path, point: str) -> None:
         rerun = subprocess.run([CPT, "run", str(tmp_path / "run.yaml"), "--stages", "train"], capture_output=True)
         assert rerun.returncode == 0, rerun.stderr[-3000:]
         assert "resum" in (run / "logs" / "train.log").read_text().split("==== cpt run: train")[-1]
+
+
+def test_hangup_in_preprocessing(tmp_path: Path) -> None:
+    """An ssh hang-up ends the stages too (they ran on before), and the run exits 129 with the resume hint."""
+    (tmp_path / "run.yaml").write_text(dump(tiny_spec(tmp_path / "run")))
+    result, _ = interrupt_at(tmp_path, "preprocess:startup", "preprocess,dedup", signal.SIGHUP)
+    assert_interrupted(result, "preprocess", 129)
+
+
+def test_sigterm_in_training(tmp_path: Path, prepared: Path) -> None:
+    """`kill` or `timeout` ends torchrun's workers too (they trained on before), and the run exits 143."""
+    shutil.copytree(prepared, tmp_path / "run")
+    (tmp_path / "run.yaml").write_text(dump(tiny_spec(tmp_path / "run")))
+    result, _ = interrupt_at(tmp_path, "train-worker:startup", "train", signal.SIGTERM)
+    assert_interrupted(result, "train", 143)
+    assert_nothing_half_written(tmp_path / "run")
+
+
+def test_sigkill_of_the_runner_ends_training(tmp_path: Path, prepared: Path) -> None:
+    """A SIGKILLed runner cannot pass anything on: torchrun and its workers die with it (PR_SET_PDEATHSIG), so
+    a later `cpt run` never has two trainers committing `latest`."""
+    shutil.copytree(prepared, tmp_path / "run")
+    (tmp_path / "run.yaml").write_text(dump(tiny_spec(tmp_path / "run")))
+    result, _ = interrupt_at(tmp_path, "train-worker:startup", "train", signal.SIGKILL)
+    assert result.returncode == -signal.SIGKILL
