@@ -11,7 +11,7 @@ Two images, for a node that runs pods offline (the end-to-end tests' real node):
   entrypoint is the production image's: `python -P -m cpt_pipeline`, with the venv first on PATH.
 
 Usage: build.py pause --binary PATH --out FILE [--name NAME]
-       build.py worker|operator --venv DIR --out FILE [--name NAME]
+       build.py worker|operator --venv DIR --out FILE [--name NAME] [--version VERSION]
 """
 
 from __future__ import annotations
@@ -107,8 +107,11 @@ def pause_image(binary: Path, out: Path, name: str) -> None:
     archive(out, name, layer, {"Entrypoint": ["/pause"]})
 
 
-def worker_image(venv: Path, out: Path, name: str, entrypoint: list[str] = ENTRYPOINT) -> None:
-    """The worker (or, with the operator's entrypoint, the operator) image for a node with the project's venv."""
+def worker_image(
+    venv: Path, out: Path, name: str, entrypoint: list[str] = ENTRYPOINT, version: str | None = None
+) -> None:
+    """The worker (or, with the operator's entrypoint, the operator) image for a node with the project's venv;
+    `version` labels it (org.opencontainers.image.version), so two versions are two images (two digests)."""
     if not (venv / "bin" / "python").exists():
         raise SystemExit(f"build.py: {venv}/bin/python not found (--venv must be a virtual environment)")
     path = f"{venv.absolute()}/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -117,6 +120,8 @@ def worker_image(venv: Path, out: Path, name: str, entrypoint: list[str] = ENTRY
         "Env": [f"PATH={path}", "PYTHONUNBUFFERED=1", "HOME=/tmp"],
         "WorkingDir": "/workspace",
     }
+    if version is not None:
+        config["Labels"] = {"org.opencontainers.image.version": version}
     # The node's Python may live under /root (the test machine's does): a non-root user must reach its mount.
     archive(out, name, skeleton({}, root_mode=0o755), config)
 
@@ -128,6 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--name", help="image reference (default kubecpt.local/<image>:dev)")
     parser.add_argument("--binary", type=Path, help="pause: the static pause binary")
     parser.add_argument("--venv", type=Path, help="worker, operator: the virtual environment the pods run")
+    parser.add_argument("--version", help="worker, operator: the image's version label")
     args = parser.parse_args(argv)
     name = args.name or f"kubecpt.local/{args.image}:dev"
     if args.image == "pause":
@@ -137,7 +143,8 @@ def main(argv: list[str] | None = None) -> int:
     else:
         if args.venv is None:
             parser.error(f"{args.image} needs --venv")
-        worker_image(args.venv, args.out, name, ENTRYPOINT if args.image == "worker" else OPERATOR_ENTRYPOINT)
+        entrypoint = ENTRYPOINT if args.image == "worker" else OPERATOR_ENTRYPOINT
+        worker_image(args.venv, args.out, name, entrypoint, args.version)
     print(name)
     return 0
 

@@ -24,20 +24,24 @@ from tests.e2e.node import NODE_ADDRESS, NodeError, RealNode
 WORKER_IMAGE = "kubecpt.local/worker:dev"
 PAUSE_IMAGE = "kubecpt.local/pause:dev"
 OPERATOR_IMAGE = "kubecpt.local/operator:dev"
+# Another image (its own version label, so its own digest): what the helm upgrade test rolls the operator to.
+NEXT_OPERATOR_IMAGE = "kubecpt.local/operator:next"
 
 
 def build_images(bin_dir: Path, out: Path) -> list[Path]:
-    """The pause, worker and operator images, written by the project's own script (images/local/build.py)."""
+    """The pause, worker and operator images (and the operator's next version), written by the project's own
+    script (images/local/build.py)."""
     script = REPO / "images" / "local" / "build.py"
-    worker, pause, operator = out / "worker.tar", out / "pause.tar", out / "operator.tar"
+    worker, pause, operator, following = (out / f"{n}.tar" for n in ("worker", "pause", "operator", "operator-next"))
     venv = Path(sys.prefix)
     for argv in (
         ["worker", "--venv", str(venv), "--out", str(worker), "--name", WORKER_IMAGE],
         ["operator", "--venv", str(venv), "--out", str(operator), "--name", OPERATOR_IMAGE],
+        ["operator", "--venv", str(venv), "--out", str(following), "--name", NEXT_OPERATOR_IMAGE, "--version", "next"],
         ["pause", "--binary", str(bin_dir / "pause"), "--out", str(pause), "--name", PAUSE_IMAGE],
     ):
         subprocess.run([sys.executable, str(script), *argv], check=True, capture_output=True)
-    return [pause, worker, operator]
+    return [pause, worker, operator, following]
 
 
 def host_paths() -> list[str]:
