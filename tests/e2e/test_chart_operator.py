@@ -183,7 +183,9 @@ def upgrade_resource(endpoint: str) -> dict[str, Any]:
     spec["data"]["tokenBudget"] = 16 * 256 * UPGRADE_STEPS
     del spec["data"]["milestones"]
     spec["training"]["checkpoint"] = {"intervalSteps": 4, "keepLast": 1}
-    spec["evaluation"].update(baseline=False, atMilestones=False)
+    # atMilestones stays on: the budget's export is the one evaluated (with it off too, nothing is evaluated and
+    # the report stage fails: "no evaluation results")
+    spec["evaluation"]["baseline"] = False
     return doc
 
 
