@@ -19,8 +19,8 @@ from cpt.validation import load_documents, validate_file
 
 # Packages that add subcommands register `add(subparsers)` under this entry-point group, so this module never
 # imports them (the operator image has no pipeline, and so no `cpt report`). The operator's plugin also gives
-# `compare` its cluster listing (`list_runs(selector, namespace)`, the kubernetes client), which `cpt` itself
-# never imports.
+# `compare` its cluster listing (`list_runs(selector, namespace, ...)`, the kubernetes client), which `cpt`
+# itself never imports.
 PLUGIN_GROUP = "kubecpt.cli"
 
 
@@ -75,11 +75,13 @@ def _compare_runs(args: argparse.Namespace) -> list[Run]:
             raise CompareError(
                 "-l: listing runs on a cluster needs the kubernetes client: pip install 'kubecpt[operator]'"
             )
-        resources = list_runs(args.selector, args.namespace)
+        where, resources = list_runs(
+            args.selector, args.namespace, all_namespaces=args.all_namespaces, kubeconfig=args.kubeconfig,
+            context=args.context,
+        )  # fmt: skip
         if not resources:
-            where = f"namespace {args.namespace}" if args.namespace else "any namespace"
             raise CompareError(f"-l {args.selector}: no ContinuedPretrain with this label in {where}")
-        runs += [run_from_resource(resource) for resource in resources]
+        runs += [run_from_resource(resource, qualified=args.all_namespaces) for resource in resources]
     if not runs:
         raise CompareError("name runs (YAML files or storage folders) or a label with -l")
     return runs
@@ -153,7 +155,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--selector",
         help="also every ContinuedPretrain with this label on the cluster (kubeconfig), e.g. cpt.kubecpt.dev/sweep=qs",
     )
-    compare.add_argument("-n", "--namespace", help="with -l: only this namespace (default: all)")
+    where = compare.add_mutually_exclusive_group()
+    where.add_argument("-n", "--namespace", help="with -l: this namespace (default: the kubeconfig context's)")
+    where.add_argument(
+        "-A", "--all-namespaces", action="store_true", help="with -l: every namespace (runs named namespace/name)"
+    )
+    compare.add_argument("--kubeconfig", help="with -l: this kubeconfig file (default: KUBECONFIG, ~/.kube/config)")
+    compare.add_argument("--context", help="with -l: this kubeconfig context (default: the current one)")
     compare.add_argument("--plot", metavar="FILE", help="draw the frontier into FILE (.png, .svg or .pdf)")
     compare.set_defaults(func=_compare)
     plan = sub.add_parser("plan", help="steps, memory per device and time per GPU type of a run, before anything runs")

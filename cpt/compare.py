@@ -85,13 +85,13 @@ def _from_status(evaluation: dict[str, Any]) -> list[dict[str, Any]]:
     return sorted(found, key=lambda s: s["tokens"])
 
 
-def run_from_resource(resource: dict[str, Any]) -> Run:
+def run_from_resource(resource: dict[str, Any], qualified: bool = False) -> Run:
     """A run as the API server has it: its evaluations from status.evaluation, else from spec.storage.uri when
-    that is a local folder."""
+    that is a local folder. Named `namespace/name` when `qualified` (runs listed from several namespaces)."""
     metadata, spec = resource.get("metadata") or {}, resource.get("spec") or {}
     name = f"{metadata.get('namespace', '')}/{metadata.get('name', '?')}".lstrip("/")
     fraction = ((spec.get("data") or {}).get("replay") or {}).get("fraction")
-    run = Run(metadata.get("name", "?"), None, "0" if fraction is None else str(fraction))
+    run = Run(name if qualified else metadata.get("name", "?"), None, "0" if fraction is None else str(fraction))
     run.summaries = _from_status((resource.get("status") or {}).get("evaluation") or {})
     if not run.summaries:
         uri = (spec.get("storage") or {}).get("uri", "")
