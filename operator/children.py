@@ -296,12 +296,19 @@ def training_jobset(resource: ContinuedPretrain, config: OperatorConfig) -> dict
     return {"apiVersion": "jobset.x-k8s.io/v1alpha2", "kind": "JobSet", "metadata": metadata, "spec": jobset_spec}
 
 
-def milestone_exports(resource: ContinuedPretrain) -> list[str]:
+def milestone_exports(resource: ContinuedPretrain, trained_steps: int | None = None) -> list[str]:
     """The export of every milestone (and of the budget), as the trainer names them; none when
-    evaluation.atMilestones is off."""
-    if not resource.spec.evaluation.at_milestones:
+    evaluation.atMilestones is off. With `trained_steps` (status.training.totalSteps of a finished training),
+    only those it reached: a budget grown during training (docs/training.md, "Extending a run") is trained
+    only once its data is prepared."""
+    spec = resource.spec
+    if not spec.evaluation.at_milestones:
         return []
-    return [export_name(m) for m in resource.spec.data.milestones_with_budget]
+    milestones = spec.data.milestones_with_budget
+    if trained_steps is not None:
+        per_step = spec.training.tokens_per_step(spec.data.sequence_length)
+        milestones = [m for m in milestones if m <= trained_steps * per_step]
+    return [export_name(m) for m in milestones]
 
 
 def every_child(resource: ContinuedPretrain, config: OperatorConfig) -> list[dict[str, Any]]:

@@ -178,7 +178,9 @@ def reconcile(
         _support_objects(resource, children, decision)
         evaluated = list(status.get("evaluatedExports") or [])
         pushed = list((status.get("training") or {}).get("exports") or [])
-        _stages(resource, config, conditions, stage, pushed, evaluated)
+        _stages(
+            resource, config, conditions, stage, pushed, evaluated, (status.get("training") or {}).get("totalSteps")
+        )
         if spec.suspend and spec.scheduling.queue_name is not None:  # Kueue would admit a new workload at once
             decision.create = [obj for obj in decision.create if obj["kind"] not in ("Job", "JobSet")]
         if evaluated != list(status.get("evaluatedExports") or []):
@@ -341,9 +343,11 @@ def _stages(
     stage: Any,
     pushed: list[str],
     evaluated: list[str],
+    trained_steps: int | None = None,
 ) -> None:
     """Preprocess -> dedup -> train -> report. The baseline evaluation runs alongside from the start, and each
-    milestone export is evaluated as soon as the trainer reports it (`pushed`), while training goes on."""
+    milestone export is evaluated as soon as the trainer reports it (`pushed`), while training goes on; once it
+    has finished, every export of the steps it trained (`trained_steps`, status.training.totalSteps)."""
     spec = resource.spec
     wants_baseline = spec.evaluation.baseline and spec.model.uri is not None
     if wants_baseline and not conditions.true(BASELINE_EVALUATED):
@@ -358,8 +362,10 @@ def _stages(
     if not conditions.true(TRAINED):
         stage(training_jobset(resource, config), TRAINED, "TrainingFailed")
     if not conditions.true(EVALUATED):
-        expected = milestone_exports(resource)
-        due = expected if conditions.true(TRAINED) else [e for e in expected if e in pushed]
+        trained = conditions.true(TRAINED)
+        # and every export the trainer reported: a grown budget's old end (no longer a milestone) has one
+        expected = sorted({*milestone_exports(resource, trained_steps if trained else None), *pushed})
+        due = expected if trained else [e for e in expected if e in pushed]
         for export in due:
             if export not in evaluated:  # sticky: a TTL-deleted evaluation Job is not run again
                 job = evaluation_job(resource, config, export)

@@ -115,15 +115,71 @@ RUN_NAME_RULES = (
     ),
 )
 
-# Transition rules need the old object, so only the API server enforces them.
-IMMUTABLE_ONCE_STARTED = tuple(
-    Rule(
-        cel="!has(oldSelf.status) || !has(oldSelf.status.phase) || oldSelf.status.phase == 'Pending' "
-        f"|| self.spec.{name} == oldSelf.spec.{name}",
-        message=f"spec.{name} is immutable once the run has started",
-        field=f"spec.{name}",
+# Transition rules need the old object, so only the API server enforces them (docs/operator.md: what an edit does).
+NOT_STARTED = "!has(oldSelf.status) || !has(oldSelf.status.phase) || oldSelf.status.phase == 'Pending'"
+GROWABLE_DATA = ("tokenBudget", "milestones")  # a started run may grow (docs/training.md: extending a run)
+
+
+def _unchanged(path: str, optional: bool) -> str:
+    """CEL: the field at `path` (under spec) is as it was; an optional field is also still set, or still unset."""
+    same = f"self.spec.{path} == oldSelf.spec.{path}"
+    if not optional:
+        return same
+    return f"has(self.spec.{path}) == has(oldSelf.spec.{path}) && (!has(self.spec.{path}) || {same})"
+
+
+def _frozen(path: str, optional: bool = False) -> Rule:
+    return Rule(
+        cel=f"{NOT_STARTED} || {_unchanged(path, optional)}",
+        message=f"spec.{path} is immutable once the run has started",
+        field=f"spec.{path}",
     )
-    for name in ("model", "data", "training", "evaluation", "storage")  # docs/operator.md: what an edit does
+
+
+def _frozen_data_fields() -> tuple[Rule, ...]:
+    """One rule per field of spec.data but the budget and milestones, each naming its field."""
+    rules = []
+    for name, info in DataSpec.model_fields.items():
+        alias = info.alias or name
+        if alias not in GROWABLE_DATA:
+            rules.append(_frozen(f"data.{alias}", optional=info.default is None and not info.is_required()))
+    return tuple(rules)
+
+
+_OLD_BUDGET = "oldSelf.spec.data.tokenBudget"
+_MILESTONES, _OLD_MILESTONES = "self.spec.data.milestones", "oldSelf.spec.data.milestones"
+
+
+# The old object's step: a started run's step size is immutable, and the stored object was admitted, so its
+# sizes are positive and its step fits in its budget (no division by zero, no overflow), whatever the edit.
+_OLD_STEP = _STEP.replace("self.", "oldSelf.spec.")
+
+
+def _steps(tokens: str) -> str:
+    """CEL, on the resource: the optimizer steps that reach `tokens`."""
+    return f"(({tokens} + {_OLD_STEP} - 1) / {_OLD_STEP})"
+
+
+GROWTH_RULES = (
+    Rule(
+        cel=f"{NOT_STARTED} || self.spec.data.tokenBudget == {_OLD_BUDGET} || "
+        f"{_steps('self.spec.data.tokenBudget')} > {_steps(_OLD_BUDGET)}",
+        message="spec.data.tokenBudget may only grow once the run has started, by at least one optimizer step "
+        "(the run continues from its checkpoint to the new budget)",
+        field="spec.data.tokenBudget",
+    ),
+    Rule(
+        cel=f"{NOT_STARTED} || ({_OLD_MILESTONES}.all(m, m in {_MILESTONES}) && "
+        f"{_MILESTONES}.all(m, m in {_OLD_MILESTONES} || {_steps('m')} > {_steps(_OLD_BUDGET)}))",
+        message="spec.data.milestones may only be appended to once the run has started: keep every milestone "
+        "and add new ones in steps after the old tokenBudget (which has its export already)",
+        field="spec.data.milestones",
+    ),
+)
+IMMUTABLE_ONCE_STARTED = (
+    *(_frozen(name) for name in ("model", "training", "evaluation", "storage")),
+    *_frozen_data_fields(),
+    *GROWTH_RULES,
 )
 
 

@@ -71,8 +71,8 @@ def test_what_changes_results_is_immutable_once_started(crd_installed: Cluster, 
     edit = ["patch", "cpt", "frozen", "-n", namespace, "--type=merge", "-p"]
     crd_installed.kubectl(*edit, '{"spec":{"data":{"tokenBudget":900000000}}}')  # still Pending: allowed
     crd_installed.kubectl(*edit, '{"status":{"phase":"Training"}}', "--subresource=status")
-    result = crd_installed.kubectl(*edit, '{"spec":{"data":{"tokenBudget":800000000}}}', check=False)
-    assert result.returncode != 0 and "spec.data is immutable once the run has started" in result.stderr
+    result = crd_installed.kubectl(*edit, '{"spec":{"data":{"sequenceLength":1024}}}', check=False)
+    assert result.returncode != 0 and "spec.data.sequenceLength is immutable once the run has started" in result.stderr
     result = crd_installed.kubectl(*edit, '{"spec":{"model":{"uri":"other/model"}}}', check=False)
     assert result.returncode != 0 and "spec.model is immutable" in result.stderr
     for section, change in (
@@ -131,3 +131,34 @@ def test_rule_arithmetic_never_errors_on_the_server(
         assert error not in result.stderr, result.stderr
     _, problems = validate_object(with_change(change, value), "edge.yaml")
     assert any(problem.path == path for problem in problems), problems
+
+
+def test_a_started_run_may_only_grow_its_budget_and_append_milestones(crd_installed: Cluster, namespace: str) -> None:
+    """The study's 400M -> 1B as one edit: the budget may rise and milestones be appended above the old
+    budget; shrinking, dropping or inserting a milestone, and every other data field, are refused by name."""
+    create(crd_installed, with_change("metadata", {"name": "grow"}), namespace)  # 1B, milestones [400M]
+    edit = ["patch", "cpt", "grow", "-n", namespace, "--type=merge", "-p"]
+    crd_installed.kubectl(*edit, '{"status":{"phase":"Succeeded"}}', "--subresource=status")
+    refused = {
+        '{"tokenBudget":2000000000,"milestones":[400000000,1000000000]}': "spec.data.milestones may only be appended",
+        '{"tokenBudget":900000000}': "spec.data.tokenBudget may only grow",
+        '{"milestones":[]}': "spec.data.milestones may only be appended to",
+        '{"tokenBudget":2000000000,"milestones":[400000000,900000000]}': "spec.data.milestones may only be appended",
+        '{"replay":{"source":{"name":"gen","uri":"s3://b/gen/*.jsonl"}}}': "spec.data.replay is immutable",
+        '{"sources":[{"name":"edu","uri":"s3://b/other/*.jsonl"}]}': "spec.data.sources is immutable",
+        '{"preprocessing":{"workers":8}}': "spec.data.preprocessing is immutable",
+    }
+    for change, words in refused.items():
+        result = crd_installed.kubectl(*edit, f'{{"spec":{{"data":{change}}}}}', check=False)
+        assert result.returncode != 0 and words in result.stderr, (change, result.stderr)
+    grown = '{"spec":{"data":{"tokenBudget":2000000000,"milestones":[400000000,1200000000,1500000000]}}}'
+    crd_installed.kubectl(*edit, grown)
+    crd_installed.kubectl(*edit, '{"spec":{"data":{"tokenBudget":2000000001}}}')  # one more step of 320,000 tokens
+    for change, words in {  # growth within the old budget's last step: no step to train, no export of its own
+        '{"tokenBudget":2000000002}': "by at least one optimizer step",
+        '{"tokenBudget":2100000000,"milestones":[400000000,1200000000,1500000000,2000100000]}': "in steps after",
+    }.items():
+        result = crd_installed.kubectl(*edit, f'{{"spec":{{"data":{change}}}}}', check=False)
+        assert result.returncode != 0 and words in result.stderr, (change, result.stderr)
+    data = crd_installed.get_json("cpt", "grow", "-n", namespace)["spec"]["data"]
+    assert (data["tokenBudget"], data["milestones"]) == (2_000_000_001, [400_000_000, 1_200_000_000, 1_500_000_000])
