@@ -48,7 +48,9 @@ def check_milestone_exports(spec: ContinuedPretrainSpec, storage: Storage, compl
     one (an export that failed) would leave its row out of the table without a word."""
     if not spec.evaluation.at_milestones or not storage.exists(*TRAINING_COMPLETE):
         return
-    missing = [m for m in spec.data.milestones_with_budget if export_name(m) not in complete]
+    trained = storage.read_json(*TRAINING_COMPLETE).get("tokens")  # a grown budget's are not trained yet
+    due = [m for m in spec.data.milestones_with_budget if trained is None or m <= trained]
+    missing = [m for m in due if export_name(m) not in complete]
     if missing:
         shown = ", ".join(f"{export_name(m)} ({m} tokens)" for m in missing)
         what = f"milestone {shown} has" if len(missing) == 1 else f"milestones {shown} have"

@@ -29,7 +29,7 @@ import tempfile
 import time
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -57,6 +57,9 @@ from cpt_pipeline.preprocess.partitions import (
     keep_masks,
 )
 from cpt_pipeline.preprocess.readers import Document, SourceError, WorkUnit, plan_units, read_unit
+from cpt_pipeline.preprocess.segments import MANIFEST, segment_dir, tokens_for
+from cpt_pipeline.preprocess.segments import budgets as segment_budgets
+from cpt_pipeline.preprocess.segments import manifests as segment_manifests
 from cpt_pipeline.preprocess.shards import FORMAT, ShardPacker, rows_per_shard
 from cpt_pipeline.preprocess.stats import Stats
 from cpt_pipeline.preprocess.tokenize import TextTokenizer, TokenizerInfo, files_digest, resolve_tokenizer_dir
@@ -75,21 +78,48 @@ PROGRESS_SECONDS = 2.0  # a preprocess_progress event at most this often per wor
 
 @dataclass(frozen=True)
 class DataSet:
-    """A group of sources prepared into one shard set."""
+    """A group of sources prepared into one shard set (one segment of it: segments.py)."""
 
     name: str
     sources: list[Source]
     tokens_needed: int
+    budget: int = 0  # spec.data.tokenBudget this segment is prepared for
+    segment: int = 0
+    previous_budget: int = 0  # the budget of the segment before (0 for segment 0)
+
+    @property
+    def dir_name(self) -> str:
+        return segment_dir(self.name, self.segment)
 
 
 def data_sets(spec: ContinuedPretrainSpec) -> list[DataSet]:
     budget = spec.data.token_budget
     replay = spec.data.active_replay
     fraction = float(replay.fraction) if replay else 0.0
-    sets = [DataSet("domain", list(spec.data.sources), math.ceil(budget * (1 - fraction)))]
+    sets = [DataSet("domain", list(spec.data.sources), math.ceil(budget * (1 - fraction)), budget)]
     if replay is not None:
-        sets.append(DataSet("replay", [replay.source], math.ceil(budget * fraction)))
+        sets.append(DataSet("replay", [replay.source], math.ceil(budget * fraction), budget))
     return sets
+
+
+def pending_segment(
+    spec: ContinuedPretrainSpec, storage: Storage, data_set: DataSet, tokenizer: TokenizerInfo, world_size: int
+) -> tuple[DataSet | None, dict[str, Any]]:
+    """(the segment of the set still to prepare, or None when the prepared segments cover the budget; the identity
+    it is prepared under). A grown budget is a new segment under segment 0's identity, refused like segment 0 when
+    anything else changed (segments.py)."""
+    found = segment_manifests(storage, data_set.name)
+    if not found:
+        return data_set, prepare_identity(spec, data_set.name, data_set.tokens_needed, tokenizer)
+    recorded_needs = found[0]["tokens_needed"] if "budget" in found[0] else data_set.tokens_needed
+    prepared = prepare_identity(spec, data_set.name, recorded_needs, tokenizer)
+    current = set_identity(prepared, spec.data.sequence_length, data_set.sources, world_size)
+    refuse_if_changed(found[0].get("identity"), current, storage.path("data", data_set.name, MANIFEST), storage)
+    last = segment_budgets(found, data_set.budget)[-1]
+    if data_set.budget <= last:
+        return None, prepared
+    needed = data_set.tokens_needed - tokens_for(spec, data_set.name, last)
+    return replace(data_set, tokens_needed=needed, segment=len(found), previous_budget=last), prepared
 
 
 def source_needs(data_set: DataSet) -> dict[str, int]:
@@ -234,25 +264,27 @@ def prepare(spec: ContinuedPretrainSpec, storage: Storage, rank: int, world_size
         revision=spec.model.tokenizer_revision,
         trust_remote_code=spec.model.trust_remote_code,
     )
-    for data_set in sets:
-        prepared = prepare_identity(spec, data_set.name, data_set.tokens_needed, tokenizer.info)
-        out = work_dir(storage, data_set.name, rank)
-        if _packed(spec, storage, data_set, prepared, world_size):
-            log.info("preprocess %s rank %d: the set is packed already, skipped", data_set.name, rank)
+    for whole in sets:
+        data_set, prepared = pending_segment(spec, storage, whole, tokenizer.info, world_size)
+        if data_set is None:
+            log.info("preprocess %s rank %d: the set is packed already, skipped", whole.name, rank)
             continue
+        out = work_dir(storage, data_set.dir_name, rank)
         if out.exists("done.json"):
             done = out.read_json("done.json")
-            refuse_if_changed(done.get("identity"), rank_identity(prepared, world_size), out.path("done.json"), storage)
-            log.info("preprocess %s rank %d: already done, skipped", data_set.name, rank)
+            identity = _rank_identity(data_set, prepared, world_size)
+            refuse_if_changed(done.get("identity"), identity, out.path("done.json"), storage)
+            log.info("preprocess %s rank %d: already done, skipped", data_set.dir_name, rank)
             total.merge(Stats.from_json(done["stats"]))
             continue
         started = time.perf_counter()
         by_name = {s.name: s for s in data_set.sources}
-        units = plan_units(data_set.sources, world_size)
+        units, starts = _open_units(storage, data_set, world_size, rank)
         caps = unit_caps(data_set, units, spec.data.preprocessing.limit_to_budget)
         stats = Stats()
         source_index = {s.name: i for i, s in enumerate(data_set.sources)}
         cut: dict[str, list[int]] = {}
+        next_positions: dict[str, int] = {}  # by unit: the first document not prepared, where a next segment starts
         with tempfile.TemporaryDirectory(prefix="cpt-prep-") as scratch:
             bands = band_ranges(hasher.cfg) if hasher else None
             writer = _RankWriter(Path(scratch), tokenizer.info.dtype, spec.data.dedup.exact, bands)
@@ -263,11 +295,16 @@ def prepare(spec: ContinuedPretrainSpec, storage: Storage, rank: int, world_size
             held = HeldOutWriter(Path(scratch), perplexity.domain.max_documents) if held_out else None
             steps = _DocumentSteps(chain, decontaminator, tokenizer, hasher, dropped, held, held_out)
             reader = _UnitReader(
-                steps, spec.data.preprocessing.tokenizer_batch_size, stats, writer, data_set.name, rank
+                steps, spec.data.preprocessing.tokenizer_batch_size, stats, writer, data_set.dir_name, rank
             )
-            for unit in units[rank::world_size]:
-                if reader.read(unit, by_name[unit.source], source_index[unit.source], caps[unit.index]):
+            for unit in units:
+                if unit.index % world_size != rank:
+                    continue
+                start = starts.get(str(unit.index), 0)
+                stopped = reader.read(unit, by_name[unit.source], source_index[unit.source], caps[unit.index], start)
+                if stopped is not None:
                     cut.setdefault(unit.source, []).append(unit.index)
+                    next_positions[str(unit.index)] = stopped
             arrays, buckets = writer.arrays(partitions)
             stats.add(keys.TOKENS, writer.tokens)
             stats.seconds = time.perf_counter() - started
@@ -285,20 +322,21 @@ def prepare(spec: ContinuedPretrainSpec, storage: Storage, rank: int, world_size
                 "rank": rank,
                 "world_size": world_size,
                 "partitions": partitions,
-                "identity": rank_identity(prepared, world_size),
+                "identity": _rank_identity(data_set, prepared, world_size),
                 "units": len(units),
                 "stats": stats.to_json(),
                 "tokenizer": tokenizer.info.to_json(),
                 "tokenizer_digest": files_digest(tokenizer.directory, tokenizer.info.uri, tokenizer.trust_remote_code),
                 "decontamination": decontam_note,
                 "cut_units": cut,  # by source: the units left at their cap, with documents unread
+                "next_positions": next_positions,
             },
             "done.json",
         )
         seconds = max(stats.seconds, 1e-9)
         log.info(
             "preprocess %s rank %d/%d: %s; %.1fs, %.0f docs/s, %.0f tokens/s",
-            data_set.name,
+            data_set.dir_name,
             rank,
             world_size,
             stats.summary(),
@@ -335,37 +373,50 @@ class _UnitReader:
     rank: int
     last_event: float = field(default_factory=time.monotonic)
 
-    def read(self, unit: WorkUnit, source: Source, source_index: int, cap: float) -> bool:
-        """Add the unit's documents until it gave `cap` tokens (stopping at a document boundary); True when it
-        stopped at the cap rather than at its end."""
+    def read(self, unit: WorkUnit, source: Source, source_index: int, cap: float, first: int = 0) -> int | None:
+        """Add the unit's documents from position `first` until it gave `cap` tokens (stopping at a document
+        boundary); the position of the first document not added when it stopped at the cap, None at its end."""
         steps, writer = self.steps, self.writer
         start = writer.tokens
-        for batch in _batches(read_unit(unit, source, self.stats), self.batch_docs):
+        unread = (doc for doc in read_unit(unit, source, self.stats) if doc.position >= first)
+        for batch in _batches(unread, self.batch_docs):
             kept = _keep(batch, steps.chain, steps.decontaminator, self.stats, steps.dropped)
             if steps.held is not None:
                 kept = _hold_out(kept, source.name, steps.held_fraction, steps.held, self.stats)
             self.last_event = _progress_event(self.last_event, self.set_name, self.rank, self.stats, writer.tokens)
             for doc, ids in zip(kept, steps.tokenizer.encode_batch([d.text for d in kept]), strict=True):
                 if writer.tokens - start >= cap:
-                    return True
+                    return doc.position
                 signature = steps.hasher.signature(doc.text) if steps.hasher else None
                 writer.add(doc, source_index, ids, steps.tokenizer.info.eos_id, signature)
             if writer.tokens - start >= cap:
-                return True
-        return False
+                return batch[-1].position + 1
+        return None
 
 
-def _packed(
-    spec: ContinuedPretrainSpec, storage: Storage, data_set: DataSet, prepared: dict[str, Any], world_size: int
-) -> bool:
-    """Whether the set's manifest exists; refused when it was packed under another identity."""
-    target = storage.sub("data", data_set.name)
-    if not target.exists("manifest.json"):
-        return False
-    recorded = target.read_json("manifest.json").get("identity")
-    current = set_identity(prepared, spec.data.sequence_length, data_set.sources, world_size)
-    refuse_if_changed(recorded, current, target.path("manifest.json"), storage)
-    return True
+def _rank_identity(data_set: DataSet, prepared: dict[str, Any], world_size: int) -> dict[str, Any]:
+    """What a worker records; a later segment also its budget (a worker's share depends on it)."""
+    identity = rank_identity(prepared, world_size)
+    if data_set.segment:
+        identity[f"spec.data.tokenBudget (segment {data_set.segment})"] = data_set.budget
+    return identity
+
+
+def _open_units(storage: Storage, data_set: DataSet, world_size: int, rank: int) -> tuple[list[WorkUnit], dict]:
+    """The units a segment reads (all of them for segment 0; for a later one, those the segment before left at
+    their cap), and {unit index: the position to start at}, from this rank's record of the segment before."""
+    units = plan_units(data_set.sources, world_size)
+    if data_set.segment == 0:
+        return units, {}
+    before = work_dir(storage, segment_dir(data_set.name, data_set.segment - 1), rank)
+    starts = before.read_json("done.json").get("next_positions", {}) if before.exists("done.json") else {}
+    # every rank plans the same units: caps are shared over the units still open on any rank
+    open_anywhere: set[str] = set()
+    for other in range(world_size):
+        peer = work_dir(storage, segment_dir(data_set.name, data_set.segment - 1), other)
+        if peer.exists("done.json"):
+            open_anywhere |= set(peer.read_json("done.json").get("next_positions", {}))
+    return [u for u in units if str(u.index) in open_anywhere], starts
 
 
 def _keep(
@@ -490,8 +541,8 @@ def reduce(
     shard_rows: int | None = None,
     partition: int | None = None,
 ) -> dict[str, Any]:
-    """Decide one dedup partition (all of them when None); the index that finds all decided packs each set and
-    writes its manifest. Returns the status summary once every set is packed, else {}."""
+    """Decide one dedup partition (all of them when None) of each set's pending segment; the index that finds all
+    decided packs it and writes its manifest. Returns the status summary once every set is packed, else {}."""
     partitions = spec.data.preprocessing.partitions
     if partition is not None and not 0 <= partition < partitions:
         raise ValueError(f"dedup partition {partition} is outside spec.data.preprocessing.dedupPartitions {partitions}")
@@ -509,25 +560,28 @@ def reduce(
         _prepare_again(spec, storage, world_size, stale)
         partition = None  # index 0 decides every partition and packs
     tokenizer = _tokenizer_info(spec, storage)
-    for data_set in data_sets(spec):
-        prepared = prepare_identity(spec, data_set.name, data_set.tokens_needed, tokenizer)
-        if _packed(spec, storage, data_set, prepared, world_size):
-            log.info("preprocess %s: manifest exists, skipped", data_set.name)
-            continue
-        dones = _checked_ranks(storage, data_set.name, world_size, prepared, partitions)
-        inputs = inputs_digest(dones)
-        decided = decisions_dir(storage, data_set.name, partitions)
-        set_dir = storage.sub("work", "preprocess", data_set.name)
-        for index in range(partitions) if partition is None else [partition]:
-            _decide(set_dir, decided, world_size, index, partitions, inputs)
-        if _packs(decided, partitions, partition, inputs):
-            for index in range(partitions):  # one decided before a worker ran again: its index has finished
+    manifests: dict[str, dict[str, Any]] = {}
+    packed = True
+    for whole in data_sets(spec):
+        data_set, prepared = pending_segment(spec, storage, whole, tokenizer, world_size)
+        if data_set is None:
+            log.info("preprocess %s: manifest exists, skipped", whole.name)
+        else:
+            dones = _checked_ranks(storage, data_set, world_size, prepared, partitions)
+            inputs = inputs_digest(dones)
+            decided = decisions_dir(storage, data_set.dir_name, partitions)
+            set_dir = storage.sub("work", "preprocess", data_set.dir_name)
+            for index in range(partitions) if partition is None else [partition]:
                 _decide(set_dir, decided, world_size, index, partitions, inputs)
-            _reduce_set(spec, storage, data_set, dones, shard_rows, prepared)
-    sets = [s.name for s in data_sets(spec)]
-    if not all(storage.exists("data", name, "manifest.json") for name in sets):
+            if _packs(decided, partitions, partition, inputs):
+                for index in range(partitions):  # one decided before a worker ran again: its index has finished
+                    _decide(set_dir, decided, world_size, index, partitions, inputs)
+                _reduce_set(spec, storage, data_set, dones, shard_rows, prepared)
+            packed = packed and storage.exists("data", data_set.dir_name, MANIFEST)
+        for index, manifest in enumerate(segment_manifests(storage, whole.name)):
+            manifests[segment_dir(whole.name, index)] = manifest
+    if not packed:  # another index packs
         return {}
-    manifests = {name: storage.read_json("data", name, "manifest.json") for name in sets}
     if str(manifests["domain"]["decontamination"]).startswith("skipped"):
         log.warning("preprocess domain: decontamination %s", manifests["domain"]["decontamination"])
     summary = status_summary(manifests)
@@ -594,22 +648,59 @@ def _packs(decided: Storage, partitions: int, partition: int | None, inputs: str
 
 
 def _checked_ranks(
-    storage: Storage, set_name: str, world_size: int, prepared: dict[str, Any], partitions: int
+    storage: Storage, data_set: DataSet, world_size: int, prepared: dict[str, Any], partitions: int
 ) -> list[dict[str, Any]]:
     """Every worker's done.json, each refused when prepared under another identity."""
-    dones = [_done(storage, set_name, r, world_size, partitions) for r in range(world_size)]
+    dones = [_done(storage, data_set.dir_name, r, world_size, partitions) for r in range(world_size)]
+    identity = _rank_identity(data_set, prepared, world_size)
     for rank, done in enumerate(dones):
-        path = work_dir(storage, set_name, rank).path("done.json")
-        refuse_if_changed(done.get("identity"), rank_identity(prepared, world_size), path, storage)
+        path = work_dir(storage, data_set.dir_name, rank).path("done.json")
+        refuse_if_changed(done.get("identity"), identity, path, storage)
     return dones
+
+
+def _exact_hashes(set_dir: Storage, rank: int, partitions: int) -> tuple[np.ndarray, np.ndarray]:
+    """(exact hashes, the worker's document index of each) from every dedup bucket of one worker."""
+    hashes, docs = [np.empty(0, dtype=np.uint64)], [np.empty(0, dtype=np.int64)]
+    for partition in range(partitions):
+        with np.load(io.BytesIO(set_dir.sub(f"rank-{rank:05d}").read_bytes(bucket_name(partition)))) as arrays:
+            if "exact" in arrays.files:
+                hashes.append(arrays["exact"])
+                docs.append(arrays["exact_doc"].astype(np.int64))
+    return np.concatenate(hashes), np.concatenate(docs)
+
+
+def _earlier_duplicates(storage: Storage, data_set: DataSet, world_size: int, sizes: list[int]) -> np.ndarray:
+    """Over every worker's documents of a later segment (in rank order): those with the exact hash (the same
+    text) of a document an earlier segment prepared."""
+    earlier = [np.empty(0, dtype=np.uint64)]
+    for segment in range(data_set.segment):
+        folder = segment_dir(data_set.name, segment)
+        for rank in range(world_size):
+            set_dir = storage.sub("work", "preprocess", folder)
+            earlier.append(_exact_hashes(set_dir, rank, _worker_partitions(storage, folder, rank))[0])
+    seen = np.concatenate(earlier)
+    current = storage.sub("work", "preprocess", data_set.dir_name)
+    masks = []
+    for rank, size in enumerate(sizes):
+        hashes, docs = _exact_hashes(current, rank, _worker_partitions(storage, data_set.dir_name, rank))
+        mask = np.zeros(size, dtype=bool)
+        mask[docs[np.isin(hashes, seen)]] = True
+        masks.append(mask)
+    return np.concatenate(masks) if masks else np.zeros(0, dtype=bool)
+
+
+def _worker_partitions(storage: Storage, folder: str, rank: int) -> int:
+    """The dedup partitions a worker of a segment wrote its buckets for."""
+    return int(work_dir(storage, folder, rank).read_json("done.json").get("partitions", 1))
 
 
 def _merge_held_out(
     spec: ContinuedPretrainSpec, storage: Storage, data_set: DataSet, ranks: list[dict[str, Any]]
 ) -> dict[str, Any] | None:
     """The held-out file's manifest entry (domain set, heldOut set), after writing it from the workers' shares."""
-    if data_set.name != "domain" or not spec.evaluation.perplexity.domain_held_out:
-        return None
+    if data_set.name != "domain" or data_set.segment or not spec.evaluation.perplexity.domain_held_out:
+        return None  # a later segment's held-out documents are left out of training only: evaluation keeps one set
     limit = spec.evaluation.perplexity.domain.max_documents
     weights = {s.name: s.weight for s in data_set.sources}
     documents = merge([r["dir"] for r in ranks], storage, limit, weights)
@@ -619,7 +710,7 @@ def _merge_held_out(
 def _deduplicated(storage: Storage, data_set: DataSet, ranks: list[dict[str, Any]], stats: Stats) -> np.ndarray:
     """The keep mask over every worker's documents (in rank order), from every partition's decisions."""
     partitions = ranks[0]["done"]["partitions"]
-    decided = decisions_dir(storage, data_set.name, partitions)
+    decided = decisions_dir(storage, data_set.dir_name, partitions)
     inputs = inputs_digest([r["done"] for r in ranks])
     decisions = []
     for p in range(partitions):
@@ -648,7 +739,7 @@ def _reduce_set(
 ) -> None:
     started = time.perf_counter()
     world_size = len(dones)
-    ranks = [_load_rank(storage, data_set.name, r, done) for r, done in enumerate(dones)]
+    ranks = [_load_rank(storage, data_set.dir_name, r, done) for r, done in enumerate(dones)]
     stats = Stats()
     for rank in ranks:
         stats.merge(Stats.from_json(rank["done"]["stats"]))
@@ -657,9 +748,19 @@ def _reduce_set(
     local = np.concatenate([np.arange(len(r["columns"]["ends"]), dtype=np.int64) for r in ranks])
     order = np.lexsort((columns["positions"], columns["units"]))
     keep = _deduplicated(storage, data_set, ranks, stats)
+    if data_set.segment and spec.data.dedup.exact:
+        earlier = _earlier_duplicates(storage, data_set, len(ranks), [len(r["columns"]["ends"]) for r in ranks])
+        stats.add(keys.DUPLICATES, int((keep & earlier).sum()))
+        keep &= ~earlier
     stats.add(keys.DOCS_KEPT, int(keep.sum()))
     if not keep.any():
         files = ", ".join(s.uri for s in data_set.sources)
+        if data_set.segment:
+            raise SourceError(
+                f"preprocess {data_set.dir_name}: spec.data.tokenBudget grew from {data_set.previous_budget} to "
+                f"{data_set.budget}, but {files} hold no document that the earlier segments did not prepare "
+                f"({stats.summary()}): the sources ran out; add data to them"
+            )
         raise SourceError(f"preprocess {data_set.name}: no document survived from {files} ({stats.summary()})")
 
     tokenizer = ranks[0]["done"]["tokenizer"]
@@ -672,7 +773,7 @@ def _reduce_set(
     with tempfile.TemporaryDirectory(prefix="cpt-reduce-") as cache:
         streams = [_token_stream(r["dir"], dtype, cache) for r in ranks]
         for index, source in enumerate(data_set.sources):
-            packer = ShardPacker(storage.sub("data", data_set.name, source.name), seq_len, dtype, rows)
+            packer = ShardPacker(storage.sub("data", data_set.dir_name, source.name), seq_len, dtype, rows)
             selected = order[keep[order] & (columns["sources"][order] == index)]
             for doc in selected:
                 ends = ranks[owner[doc]]["columns"]["ends"]
@@ -696,6 +797,9 @@ def _reduce_set(
     manifest = {
         "format": FORMAT,
         "set": data_set.name,
+        "segment": data_set.segment,
+        "budget": data_set.budget,
+        "previous_budget": data_set.previous_budget,
         "identity": set_identity(prepared, seq_len, data_set.sources, world_size),
         "dtype": dtype.name,
         "seq_len": seq_len,
@@ -713,10 +817,10 @@ def _reduce_set(
         "stats": stats.to_json(),
         "reduce_seconds": round(time.perf_counter() - started, 3),
     }
-    storage.write_json(manifest, "data", data_set.name, "manifest.json")
+    storage.write_json(manifest, "data", data_set.dir_name, MANIFEST)
     log.info(
         "preprocess %s: %d rows of %d tokens in %d shards (+%d tail tokens), %s epochs of the %d tokens needed; %s",
-        data_set.name,
+        data_set.dir_name,
         manifest["rows"],
         seq_len,
         sum(len(s["shards"]) for s in per_source.values()),
@@ -725,7 +829,7 @@ def _reduce_set(
         data_set.tokens_needed,
         stats.summary(),
     )
-    _warn_if_short(data_set.name, per_source, [r["done"].get("cut_units", {}) for r in ranks])
+    _warn_if_short(data_set.dir_name, per_source, [r["done"].get("cut_units", {}) for r in ranks])
 
 
 def _warn_if_short(set_name: str, per_source: dict[str, Any], cut_units: list[dict[str, list[int]]]) -> None:
@@ -760,17 +864,27 @@ def _token_stream(rank_dir: Storage, dtype: np.dtype, cache_dir: str) -> np.ndar
     return np.memmap(path, dtype=dtype, mode="r")
 
 
+TOKEN_KEYS = ("tokens", "tail_tokens")
+
+
 def status_summary(manifests: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """The PreprocessStatus fields (camelCase) the operator copies into the resource's status."""
+    """The PreprocessStatus fields (camelCase) the operator copies into the resource's status; `manifests` by
+    segment folder (domain, domain-segment-01, replay, ...): tokens and counts over every segment, epochs by
+    segment."""
     domain = manifests.get("domain", {})
     stats = Stats()
     for manifest in manifests.values():
         stats.merge(Stats.from_json(manifest["stats"]))
     c = stats.counts
+
+    def tokens(set_name: str) -> int:  # over the set's segments
+        of_set = [m for name, m in manifests.items() if name == set_name or name.startswith(f"{set_name}-segment-")]
+        return sum(m.get(k, 0) for m in of_set for k in TOKEN_KEYS)
+
     return {
         "shards": sum(len(s["shards"]) for m in manifests.values() for s in m["sources"].values()),
-        "tokens": domain.get("tokens", 0) + domain.get("tail_tokens", 0),
-        "replayTokens": sum(manifests.get("replay", {}).get(k, 0) for k in ("tokens", "tail_tokens")),
+        "tokens": tokens("domain") if domain else 0,
+        "replayTokens": tokens("replay") if "replay" in manifests else 0,
         "docsRead": c[keys.DOCS_READ],
         "docsKept": c[keys.DOCS_KEPT],
         "docsDropped": stats.dropped_by_reason(),

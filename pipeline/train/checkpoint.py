@@ -10,7 +10,8 @@ A checkpoint that a crash interrupted is therefore never referenced, and resume 
 one. `latest` moves in a separate `commit`, after the caller's own work for that step (a milestone's
 export): a crash before it leaves the previous `latest`, and the restart does that step again. On resume
 each node's local rank 0 downloads the whole tag into the node folder before any rank loads. Periodic
-checkpoints beyond `keepLast` are deleted. Milestone checkpoints (tag suffix `-milestone`) are kept.
+checkpoints beyond `keepLast` are deleted. Milestone checkpoints (tag suffix `-milestone`) are kept, and so is
+a WSD run's checkpoint at the start of its decay (`-stable`): a grown budget continues the stable phase from it.
 """
 
 from __future__ import annotations
@@ -30,11 +31,11 @@ from cpt_pipeline.train.resume import PLAN_FILE, check_resume
 
 log = logging.getLogger(__name__)
 PERIODIC = re.compile(r"^step-(\d{8})$")
-ANY_TAG = re.compile(r"^step-(\d{8})(-milestone)?$")
+ANY_TAG = re.compile(r"^step-(\d{8})(-milestone|-stable)?$")
 
 
-def tag_for(step: int, milestone: bool) -> str:
-    return f"step-{step:08d}" + ("-milestone" if milestone else "")
+def tag_for(step: int, milestone: bool, stable: bool = False) -> str:
+    return f"step-{step:08d}" + ("-milestone" if milestone else "-stable" if stable else "")
 
 
 class Checkpointer:
@@ -48,19 +49,26 @@ class Checkpointer:
         self.local_rank = local_rank
         self.plan = plan  # the settings a resume must keep (resume.py), written with every checkpoint
 
-    def recorded_plan(self) -> dict[str, Any] | None:
-        """The settings the latest checkpoint was written under (None: no checkpoint, or one without a plan)."""
-        tag = self.latest()
+    def recorded_plan(self, tag: str | None = None) -> dict[str, Any] | None:
+        """The settings a checkpoint (default: the latest) was written under (None: no checkpoint, or one without
+        a plan)."""
+        tag = tag or self.latest()
         if tag is None or not self.storage.exists(tag, PLAN_FILE):
             return None
         return self.storage.read_json(tag, PLAN_FILE)
 
-    def check_resumable(self, recorded: dict[str, Any] | None) -> None:
-        """Stop before loading when the latest checkpoint was written (`recorded`, from recorded_plan) under a
-        different data order or LR."""
-        tag = self.latest()
+    def check_resumable(self, recorded: dict[str, Any] | None, tag: str | None = None) -> None:
+        """Stop before loading when the checkpoint (default: the latest) was written (`recorded`, from
+        recorded_plan) under a different data order or LR."""
+        tag = tag or self.latest()
         if tag is not None:
             check_resume(recorded, self.plan, tag)
+
+    def kept_at_or_before(self, step: int) -> str | None:
+        """The complete checkpoint with the most steps, at most `step` (one with its plan written: committed)."""
+        tags = [(int(m.group(1)), name) for name in self.storage.list() if (m := ANY_TAG.match(name))]
+        done = [(s, name) for s, name in tags if s <= step and self.storage.exists(name, PLAN_FILE)]
+        return max(done)[1] if done else None
 
     def latest(self) -> str | None:
         if not self.storage.exists("latest"):
@@ -70,10 +78,10 @@ class Checkpointer:
     def _dir(self) -> Path:
         return Path(self.storage.root) if self.storage.is_local else self.scratch / "checkpoints"
 
-    def save(self, engine: Any, step: int, client_state: dict[str, Any], milestone: bool) -> str:
+    def save(self, engine: Any, step: int, client_state: dict[str, Any], milestone: bool, stable: bool = False) -> str:
         """Write (and upload) the checkpoint of `step` on every rank; returns its tag. `latest` still names the
         previous checkpoint until `commit(tag)`."""
-        tag = tag_for(step, milestone)
+        tag = tag_for(step, milestone, stable)
         engine.save_checkpoint(str(self._dir()), tag=tag, client_state=client_state, save_latest=False)
         pause_point("train-worker:checkpoint")  # files written, not uploaded, `latest` not moved
         dist.barrier()  # every rank of the node has written its files into the node folder
@@ -134,9 +142,10 @@ class Checkpointer:
             if name not in keep:
                 self.storage.remove(name)
 
-    def load(self, engine: Any) -> dict[str, Any] | None:
-        """Load the latest complete checkpoint into engine; returns its client state (None: fresh start)."""
-        tag = self.latest()
+    def load(self, engine: Any, tag: str | None = None) -> dict[str, Any] | None:
+        """Load a complete checkpoint (default: the latest) into engine; returns its client state (None: fresh
+        start)."""
+        tag = tag or self.latest()
         if tag is None:
             return None
         if not ANY_TAG.match(tag) or not self.storage.exists(tag):

@@ -160,3 +160,18 @@ class MixedSamples:
         first = ((step * grad_accum + micro) * world + rank) * micro_batch
         rows, ids = zip(*(self.sample(first + b) for b in range(micro_batch)), strict=True)
         return np.stack(rows).astype(np.int64), list(ids)
+
+
+@dataclass
+class SegmentedSamples:
+    """A grown run's samples (docs/training.md, "Extending a run"): the steps of segment j, from `firsts[j]` on, read
+    segment j's shards as a run of their own, counted from its first step, so the steps before keep their samples."""
+
+    parts: list[MixedSamples]
+    firsts: list[int]  # the first step (0-based) of each segment
+
+    def batch(
+        self, step: int, micro: int, rank: int, world: int, micro_batch: int, grad_accum: int
+    ) -> tuple[np.ndarray, list[str]]:
+        index = max(i for i, first in enumerate(self.firsts) if first <= step)
+        return self.parts[index].batch(step - self.firsts[index], micro, rank, world, micro_batch, grad_accum)

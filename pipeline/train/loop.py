@@ -5,6 +5,7 @@ Exit codes: 0 done, or one of `exit_codes.py` (preempted, non-finite loss, bad i
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import math
@@ -22,10 +23,13 @@ from cpt.stages import TRAINING_COMPLETE, export_name
 from cpt.throughput import flops_per_token
 from cpt_pipeline.errors import exit_code_for, one_line
 from cpt_pipeline.pause import pause_point
+from cpt_pipeline.preprocess.segments import budgets as segment_budgets
+from cpt_pipeline.preprocess.segments import manifests as segment_manifests
+from cpt_pipeline.preprocess.segments import segment_dir
 from cpt_pipeline.storage import Storage
 from cpt_pipeline.train.checkpoint import Checkpointer, export_hf
 from cpt_pipeline.train.chunked_loss import causal_lm_loss
-from cpt_pipeline.train.data import MixedSamples, load_set
+from cpt_pipeline.train.data import DataError, MixedSamples, SegmentedSamples, load_set
 from cpt_pipeline.train.distributed import (
     LOOP_COLLECTIVE_DEVICE,
     node_scratch,
@@ -38,8 +42,8 @@ from cpt_pipeline.train.faults import Faults
 from cpt_pipeline.train.model import count_parameters, load_model
 from cpt_pipeline.train.nonfinite import NonFiniteLoss, UpdateGate, after_update, before_update
 from cpt_pipeline.train.progress import Progress, peak_flops
-from cpt_pipeline.train.resume import ZERO_KEY, resume_plan
-from cpt_pipeline.train.schedule import lr_multiplier
+from cpt_pipeline.train.resume import ZERO_KEY, extends, recorded_segments, resume_plan
+from cpt_pipeline.train.schedule import lr_multiplier, stable_end
 from cpt_pipeline.train.shard_check import check_data, model_eos_id
 from cpt_pipeline.train.zero_auto import device_memory_bytes
 
@@ -49,19 +53,35 @@ LOG_SAMPLE_IDS = "CPT_LOG_SAMPLE_IDS"  # tests: record the sample ids of every s
 
 @dataclass(frozen=True)
 class Plan:
-    """Steps and milestones of a run, derived from the spec and the world size."""
+    """Steps and milestones of a run, derived from the spec, the world size and the budgets its data was prepared
+    for (one per segment: docs/training.md, "Extending a run")."""
 
     tokens_per_step: int
-    total_steps: int
-    milestones: dict[int, int]  # optimizer step -> token milestone
+    ends: tuple[int, ...]  # the steps done at the end of each segment
+    milestones: dict[int, int]  # optimizer step -> token milestone (those after the earlier segments)
+    stable_end: int | None = None  # wsd: the steps done when the decay starts (that checkpoint is kept)
+
+    @property
+    def total_steps(self) -> int:
+        return self.ends[-1]
 
     @classmethod
-    def of(cls, spec: ContinuedPretrainSpec, world_size: int) -> Plan:
+    def of(cls, spec: ContinuedPretrainSpec, world_size: int, budgets: list[int] | None = None) -> Plan:
         per_step = (
             world_size * spec.training.micro_batch_size * spec.training.grad_accumulation * (spec.data.sequence_length)
         )
-        steps = {max(1, math.ceil(m / per_step)): m for m in spec.data.milestones_with_budget}
-        return cls(per_step, max(steps), steps)
+        budgets = budgets or [spec.data.token_budget]
+        ends = tuple(max(1, math.ceil(b / per_step)) for b in budgets)
+        if any(b <= a for a, b in itertools.pairwise(ends)):
+            raise DataError(
+                f"spec.data.tokenBudget grew by less than one optimizer step of {per_step} tokens "
+                f"(segment budgets {budgets}): raise it further"
+            )
+        targets = {*(m for m in spec.data.milestones if m <= budgets[-1]), budgets[-1]}
+        before = ends[-2] if len(ends) > 1 else 0  # milestones up to here were exported by an earlier segment
+        steps = {step: m for m in sorted(targets) if (step := max(1, math.ceil(m / per_step))) > before}
+        stable = stable_end(spec.training.schedule, ends[-1])
+        return cls(per_step, ends, steps, stable if spec.training.schedule.type == "wsd" else None)
 
 
 def _param_groups(model: Any, weight_decay: float) -> list[dict[str, Any]]:
@@ -83,7 +103,7 @@ class Run:
     engine: Any
     scheduler: Any
     gate: UpdateGate
-    samples: MixedSamples
+    samples: SegmentedSamples
     checkpointer: Checkpointer
     progress: Progress
     faults: Faults
@@ -138,22 +158,27 @@ def setup(spec: ContinuedPretrainSpec, storage: Storage) -> Run:
         torch.cuda.set_device(local_rank)
     scratch = node_scratch(local_rank, world)
     tcfg = spec.training
-    manifests, domain, replay = _shards(spec, storage, scratch)
+    manifests, segments, budgets = _shards(spec, storage, scratch)
     model = _model(spec, manifests)
     faults = Faults.from_env()
     faults.arm(model, rank)
 
-    plan = Plan.of(spec, world)
+    plan = Plan.of(spec, world, budgets)
     precision = effective_precision(tcfg.deepspeed.precision, device)
     checkpointer = Checkpointer(storage, scratch, tcfg.checkpoint.keep_last, rank, local_rank, {})
     recorded = checkpointer.recorded_plan()
     stage = _zero_stage(spec, model, precision, world, device, local_rank, recorded)
-    checkpointer.plan = resume_plan(spec, world, plan.total_steps, stage, manifests)
-    checkpointer.check_resumable(recorded)
+    checkpointer.plan = resume_plan(spec, world, list(plan.ends), stage, manifests)
+    tag = _resume_tag(spec, checkpointer, recorded)
+    if tag != checkpointer.latest():
+        recorded = checkpointer.recorded_plan(tag)
+    checkpointer.check_resumable(recorded, tag)
     engine, scheduler, gate = _engine(spec, model, deepspeed_config(tcfg, world, precision, stage), plan, cuda)
 
-    state = checkpointer.load(engine) or {}
+    state = checkpointer.load(engine, tag) or {}
+    _follow_schedule(scheduler, lr_multiplier(tcfg.schedule, list(plan.ends)))
     fraction = float(spec.data.active_replay.fraction) if spec.data.active_replay else 0.0
+    parts = [MixedSamples(domain, replay, fraction, tcfg.seed) for domain, replay in segments[: len(plan.ends)]]
     run = Run(
         spec,
         storage,
@@ -161,7 +186,7 @@ def setup(spec: ContinuedPretrainSpec, storage: Storage) -> Run:
         engine,
         scheduler,
         gate,
-        MixedSamples(domain, replay, fraction, tcfg.seed),
+        SegmentedSamples(parts, [0, *plan.ends[:-1]]),
         checkpointer,
         _progress(spec, storage, plan, engine, stage, device, world, rank, scratch),
         faults,
@@ -174,7 +199,7 @@ def setup(spec: ContinuedPretrainSpec, storage: Storage) -> Run:
         scratch,
         start=int(state.get("step", 0)),
         restarts=int(state.get("restarts", -1)) + 1 if state else 0,
-        latest=checkpointer.storage.url(checkpointer.latest()) if state else None,
+        latest=checkpointer.storage.url(tag) if state and tag else None,
     )
     if rank == 0:
         run.progress.start(run.start)
@@ -183,14 +208,66 @@ def setup(spec: ContinuedPretrainSpec, storage: Storage) -> Run:
     return run
 
 
-def _shards(spec: ContinuedPretrainSpec, storage: Storage, scratch: Path) -> tuple[dict[str, Any], list, list]:
-    """The manifests ({set: manifest}) and the shards of the domain and replay sets."""
+def _shards(
+    spec: ContinuedPretrainSpec, storage: Storage, scratch: Path
+) -> tuple[dict[str, Any], list[tuple[list, list]], list[int]]:
+    """The manifests ({segment folder: manifest}), the (domain, replay) shards of each segment, and the budgets
+    the run trains to: each segment's, up to spec.data.tokenBudget (a budget the data does not cover yet is
+    trained to once preprocessing has prepared its segment)."""
+    names = ["domain", "replay"] if spec.data.active_replay is not None else ["domain"]
+    found = {name: segment_budgets(segment_manifests(storage, name), spec.data.token_budget) for name in names}
+    prepared = found["domain"] or [spec.data.token_budget]  # none: load_set below names what is missing
+    if any(budgets != prepared for budgets in found.values() if budgets):
+        raise DataError(f"the prepared sets cover different budgets ({found}): run the preprocess and dedup stages")
+    budget = spec.data.token_budget
+    budgets = [b for b in prepared if b < budget] + [min(budget, prepared[-1])]
+    budgets = sorted(set(budgets))
+    if budget > prepared[-1]:
+        log.warning(
+            "spec.data.tokenBudget is %d, but the prepared data covers %d tokens: training stops there; run the "
+            "preprocess and dedup stages to prepare the rest (docs/training.md, Extending a run)",
+            budget,
+            prepared[-1],
+        )
     manifests: dict[str, dict[str, Any]] = {}
-    manifests["domain"], domain = load_set(storage, "domain", str(scratch / "shards"))
-    replay: list = []
-    if spec.data.active_replay is not None:
-        manifests["replay"], replay = load_set(storage, "replay", str(scratch / "shards"))
-    return manifests, domain, replay
+    segments: list[tuple[list, list]] = []
+    for index in range(len(budgets)):
+        loaded: dict[str, list] = {"domain": [], "replay": []}
+        for name in names:
+            folder = segment_dir(name, index)
+            manifests[folder], loaded[name] = load_set(storage, folder, str(scratch / "shards"))
+        segments.append((loaded["domain"], loaded["replay"]))
+    return manifests, segments, budgets
+
+
+def _resume_tag(spec: ContinuedPretrainSpec, checkpointer: Checkpointer, recorded: dict[str, Any] | None) -> str | None:
+    """The checkpoint to resume from: the latest; when the budget grew under wsd and the latest is past the old
+    decay's start, the kept checkpoint at that start (the stable phase continues from it)."""
+    latest = checkpointer.latest()
+    schedule = spec.training.schedule
+    if latest is None or schedule.type != "wsd" or not extends(recorded, checkpointer.plan):
+        return latest
+    decay_start = stable_end(schedule, recorded_segments(recorded)[-1])
+    if int(latest.split("-")[1]) <= decay_start:
+        return latest
+    kept = checkpointer.kept_at_or_before(decay_start)
+    if kept is None:
+        raise DataError(
+            f"spec.data.tokenBudget grew, and a wsd run continues its stable phase from the checkpoint at the old "
+            f"decay's start (step {decay_start}), but no checkpoint at or before it is kept in "
+            f"{checkpointer.storage.url()}"
+        )
+    log.info("budget grew: the stable phase continues from checkpoint %s (the old decay began after it)", kept)
+    return kept
+
+
+def _follow_schedule(scheduler: Any, multiplier: Any) -> None:
+    """Set the rate of the next step from the schedule of this run (a loaded scheduler keeps the rate its own
+    schedule gave, which a grown budget changes)."""
+    step = scheduler.last_epoch
+    for group, base in zip(scheduler.optimizer.param_groups, scheduler.base_lrs, strict=True):
+        group["lr"] = base * multiplier(step)
+    scheduler._last_lr = [group["lr"] for group in scheduler.optimizer.param_groups]
 
 
 def _model(spec: ContinuedPretrainSpec, manifests: dict[str, Any]) -> Any:
@@ -218,7 +295,7 @@ def _engine(spec: ContinuedPretrainSpec, model: Any, config: dict[str, Any], pla
             groups, lr=float(opt.lr), betas=tuple(float(b) for b in opt.betas), eps=float(opt.eps), fused=cuda or None
         )
         gate = UpdateGate(optimizer)
-    multiplier = lr_multiplier(spec.training.schedule, plan.total_steps)
+    multiplier = lr_multiplier(spec.training.schedule, list(plan.ends))
     engine, _, _, scheduler = deepspeed.initialize(
         model=model,
         optimizer=optimizer,
@@ -344,7 +421,9 @@ def commit(run: Run, result: StepResult) -> int | None:
     """After a step: checkpoint (and at a milestone export) when due, record the step; an exit code when the
     worker must stop now (preempted)."""
     done, plan = result.step, run.plan
-    checkpointed = done in plan.milestones or done % run.spec.training.checkpoint.interval_steps == 0
+    checkpointed = (
+        done in plan.milestones or done % run.spec.training.checkpoint.interval_steps == 0 or done == plan.stable_end
+    )
     if checkpointed or result.stopping:
         run.latest = _checkpoint(run, done)
     extra: dict[str, Any] = {"skipped": result.skipped} if result.skipped else {}
@@ -375,7 +454,7 @@ def _checkpoint(run: Run, done: int) -> str:
     """Save the checkpoint of step `done`, export it first when it is a milestone, then make it `latest`."""
     plan = run.plan
     state = {"step": done, "tokens": done * plan.tokens_per_step, "restarts": run.restarts}
-    tag = run.checkpointer.save(run.engine, done, state, done in plan.milestones)
+    tag = run.checkpointer.save(run.engine, done, state, done in plan.milestones, stable=done == plan.stable_end)
     if done in plan.milestones:  # exported before `latest` moves: a restart after a failed export exports it again
         if run.faults.exit_before_export == done:
             os._exit(137)

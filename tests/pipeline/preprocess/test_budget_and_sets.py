@@ -177,3 +177,55 @@ def test_the_same_documents_for_any_worker_count_under_the_budget(
         outputs.append((rows.tobytes(), tail.tobytes()))
         assert summary["docsKept"] < 315  # the corpus is larger than the budget: each unit stopped at its cap
     assert outputs[0] == outputs[1]
+
+
+def test_a_grown_budget_prepares_a_new_segment_after_the_documents_already_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """docs/training.md, "Extending a run": segment 0 stays as it was; the growth's tokens come from documents
+    no earlier segment read (each unit continues where it stopped); when the sources run out, one line says so."""
+    monkeypatch.setattr(readers, "MIN_CHUNK", 4096)  # several units per file
+    write_jsonl(tmp_path / "in" / "a.jsonl", [document(i, lines=8) for i in range(400)])
+    options = {"preprocessing": {"limitToBudget": True, "workers": 2}}
+    spec = make_spec(tmp_path / "out", [{"name": "d", "uri": str(tmp_path / "in")}], tokenBudget=8000, **options)
+    storage = Storage.from_spec(spec.storage)
+    run(spec, world=2)
+    before = storage.read_bytes("data", "domain", "manifest.json")
+    grown = make_spec(tmp_path / "out", [{"name": "d", "uri": str(tmp_path / "in")}], tokenBudget=20000, **options)
+    summary = run(grown, world=2)
+    assert storage.read_bytes("data", "domain", "manifest.json") == before  # segment 0 untouched
+    segment = storage.read_json("data", "domain-segment-01", "manifest.json")
+    assert (segment["budget"], segment["previous_budget"], segment["tokens_needed"]) == (20000, 8000, 12000)
+    assert segment["tokens"] >= 12000 and segment["identity"] == json.loads(before)["identity"]
+    first, second = (_documents(storage, folder) for folder in ("domain", "domain-segment-01"))
+    assert second and first.isdisjoint(second)
+    assert summary["tokens"] == sum(set_tokens(storage, f)["d"] for f in ("domain", "domain-segment-01"))
+    run(grown, world=2)  # covered: nothing to do
+    source = [{"name": "d", "uri": str(tmp_path / "in")}]
+    with caplog.at_level(logging.WARNING):
+        run(make_spec(tmp_path / "out", source, tokenBudget=10**7, **options), world=2)  # the rest of the documents
+    assert "preprocess domain-segment-02: source 'd' holds" in caplog.text and "training will repeat it" in caplog.text
+    with pytest.raises(SourceError, match=r"tokenBudget grew from 10000000 to 20000000, but .* hold no document"):
+        run(make_spec(tmp_path / "out", source, tokenBudget=2 * 10**7, **options), world=2)
+    edited = make_spec(
+        tmp_path / "out",
+        [{"name": "d", "uri": str(tmp_path / "in")}],
+        tokenBudget=30000,
+        filters={"minLines": 5},
+        **options,
+    )
+    with pytest.raises(ValueError, match=r"spec\.data\.filters\.minLines was 3, is 5"):
+        run(edited, world=2)
+
+
+def _documents(storage: Storage, folder: str) -> set[tuple[int, int]]:
+    """(unit, position) of every document a segment's workers tokenized."""
+    import io
+
+    import numpy as np
+
+    found: set[tuple[int, int]] = set()
+    for rank in (0, 1):
+        with np.load(io.BytesIO(storage.read_bytes("work", "preprocess", folder, f"rank-{rank:05d}", "docs.npz"))) as a:
+            found |= set(zip(a["units"].tolist(), a["positions"].tolist(), strict=True))
+    return found

@@ -87,7 +87,7 @@ def test_a_resume_over_shards_made_again_differently_is_refused(tmp_path: Path, 
     _, again = prepared(tmp_path, tokenizers[0], storage="again", filters={"minLines": 5})
     first = {"domain": storage.read_json("data", "domain", "manifest.json")}
     remade = {"domain": again.read_json("data", "domain", "manifest.json")}
-    recorded = resume_plan(spec, 2, 10, 0, first)
-    check_resume(recorded, resume_plan(spec, 2, 10, 0, first), "step-5")
+    recorded = resume_plan(spec, 2, [10], 0, first)
+    check_resume(recorded, resume_plan(spec, 2, [10], 0, first), "step-5")
     with pytest.raises(ResumeMismatch, match=r"shards \(data/<set>/manifest\.json\) was \{'domain'"):
-        check_resume(recorded, resume_plan(spec, 2, 10, 0, remade), "step-5")
+        check_resume(recorded, resume_plan(spec, 2, [10], 0, remade), "step-5")

@@ -8,7 +8,7 @@ import math
 import pytest
 
 from cpt.api.training import Schedule
-from cpt_pipeline.train.schedule import lr_multiplier
+from cpt_pipeline.train.schedule import lr_multiplier, stable_end
 
 
 def values(total: int, **cfg: object) -> list[float]:
@@ -44,3 +44,33 @@ def test_rewarm_off_starts_at_the_peak_and_constant_stays_there() -> None:
 
 def test_a_single_step_trains_at_the_peak() -> None:
     assert values(1, type="cosine", warmupFraction="0", minLrRatio="0.0") == [1.0]
+
+
+def segmented(ends: list[int], **cfg: object) -> list[float]:
+    f = lr_multiplier(Schedule.model_validate(cfg), ends)
+    return [f(step) for step in range(ends[-1])]
+
+
+def test_a_grown_cosine_run_rewarms_and_decays_again_over_the_new_segment() -> None:
+    """docs/training.md, extending a run: the first segment keeps its rates; the second re-warms over
+    warmupFraction of its own steps and reaches the floor on the run's new last step."""
+    cfg = {"type": "cosine", "warmupFraction": "0.1", "minLrRatio": "0.1"}
+    lrs = segmented([40, 100], **cfg)
+    assert lrs[:40] == values(40, **cfg)  # steps already taken keep their rate
+    assert lrs[40:46] == pytest.approx([1 / 6, 2 / 6, 3 / 6, 4 / 6, 5 / 6, 1.0])  # 6 = 10% of 60 steps
+    assert lrs[-1] == pytest.approx(0.1) and all(a >= b for a, b in itertools.pairwise(lrs[45:]))
+    assert segmented([40, 100], **cfg, rewarm=False)[40] == 1.0
+
+
+def test_a_grown_wsd_run_continues_its_stable_phase_and_decays_at_the_new_end() -> None:
+    cfg = {"type": "wsd", "warmupFraction": "0.1", "decayFraction": "0.2", "minLrRatio": "0.0"}
+    first, grown = values(50, **cfg), segmented([50, 100], **cfg)
+    assert stable_end(Schedule.model_validate(cfg), 50) == 40 and first[39] == 1.0 > first[40]
+    assert grown[:40] == first[:40]  # up to the kept pre-decay checkpoint: the same rates
+    assert grown[40:80] == [1.0] * 40  # the stable phase goes on where the first segment decayed
+    assert grown[80:] == pytest.approx([1 - i / 20 for i in range(1, 21)])  # 20% of 100 steps, to the floor
+
+
+def test_segments_must_grow() -> None:
+    with pytest.raises(ValueError, match="segment ends must increase"):
+        lr_multiplier(Schedule.model_validate({"type": "cosine"}), [50, 50])
