@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 import torch
 
+from cpt import memory
 from cpt_pipeline.evaluate.perplexity import document_start, perplexity
-from cpt_pipeline.train import chunked_loss
 
 CHUNK = 16
 
@@ -59,7 +59,7 @@ def full_logits_nll(model: Any, tokenizer: Any, texts: list[str], batch_size: in
 def small_chunks(monkeypatch: pytest.MonkeyPatch, model_and_tokenizer: tuple[Any, Any]) -> list[int]:
     """CHUNK-token chunks; returns the number of tokens of every LM-head call."""
     model, _ = model_and_tokenizer
-    monkeypatch.setattr(chunked_loss, "LOGITS_CHUNK_BYTES", 4 * model.config.vocab_size * CHUNK)
+    monkeypatch.setattr(memory, "LOGITS_CHUNK_BYTES", 4 * model.config.vocab_size * CHUNK)
     rows: list[int] = []
     model.lm_head.register_forward_hook(
         lambda _m, args, _out: rows.append(args[0].reshape(-1, args[0].shape[-1]).shape[0])
