@@ -177,7 +177,7 @@ def _watch_peaks(high: dict[int, int]) -> None:
     while alive:
         for pid in list(alive):
             try:
-                lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+                lines = Path(f"/proc/{pid}/status").read_text().split("\n")
                 high[pid] = max(high[pid], next(int(x.split()[1]) for x in lines if x.startswith("VmHWM:")))
             except (OSError, StopIteration):  # exited (or a zombie without memory): its last value stands
                 alive.discard(pid)
