@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -111,6 +113,7 @@ def view(page: Path) -> PageView:
             [chromium(), *FLAGS, f"--user-data-dir={profile}", "about:blank"],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
+            start_new_session=True,
         )
         try:
             port = _port(Path(profile), process)
@@ -129,5 +132,36 @@ def view(page: Path) -> PageView:
             session.socket.close()
             return PageView(images, _errors(session.events), base64.b64decode(shot))
         finally:
-            process.terminate()
-            process.wait(timeout=30)
+            _end_group(process)
+
+
+def _end_group(process: subprocess.Popen[bytes], timeout: float = 30) -> None:
+    """Stop Chromium and every helper it forked (they write into the profile after the browser exits: removing
+    the profile under them fails with 'Directory not empty'), and wait until none is left running."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(process.pid, sig)
+        except ProcessLookupError:
+            break
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            process.poll()
+            if not _running_in_group(process.pid):
+                break
+            time.sleep(0.05)
+        else:
+            continue
+        break
+    process.wait(timeout=timeout)
+
+
+def _running_in_group(group: int) -> bool:
+    """Whether a process of this group is still running (zombies, which write nothing, do not count)."""
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[2]) == group and fields[0] != "Z":
+            return True
+    return False
