@@ -130,4 +130,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_code = main()
+    if "LOCAL_RANK" in os.environ:  # a torchrun worker: see train/worker_exit.py
+        from cpt_pipeline.train.worker_exit import leave
+
+        leave(exit_code)
+    sys.exit(exit_code)
