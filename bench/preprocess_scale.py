@@ -26,9 +26,9 @@ import threading
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-SHARED = Path(os.environ.get("CPT_SHARED_DATA", REPO.parent / "shared" / "data"))
-TOKENIZER = SHARED / "tokenizers" / "llama2-sentencepiece"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from preprocess_spec import REPO, SHARED, TOKENIZER, write_preprocess_spec
+
 DOC_CHARS = 4000
 FILES = 16
 
@@ -117,29 +117,9 @@ def _cpu(who: int | resource.struct_rusage) -> float:
 
 
 def write_spec(work: Path, folder: Path, workers: int) -> Path:
-    from cpt.kube_yaml import dump
-
-    resource = {
-        "apiVersion": "cpt.kubecpt.dev/v1alpha1",
-        "kind": "ContinuedPretrain",
-        "metadata": {"name": "scale"},
-        "spec": {
-            "model": {"uri": str(TOKENIZER), "tokenizer": str(TOKENIZER)},
-            "data": {
-                "sources": [{"name": "stem", "uri": str(folder)}],
-                "sequenceLength": 2000,
-                "tokenBudget": 10**12,
-                "dedup": {"minhash": {"enabled": True}},
-                "decontamination": {"enabled": False},
-                "preprocessing": {"workers": workers, "limitToBudget": False},
-            },
-            "training": {"microBatchSize": 1, "gradAccumulation": 1},
-            "storage": {"uri": str(work / "out")},
-        },
-    }
-    path = work / "scale.yaml"
-    path.write_text(dump(resource))
-    return path
+    return write_preprocess_spec(
+        work / "scale.yaml", folder, work / "out", workers, dedup={"minhash": {"enabled": True}}
+    )
 
 
 def run_stage(stage: str, spec_path: Path, workers: int, processes: int) -> tuple[float, float, list[float]]:

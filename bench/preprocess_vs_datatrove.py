@@ -21,9 +21,8 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-SHARED = Path(os.environ.get("CPT_SHARED_DATA", REPO.parent / "shared" / "data"))
-TOKENIZER = SHARED / "tokenizers" / "llama2-sentencepiece"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from preprocess_spec import REPO, SHARED, TOKENIZER, write_preprocess_spec
 
 
 def make_input(work: Path, copies: int, files: int) -> tuple[Path, int]:
@@ -41,28 +40,9 @@ def make_input(work: Path, copies: int, files: int) -> tuple[Path, int]:
 
 
 def run_kubecpt(input_path: Path, work: Path, workers: int) -> dict:
-    from cpt.kube_yaml import dump
     from cpt_pipeline.local import run_preprocessing
 
-    resource = {
-        "apiVersion": "cpt.kubecpt.dev/v1alpha1",
-        "kind": "ContinuedPretrain",
-        "metadata": {"name": "bench"},
-        "spec": {
-            "model": {"uri": str(TOKENIZER), "tokenizer": str(TOKENIZER)},
-            "data": {
-                "sources": [{"name": "stem", "uri": str(input_path)}],
-                "sequenceLength": 2000,
-                "tokenBudget": 10**12,
-                "decontamination": {"enabled": False},
-                "preprocessing": {"workers": workers, "limitToBudget": False},
-            },
-            "training": {"microBatchSize": 1, "gradAccumulation": 1},
-            "storage": {"uri": str(work / "kubecpt-out")},
-        },
-    }
-    spec_path = work / "bench.yaml"
-    spec_path.write_text(dump(resource))
+    spec_path = write_preprocess_spec(work / "bench.yaml", input_path, work / "kubecpt-out", workers)
     start = time.perf_counter()
     run_preprocessing(spec_path, workers, cwd=REPO)
     seconds = time.perf_counter() - start

@@ -39,6 +39,31 @@ SLOW_DOWN_BODY = (
 HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "expect", "proxy-connection", "te", "upgrade"}
 
 
+def relay(
+    handler: http.server.BaseHTTPRequestHandler, upstream: tuple[str, int], body: bytes, timeout: float = 60
+) -> None:
+    """Send the handler's request (with `body`) to the upstream server and its answer back to the client,
+    hop-by-hop headers dropped and Content-Length set once."""
+    connection = http.client.HTTPConnection(*upstream, timeout=timeout)
+    try:
+        headers = {k: v for k, v in handler.headers.items() if k.lower() not in HOP_BY_HOP}
+        headers["Content-Length"] = str(len(body))
+        connection.request(handler.command, handler.path, body=body, headers=headers)
+        response = connection.getresponse()
+        data = response.read()
+        handler.send_response(response.status, response.reason)
+        for key, value in response.getheaders():
+            if key.lower() not in HOP_BY_HOP and key.lower() != "content-length":
+                handler.send_header(key, value)
+        length = response.getheader("Content-Length") if handler.command == "HEAD" else None
+        handler.send_header("Content-Length", length or str(len(data)))
+        handler.end_headers()
+        if handler.command != "HEAD":
+            handler.wfile.write(data)
+    finally:
+        connection.close()
+
+
 @dataclass
 class Fault:
     """`count` more requests whose method equals `method` and whose path matches the `key` regex get `kind`."""
@@ -216,26 +241,10 @@ class _ProxyHandler(http.server.BaseHTTPRequestHandler):
     do_GET = do_PUT = do_POST = do_HEAD = do_DELETE = _handle
 
     def _forward(self, body: bytes) -> None:
-        upstream = http.client.HTTPConnection(*self.owner.upstream, timeout=60)
         try:
-            headers = {k: v for k, v in self.headers.items() if k.lower() not in HOP_BY_HOP}
-            headers["Content-Length"] = str(len(body))
-            upstream.request(self.command, self.path, body=body, headers=headers)
-            response = upstream.getresponse()
-            data = response.read()
-            self.send_response(response.status, response.reason)
-            for key, value in response.getheaders():
-                if key.lower() not in HOP_BY_HOP and key.lower() != "content-length":
-                    self.send_header(key, value)
-            length = response.getheader("Content-Length") if self.command == "HEAD" else None
-            self.send_header("Content-Length", length or str(len(data)))
-            self.end_headers()
-            if self.command != "HEAD":
-                self.wfile.write(data)
+            relay(self, self.owner.upstream, body)
         except OSError:  # the client gave up (a stall past its read timeout): nothing to answer
             self.close_connection = True
-        finally:
-            upstream.close()
 
     def _stall(self, seconds: float) -> bool:
         """Hold the request `seconds`; False (and nothing forwarded) if the client hung up meanwhile."""

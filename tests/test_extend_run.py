@@ -11,37 +11,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import yaml
 
 from cpt.api.training import Schedule
-from cpt.kube_yaml import dump
 from cpt_pipeline.train.schedule import lr_multiplier
-from tests.conftest import shared_data_dir
+from tests.tiny_cpu import tiny_cpu_run
 
-REPO = Path(__file__).resolve().parent
-STEP = 2048  # tokens per optimizer step: 1 process x 8 rows x 256 tokens
 SCHEDULE = {"type": "wsd", "warmupFraction": "0.2", "decayFraction": "0.34", "minLrRatio": "0.1"}
 
 
 def tiny_run(tmp_path: Path, budget_steps: int, milestone_steps: list[int]) -> Path:
-    doc = yaml.safe_load((REPO.parent / "manifests" / "examples" / "tiny-cpu.yaml").read_text())
-    shared = shared_data_dir()
-    spec = doc["spec"]
-    spec["model"]["uri"] = str(shared / "models" / "stories260K")
-    spec["data"]["sources"][0]["uri"] = str(shared / "corpora" / "openstax_stem.jsonl")
-    spec["data"]["replay"]["source"]["uri"] = str(shared / "corpora" / "stories260k_samples.jsonl")
-    spec["data"].update(tokenBudget=STEP * budget_steps, milestones=[STEP * m for m in milestone_steps])
-    spec["training"]["schedule"] = SCHEDULE
-    spec["evaluation"]["localTaskDir"] = str(shared / "benchmarks")
-    spec["evaluation"]["tasks"] = [{"name": "arc_easy", "metric": "acc_norm", "limit": 10}]
-    spec["evaluation"]["perplexity"] = {
-        "domain": {"uri": str(shared / "corpora" / "openstax_stem.jsonl"), "maxDocuments": 2},
-        "general": {"uri": str(shared / "corpora" / "stories260k_samples.jsonl"), "maxDocuments": 5},
-    }
-    spec["storage"]["uri"] = str(tmp_path / "run")
-    path = tmp_path / "tiny.yaml"
-    path.write_text(dump(doc))
-    return path
+    return tiny_cpu_run(tmp_path, budget_steps, milestone_steps, schedule=SCHEDULE)
 
 
 def cpt_run(path: Path) -> subprocess.CompletedProcess:

@@ -11,28 +11,13 @@ from pathlib import Path
 import yaml
 
 from cpt.kube_yaml import dump
-from tests.conftest import shared_data_dir
+from tests.tiny_cpu import tiny_cpu_run
 
 REPO = Path(__file__).resolve().parent.parent
 
 
 def test_cpt_run_takes_the_tiny_example_through_every_stage(tmp_path: Path) -> None:
-    doc = yaml.safe_load((REPO / "manifests" / "examples" / "tiny-cpu.yaml").read_text())
-    shared = shared_data_dir()
-    spec = doc["spec"]
-    spec["model"]["uri"] = str(shared / "models" / "stories260K")
-    spec["data"]["sources"][0]["uri"] = str(shared / "corpora" / "openstax_stem.jsonl")
-    spec["data"]["replay"]["source"]["uri"] = str(shared / "corpora" / "stories260k_samples.jsonl")
-    spec["data"].update(tokenBudget=4096 * 6, milestones=[4096 * 3])  # 12 steps of 1 x 8 x 256 tokens
-    spec["evaluation"]["localTaskDir"] = str(shared / "benchmarks")
-    spec["evaluation"]["tasks"] = [{"name": "arc_easy", "metric": "acc_norm", "limit": 10}]
-    spec["evaluation"]["perplexity"] = {
-        "domain": {"uri": str(shared / "corpora" / "openstax_stem.jsonl"), "maxDocuments": 2},
-        "general": {"uri": str(shared / "corpora" / "stories260k_samples.jsonl"), "maxDocuments": 5},
-    }
-    spec["storage"]["uri"] = str(tmp_path / "run")
-    path = tmp_path / "tiny.yaml"
-    path.write_text(dump(doc))
+    path = tiny_cpu_run(tmp_path, 12, [6])  # 12 steps of 1 x 8 x 256 tokens, a milestone at 6
     result = subprocess.run(
         [str(Path(sys.executable).parent / "cpt"), "run", str(path)],
         capture_output=True,

@@ -3,14 +3,14 @@ checkpoint upload that takes longer than Kubernetes' default 30 s grace period, 
 
 from __future__ import annotations
 
-import http.client
 import threading
 import time
 import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+from tests.s3proxy import relay
+
 KEEPALIVE_SECONDS = 5
-HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "content-length"}
 
 
 class SlowCheckpoints(ThreadingHTTPServer):
@@ -64,21 +64,7 @@ class _Forward(BaseHTTPRequestHandler):
         if self.server.armed.is_set() and self.command in ("PUT", "POST") and "/checkpoints/" in self.path:
             self.server.held.append(self.path)
             self._hold(self.server.delay)
-        upstream = http.client.HTTPConnection(self.server.upstream.netloc, timeout=120)
-        headers = {k: v for k, v in self.headers.items() if k.lower() not in HOP_BY_HOP}
-        upstream.request(self.command, self.path, body=body, headers=headers)
-        response = upstream.getresponse()
-        data = response.read()
-        self.send_response(response.status)
-        for key, value in response.getheaders():
-            if key.lower() not in HOP_BY_HOP:
-                self.send_header(key, value)
-        length = response.getheader("Content-Length") if self.command == "HEAD" else None
-        self.send_header("Content-Length", length or str(len(data)))
-        self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(data)
-        upstream.close()
+        relay(self, (self.server.upstream.hostname or "", self.server.upstream.port or 80), body, timeout=120)
 
     def _hold(self, seconds: float) -> None:
         """Wait before forwarding; an interim 102 every few seconds keeps the client's read timeout (s3fs: 15 s)

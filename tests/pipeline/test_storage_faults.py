@@ -84,14 +84,21 @@ LASTING = [("write", "slowdown"), ("upload", "reset"), ("read", "slowdown"), ("e
 LASTING += [("download", "slowdown")]
 
 
+def _armed(storage: Storage, s3_proxy: S3FaultProxy, name: str, kind: str, times: int) -> tuple[Any, Any, str]:
+    """The operation (its object written first unless it writes it), armed to meet `kind` `times` times; with
+    the result it returns when it succeeds and the object's name."""
+    operation, method, key, expected, names = BY_NAME[name]
+    if method != "PUT":
+        storage.write_text("step-1\n", "checkpoints", "latest")
+    arm(s3_proxy, kind, times, method, key)
+    return operation, expected, names
+
+
 @pytest.mark.parametrize(("name", "kind"), PASSING, ids=[f"{n}-{k}" for n, k in PASSING])
 def test_a_passing_fault_is_retried(
     storage: Storage, s3_proxy: S3FaultProxy, tmp_path: Path, name: str, kind: str
 ) -> None:
-    operation, method, key, expected, _ = BY_NAME[name]
-    if method != "PUT":
-        storage.write_text("step-1\n", "checkpoints", "latest")
-    arm(s3_proxy, kind, TRANSIENT[kind], method, key)
+    operation, expected, _ = _armed(storage, s3_proxy, name, kind, TRANSIENT[kind])
     assert operation(storage, tmp_path) == expected
     assert s3_proxy.pending() == 0 and len(s3_proxy.fired(kind)) == TRANSIENT[kind]
 
@@ -100,10 +107,7 @@ def test_a_passing_fault_is_retried(
 def test_a_lasting_fault_fails_naming_the_object(
     storage: Storage, s3_proxy: S3FaultProxy, tmp_path: Path, name: str, kind: str
 ) -> None:
-    operation, method, key, _, names = BY_NAME[name]
-    if method != "PUT":
-        storage.write_text("step-1\n", "checkpoints", "latest")
-    arm(s3_proxy, kind, 1000, method, key)
+    operation, _, names = _armed(storage, s3_proxy, name, kind, 1000)
     with pytest.raises(StorageUnavailable) as failure:
         operation(storage, tmp_path)
     message = str(failure.value)
