@@ -33,6 +33,12 @@ def export_name(milestone: int) -> str:
 
 
 TRAINING_COMPLETE = ("train", "complete.json")  # written by the trainer after its last step; read by evaluation
+GUARDRAIL_VERDICT = "guardrail.json"  # eval/<export>/: the forgetting guardrail's verdict, awaited by the trainer
+
+
+def verdict_path(export: str) -> tuple[str, str, str]:
+    """Where evaluation writes its guardrail verdict on `export`, which training under action stop waits for."""
+    return ("eval", export, GUARDRAIL_VERDICT)
 
 
 def stage_argv(

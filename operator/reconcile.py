@@ -5,7 +5,8 @@ memory and expected training time from the spec, cpt/plan.py).
 Pure: no API calls, so every transition is unit-tested and a restarted operator takes the same decision.
 Stage conditions (`Preprocessed`, `DataReady`, `BaselineEvaluated`, `Trained`, `Evaluated`, `Reported`) are sticky: once
 True, that stage's children are never recreated, even if a TTL or a person deleted them. `Complete` and
-`Failed` are terminal: nothing is created after them.
+`Failed` are terminal: nothing is created after them. A breach of the forgetting guardrail (pushed by an evaluation
+Job) sets `ForgettingBudgetExceeded`, and under action stop fails the run with that reason.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ PREPROCESSED, DATA_READY, BASELINE_EVALUATED = (
     ConditionType.BASELINE_EVALUATED,
 )
 TRAINED, EVALUATED, REPORTED = ConditionType.TRAINED, ConditionType.EVALUATED, ConditionType.REPORTED
+FORGETTING = ConditionType.FORGETTING_BUDGET_EXCEEDED
 
 
 @dataclass
@@ -169,7 +171,9 @@ def reconcile(
         decision.requeue(left if running else None)  # a pass at the deadline, even if no event comes
     if running and conditions.finished():  # (the deadline has just failed the run: its clock stops)
         out.update(_running_time(status, False, now))
-    if not conditions.finished():  # (the deadline may have just failed the run)
+    if not conditions.finished():
+        _guardrail(spec.evaluation.guardrail, status, conditions, decision, fail)
+    if not conditions.finished():  # (the deadline or the guardrail may have just failed the run)
         _suspend_children(spec.suspend, children, decision)
         if spec.suspend:
             conditions.set(SUSPENDED, True, "SuspendedBySpec", "spec.suspend is true: pods stopped, progress kept")
@@ -378,6 +382,21 @@ def _stages(
         return
     if not conditions.true(REPORTED):
         stage(stage_job(resource, Stage.REPORT, config), REPORTED, "ReportFailed")
+
+
+def _guardrail(guardrail: Any, status: dict[str, Any], conditions: Conditions, decision: Decision, fail: Any) -> None:
+    """The forgetting guardrail's verdict, as the evaluation Jobs pushed it into status.evaluation.guardrail: over
+    the budget, the ForgettingBudgetExceeded condition and a Warning Event (action warn), or the run fails with that
+    reason and its gang is stopped in this same pass (action stop)."""
+    found = ((status.get("evaluation") or {}).get("guardrail")) or {}
+    if guardrail is None or not found.get("breached"):
+        return
+    message = str(found.get("message") or "the forgetting budget is exceeded")
+    if guardrail.action == "stop":
+        conditions.set(FORGETTING, True, "ForgettingBudgetExceeded", message)
+        fail("ForgettingBudgetExceeded", f"{message}; training stopped (evaluation.guardrail.action: stop)")
+    elif conditions.set(FORGETTING, True, "ForgettingBudgetExceeded", message):
+        decision.events.append(("Warning", "ForgettingBudgetExceeded", f"{message}; training goes on (action: warn)"))
 
 
 def _duration(obj: dict[str, Any], now: str) -> float:

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from cpt.kube_yaml import dump, load_all
+from tests.test_guardrail_quickstart import with_guardrail
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLES = REPO / "manifests" / "examples"
@@ -52,11 +53,13 @@ def _cpt(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
 
 @pytest.fixture(scope="module")
 def quickstart(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess[str]]:
-    """A folder holding only the quickstart files (no ../shared, no network), after `cpt run` of the quickstart."""
+    """A folder holding only the quickstart files (no ../shared, no network), after `cpt run` of the quickstart
+    with the forgetting guardrail of tests/test_guardrail_quickstart.py (10%, action stop), which 25% replay keeps
+    within: training waits for each milestone's verdict and goes on."""
     repo = tmp_path_factory.mktemp("quickstart") / "repo"
     target = repo / "manifests" / "examples"
     shutil.copytree(EXAMPLES / "quickstart", target / "quickstart", ignore=shutil.ignore_patterns("__pycache__"))
-    shutil.copy(EXAMPLES / "quickstart.yaml", target)
+    (target / "quickstart.yaml").write_text(with_guardrail((EXAMPLES / "quickstart.yaml").read_text()))
     return repo, _cpt("run", "manifests/examples/quickstart.yaml", cwd=repo)
 
 
@@ -84,6 +87,12 @@ def test_the_quickstart_runs_from_the_repository_alone(
     assert last["domainPerplexity"] < base["domainPerplexity"] / 10  # on held-out sections
     assert base["generalPerplexity"] < 3  # the base model knows its own stories
     assert last["generalPerplexity"] < base["generalPerplexity"] * 1.25  # replay keeps the stories it knew
+    guardrail = json.loads((run / "eval" / "status.json").read_text())["guardrail"]
+    assert guardrail["breached"] is False and guardrail["recommendedExport"] == "tokens-0000001638400"
+    waited = [line for line in (run / "logs" / "train.log").read_text().splitlines() if '"guardrail-verdict"' in line]
+    assert [json.loads(line)["breached"] for line in waited] == [False, False]  # at both milestones, not the budget
+    rows = [line for line in (run / "report" / "report.md").read_text().splitlines() if "★ recommended" in line]
+    assert [row.split(" | ")[0] for row in rows] == ["| ≈ 1.64M ★ recommended"]  # Table 1 marks it
 
 
 def test_without_replay_the_quickstart_forgets_its_stories(

@@ -98,6 +98,55 @@ class Perplexity(ApiModel):
         return float(self.domain.held_out) if self.domain is not None and self.domain.held_out else 0.0
 
 
+class GeneralBudget(ApiModel):
+    """How much the held-out general perplexity may rise above the base model's."""
+
+    max_increase: decimal(ge=0) = Field(
+        description='Largest allowed rise of general perplexity, as a share of the base model\'s (e.g. "0.10": '
+        "10% above it)."
+    )
+
+
+class BenchmarkBudget(ApiModel):
+    """How far one benchmark's score may drop below the base model's."""
+
+    task: str = Field(
+        min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.\-]+$", description="A task of evaluation.tasks."
+    )
+    max_drop: decimal(ge=0) = Field(
+        description="Largest allowed drop of the task's score below the base model's, in the metric's own units "
+        '(e.g. "0.05": 5 points of accuracy).'
+    )
+
+
+class Guardrail(ApiModel):
+    """A forgetting budget, checked at every milestone evaluation while training goes on."""
+
+    general: GeneralBudget | None = Field(None, description="Budget on held-out general perplexity.")
+    benchmarks: list[BenchmarkBudget] = Field(
+        default_factory=list, max_length=MAX_LIST, description="Benchmarks that must not drop by more than a margin."
+    )
+    action: Literal["warn", "stop"] = Field(
+        "warn",
+        description="On a breach: warn (a condition and a Warning Event; training goes on) or stop (training waits "
+        "for each milestone's verdict, and a breach ends the run with reason ForgettingBudgetExceeded).",
+    )
+
+    rules = (
+        Rule(
+            cel="has(self.general) || size(self.benchmarks) > 0",
+            message="give a general budget, benchmarks, or both",
+            field="general",
+            check=lambda g: g.general is not None or bool(g.benchmarks),
+        ),
+    )
+
+
+def _guarded_tasks_exist(evaluation: EvaluationSpec) -> bool:
+    guardrail = evaluation.guardrail
+    return guardrail is None or {b.task for b in guardrail.benchmarks} <= {t.name for t in evaluation.tasks}
+
+
 class EvaluationSpec(ApiModel):
     """Benchmarks and perplexity, run on the base model and on every milestone."""
 
@@ -111,6 +160,9 @@ class EvaluationSpec(ApiModel):
         None, description="Directory of lm-eval task YAMLs reading local files (offline clusters)."
     )
     batch_size: str = Field("auto", pattern=r"^(auto|[1-9][0-9]*)$", description='"auto" or an integer.')
+    guardrail: Guardrail | None = Field(
+        None, description="Forgetting budget against the base model, checked at every milestone evaluation."
+    )
 
     rules = (
         Rule(
@@ -118,5 +170,23 @@ class EvaluationSpec(ApiModel):
             message="task names must be unique",
             field="tasks",
             check=lambda e: len({t.name for t in e.tasks}) == len(e.tasks),
+        ),
+        Rule(
+            cel="!has(self.guardrail) || self.guardrail.benchmarks.all(b, self.tasks.exists(t, t.name == b.task))",
+            message="every guardrail benchmark must be a task of evaluation.tasks",
+            field="guardrail.benchmarks",
+            check=_guarded_tasks_exist,
+        ),
+        Rule(
+            cel="!has(self.guardrail) || !has(self.guardrail.general) || has(self.perplexity.general)",
+            message="guardrail.general needs the general perplexity set (evaluation.perplexity.general)",
+            field="guardrail.general",
+            check=lambda e: e.guardrail is None or e.guardrail.general is None or e.perplexity.general is not None,
+        ),
+        Rule(
+            cel="!has(self.guardrail) || (self.baseline && self.atMilestones)",
+            message="guardrail compares each milestone with the base model: it needs baseline and atMilestones",
+            field="guardrail",
+            check=lambda e: e.guardrail is None or (e.baseline and e.at_milestones),
         ),
     )

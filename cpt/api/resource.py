@@ -78,6 +78,12 @@ class ContinuedPretrainSpec(ApiModel):
             field="storage.uri",
             check=lambda s: s.training.nodes == 1 or s.storage.uri.startswith(("s3://", "gs://")),
         ),
+        Rule(
+            cel="!has(self.evaluation.guardrail) || has(self.model.uri)",
+            message="evaluation.guardrail compares with the base model: a model built from an architecture has none",
+            field="evaluation.guardrail",
+            check=lambda s: s.evaluation.guardrail is None or s.model.uri is not None,
+        ),
     )
 
 

@@ -40,6 +40,7 @@ class ConditionType(StrEnum):
     TRAINED = "Trained"
     EVALUATED = "Evaluated"
     REPORTED = "Reported"
+    FORGETTING_BUDGET_EXCEEDED = "ForgettingBudgetExceeded"
 
 
 class Condition(ApiModel):
@@ -116,12 +117,24 @@ class MilestoneEvaluation(ApiModel):
     """Scores of one checkpoint; tokens 0 is the baseline."""
 
     tokens: int = Field(ge=0, description="Training tokens of the evaluated checkpoint (0 = base model).")
+    export: str | None = Field(None, description="The evaluated milestone export (exports/<name>).")
     scores: list[TaskScore] = Field(default_factory=list, max_length=MAX_LIST, description="Per-task scores.")
     average: float | None = Field(None, description="Mean score over the tasks.")
     average_delta: float | None = Field(None, description="Average minus the baseline's.")
     domain_perplexity: float | None = Field(None, description="Held-out domain perplexity.")
     general_perplexity: float | None = Field(None, description="Held-out general perplexity.")
     results_uri: str | None = Field(None, description="Full results JSON.")
+
+
+class GuardrailStatus(ApiModel):
+    """The forgetting guardrail's verdict over the milestones evaluated so far."""
+
+    breached: bool = Field(False, description="Whether an evaluated milestone exceeded the forgetting budget.")
+    breached_at: int | None = Field(None, ge=0, description="Tokens of the first milestone over the budget.")
+    message: str = Field("", max_length=32768, description="What exceeded the budget, or that all are within it.")
+    recommended_export: str | None = Field(
+        None, description="The last milestone export within the budget (as status.recommendedExport)."
+    )
 
 
 class EvaluationStatus(ApiModel):
@@ -142,6 +155,7 @@ class EvaluationStatus(ApiModel):
         description="The latest trained model's general perplexity against the base model's (+0.10 = 10% higher: "
         "forgetting).",
     )
+    guardrail: GuardrailStatus | None = Field(None, description="The forgetting guardrail's verdict.")
 
 
 class PlanStatus(ApiModel):
@@ -182,7 +196,8 @@ class ContinuedPretrainStatus(ApiModel):
     phase: Phase = Field(Phase.PENDING, description="Display-only summary of the conditions.")
     conditions: list[Condition] = Field(
         default_factory=list,
-        description="Ready, Reconciling, Stalled, Complete, Failed, Suspended, and per stage Preprocessed, DataReady, "
+        description="Ready, Reconciling, Stalled, Complete, Failed, Suspended, ForgettingBudgetExceeded, and per stage "
+        "Preprocessed, DataReady, "
         "BaselineEvaluated, Trained, Evaluated, Reported.",
         json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
     )
@@ -202,6 +217,11 @@ class ContinuedPretrainStatus(ApiModel):
         None, description="Steps, memory and expected training time, written at admission (cpt plan)."
     )
     report_uri: str | None = Field(None, description="URI of the rendered report.")
+    recommended_export: str | None = Field(
+        None,
+        description="With evaluation.guardrail: the last milestone export within the forgetting budget "
+        "(exports/<name>), if any.",
+    )
     evaluated_exports: list[str] = Field(
         default_factory=list,
         max_length=MAX_LIST + 1,  # every milestone (at most MAX_LIST) and the budget

@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
 from cpt.api import ContinuedPretrainSpec
-from cpt.stages import TRAINING_COMPLETE, export_name
+from cpt.api.evaluation import Guardrail
+from cpt.guardrail import Measures, Verdict, verdict
+from cpt.stages import TRAINING_COMPLETE, export_name, verdict_path
 from cpt_pipeline.evaluate.harness import TaskDataError
 from cpt_pipeline.fetch import local_dir
 from cpt_pipeline.hf_loading import check_remote_code, load_tokenizer
@@ -158,11 +161,51 @@ def evaluate_run(
         log.info("evaluated %s (%d tokens): average %s", name, tokens, summary["average"])
         event = {"event": "evaluated", "name": name, "tokens": tokens, "average": summary["average"]}
         print(json.dumps(event), flush=True)
+    if cfg.guardrail is not None and unjudged(storage):
+        wait_for_baseline(storage)
     summaries = load_summaries(storage)
-    status = status_summary(summaries)
+    status = status_summary(summaries, cfg.guardrail)
     storage.write_json(status, "eval", "status.json")
-    push_evaluation(summaries, target)
+    push_evaluation(summaries, target, cfg.guardrail)
+    if cfg.guardrail is not None:  # after the push: training stopped by a verdict finds it in status already
+        write_verdicts(storage, summaries, cfg.guardrail)
     return status
+
+
+BASELINE_POLL_SECONDS = 10.0
+
+
+def unjudged(storage: Storage) -> list[str]:
+    """Evaluated milestone exports without a guardrail verdict yet."""
+    return [
+        n
+        for n in storage.list("eval")
+        if n != BASELINE and storage.exists("eval", n, "summary.json") and not storage.exists(*verdict_path(n))
+    ]
+
+
+def wait_for_baseline(storage: Storage, poll: float = BASELINE_POLL_SECONDS) -> None:
+    """A milestone's verdict needs the base model's results: an evaluation Job that finished its milestone before
+    the baseline Job (which runs alongside) waits for it."""
+    if not storage.exists("eval", BASELINE, "summary.json"):
+        log.info("guardrail: waiting for the base model's evaluation (%s)", storage.url("eval", BASELINE))
+    while not storage.exists("eval", BASELINE, "summary.json"):
+        time.sleep(poll)
+
+
+def write_verdicts(storage: Storage, summaries: list[dict[str, Any]], guardrail: Guardrail) -> None:
+    """`eval/<export>/guardrail.json` for each milestone without one: the verdict over it and the milestones
+    before it. A breach is logged and printed as an event."""
+    for name in unjudged(storage):
+        summary = next(s for s in summaries if s.get("name") == name)
+        found = guardrail_verdict([s for s in summaries if s["tokens"] <= summary["tokens"]], guardrail)
+        if found is None:
+            continue
+        verdict_json = {**found.to_status(), "action": guardrail.action}
+        if found.breached:
+            log.warning("%s (guardrail action: %s)", found.message, guardrail.action)
+            print(json.dumps({"event": "guardrail", "name": name, **verdict_json}), flush=True)
+        storage.write_json(verdict_json, *verdict_path(name))
 
 
 def trained_tokenizer(model_dir: Path, trust_remote_code: bool, storage: Storage) -> Any:
@@ -182,16 +225,19 @@ def trained_tokenizer(model_dir: Path, trust_remote_code: bool, storage: Storage
     return load_tokenizer(model_dir, trust_remote_code, sentencepiece=backend == "sentencepiece")
 
 
-def push_evaluation(summaries: list[dict[str, Any]], target: str | None) -> bool:
+def push_evaluation(summaries: list[dict[str, Any]], target: str | None, guardrail: Guardrail | None = None) -> bool:
     """Merge these summaries into `status.evaluation` as the server has it (concurrent evaluation Jobs each
     listed storage at their own time: a late push of an older view keeps every entry a newer one pushed), under
     a field manager per Job."""
     manager = f"kubecpt-evaluate-{target}" if target else "kubecpt-evaluate"
 
     def merge(current: dict[str, Any]) -> dict[str, Any]:
-        return {
-            "evaluation": status_summary(merge_summaries(summaries_from_status(current.get("evaluation")), summaries))
-        }
+        merged = merge_summaries(summaries_from_status(current.get("evaluation")), summaries)
+        out: dict[str, Any] = {"evaluation": status_summary(merged, guardrail)}
+        found = guardrail_verdict(merged, guardrail)
+        if found is not None and found.recommended:
+            out["recommendedExport"] = found.recommended
+        return out
 
     return push_merged_status(manager, merge)
 
@@ -214,6 +260,7 @@ def summaries_from_status(evaluation: dict[str, Any] | None) -> list[dict[str, A
         }
         found.append(
             {
+                "name": milestone.get("export") or (BASELINE if milestone["tokens"] == 0 else None),
                 "tokens": milestone["tokens"],
                 "scores": [{k: v for k, v in s.items() if k != "delta"} for s in milestone.get("scores", [])],
                 "average": milestone.get("average"),
@@ -234,8 +281,9 @@ def load_summaries(storage: Storage) -> list[dict[str, Any]]:
     return sorted(found, key=lambda s: s["tokens"])
 
 
-def status_summary(summaries: list[dict[str, Any]]) -> dict[str, Any]:
-    """`status.evaluation`: milestones with per-task deltas against the 0-token baseline, and the latest average."""
+def status_summary(summaries: list[dict[str, Any]], guardrail: Guardrail | None = None) -> dict[str, Any]:
+    """`status.evaluation`: milestones with per-task deltas against the 0-token baseline, the latest average, and
+    with a guardrail its verdict (once the base model is evaluated)."""
     base = next((s for s in summaries if s["tokens"] == 0), None)
     base_scores = {s["task"]: s["score"] for s in base["scores"]} if base else {}
     milestones = []
@@ -248,6 +296,7 @@ def status_summary(summaries: list[dict[str, Any]]) -> dict[str, Any]:
         milestones.append(
             {
                 "tokens": summary["tokens"],
+                **({"export": summary["name"]} if summary["tokens"] > 0 and summary.get("name") else {}),
                 "scores": task_scores,
                 "average": summary["average"],
                 "averageDelta": (summary["average"] - base["average"])
@@ -259,12 +308,32 @@ def status_summary(summaries: list[dict[str, Any]]) -> dict[str, Any]:
             }
         )
     latest = next((m["average"] for m in reversed(milestones) if m["average"] is not None), None)
-    return {
+    out = {
         "milestones": milestones,
         "latestAverage": latest,
         "latestDomainPerplexityChange": latest_change(milestones, "domainPerplexity"),
         "latestGeneralPerplexityChange": latest_change(milestones, "generalPerplexity"),
     }
+    found = guardrail_verdict(summaries, guardrail)
+    if found is not None:
+        out["guardrail"] = found.to_status()
+    return out
+
+
+def measures(summary: dict[str, Any]) -> Measures:
+    """What the guardrail reads of one summary."""
+    general = (summary.get("perplexity") or {}).get("general") or {}
+    return Measures(
+        summary.get("name") or BASELINE,
+        summary["tokens"],
+        general.get("perplexity"),
+        {s["task"]: s["score"] for s in summary.get("scores", [])},
+    )
+
+
+def guardrail_verdict(summaries: list[dict[str, Any]], guardrail: Guardrail | None) -> Verdict | None:
+    """The guardrail's verdict over these summaries (None without a guardrail or before the base model)."""
+    return None if guardrail is None else verdict(guardrail, [measures(s) for s in summaries])
 
 
 def latest_change(milestones: list[dict[str, Any]], field: str) -> float | None:

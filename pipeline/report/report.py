@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import html
+from dataclasses import replace
 from typing import Any
 
 from cpt_pipeline import jsonl
@@ -20,7 +21,7 @@ from cpt_pipeline.report.figures import (
     png,
     token_label,
 )
-from cpt_pipeline.report.marks import Marks
+from cpt_pipeline.report.marks import Marks, marks_from
 from cpt_pipeline.storage import Storage
 
 TABLE_TITLE = "Table 1: benchmark performance across token volumes (change vs the base model)"
@@ -109,15 +110,27 @@ def _html_page(name: str, header: list[str], rows: list[list[str]], images: dict
     )
 
 
+def recommended_export(storage: Storage) -> str | None:
+    """The export the forgetting guardrail recommends, as the evaluation stage judged it (eval/status.json)."""
+    status = storage.read_json("eval", "status.json") if storage.exists("eval", "status.json") else {}
+    return (status.get("guardrail") or {}).get("recommendedExport")
+
+
 def build_report(
     storage: Storage, name: str = "Continued pre-training report", marks: Marks | None = None
 ) -> dict[str, Any]:
     """Write report/{index.html, report.md, table.md, loss.png, efficiency.png, forgetting.png}; returns where."""
     marks = marks or Marks()
+    if marks.recommended_tokens is None:  # the guardrail's verdict, in storage where no status was given
+        judged = marks_from(status={"recommendedExport": recommended_export(storage)})
+        marks = replace(marks, recommended_tokens=judged.recommended_tokens)
     summaries = load_summaries(storage)
     if not summaries:
         raise FileNotFoundError(f"no evaluation results under {storage.url('eval')}: run the evaluate stage first")
     header, rows = table_with_changes(summaries)
+    for summary, row in zip(summaries, rows, strict=True):
+        if marks.recommended_tokens and summary.get("name") == f"tokens-{marks.recommended_tokens:013d}":
+            row[0] += " ★ recommended"  # the last export within the forgetting guardrail
     history = []
     if storage.exists("train", "metrics.jsonl"):
         history = jsonl.records(storage.read_bytes("train", "metrics.jsonl"))

@@ -1,6 +1,6 @@
 """The training worker (one process per GPU, started by torchrun): DeepSpeed engine, loop, checkpoints.
 
-Exit codes: 0 done, or one of `exit_codes.py` (preempted, non-finite loss, bad input).
+Exit codes: 0 done, or one of `exit_codes.py` (preempted, non-finite loss, bad input, forgetting budget exceeded).
 """
 
 from __future__ import annotations
@@ -37,8 +37,9 @@ from cpt_pipeline.train.distributed import (
     process_group_timeout,
 )
 from cpt_pipeline.train.ds_config import deepspeed_config, effective_precision
-from cpt_pipeline.train.exit_codes import EXIT_BAD_INPUT, EXIT_NONFINITE, EXIT_PREEMPTED
+from cpt_pipeline.train.exit_codes import EXIT_BAD_INPUT, EXIT_FORGETTING, EXIT_NONFINITE, EXIT_PREEMPTED
 from cpt_pipeline.train.faults import Faults
+from cpt_pipeline.train.guardrail_wait import wait_for_verdict, waits_at
 from cpt_pipeline.train.model import count_parameters, load_model
 from cpt_pipeline.train.nonfinite import NonFiniteLoss, UpdateGate, after_update, before_update
 from cpt_pipeline.train.progress import Progress, peak_flops
@@ -135,12 +136,36 @@ class StepResult:
 
 def train(spec: ContinuedPretrainSpec, storage: Storage) -> int:
     run = setup(spec, storage)
-    for step in range(run.start, run.plan.total_steps):
+    code = guardrail(run, run.start)  # resumed at a milestone: its verdict first
+    step = run.start
+    while code is None and step < run.plan.total_steps:
         code = commit(run, train_step(run, step))
-        if code is not None:
-            return code
-        pause_point("train-worker:step")
-    return finish(run)
+        step += 1
+        if code is None:
+            pause_point("train-worker:step")
+            code = guardrail(run, step)
+    return finish(run) if code is None else code
+
+
+def guardrail(run: Run, done: int) -> int | None:
+    """Under guardrail action stop, after a milestone's export: wait for its verdict; an exit code when the
+    budget is exceeded (or SIGTERM came while waiting)."""
+    name = waits_at(run.spec, done, run.plan.milestones, run.plan.total_steps)
+    if name is None:
+        return None
+    verdict = wait_for_verdict(run.storage, name, run.stop, run.rank)
+    if verdict is None:
+        log.warning("SIGTERM while waiting for the guardrail verdict: checkpoint of step %d saved, exiting", done)
+        return EXIT_PREEMPTED
+    if not verdict.get("breached"):
+        return None
+    if run.rank == 0:
+        message = f"stopped after step {done}: {verdict.get('message', '')}"
+        print(json.dumps({"event": "error", "kind": "forgetting-budget-exceeded", "message": message}), flush=True)
+        log.error("%s", message)
+    if run.local_rank == 0:
+        shutil.rmtree(run.scratch, ignore_errors=True)
+    return EXIT_FORGETTING
 
 
 def setup(spec: ContinuedPretrainSpec, storage: Storage) -> Run:

@@ -1,0 +1,57 @@
+"""Training under `evaluation.guardrail.action: stop`: after each milestone export (but the last), every rank
+waits for that milestone's verdict (`eval/<export>/guardrail.json`, written by its evaluation) before the next
+optimizer step, and stops on a breach. So no step is taken after the breaching milestone's evaluation.
+
+Every rank polls storage itself: no collective runs while waiting, so an evaluation longer than the process
+group's timeout does not break the gang. The evaluation writes the verdict after pushing it into status, so the
+operator knows the reason before the gang exits.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from typing import Any
+
+from cpt.api import ContinuedPretrainSpec
+from cpt.stages import export_name, verdict_path
+from cpt_pipeline.storage import Storage
+
+log = logging.getLogger(__name__)
+POLL_SECONDS = 2.0
+
+
+def waits_at(spec: ContinuedPretrainSpec, done: int, milestones: dict[int, int], total_steps: int) -> str | None:
+    """The export whose verdict training waits for after step `done`, if any."""
+    guardrail = spec.evaluation.guardrail
+    if guardrail is None or guardrail.action != "stop" or done not in milestones or done >= total_steps:
+        return None
+    return export_name(milestones[done])
+
+
+def wait_for_verdict(storage: Storage, name: str, stop: dict[str, int], rank: int) -> dict[str, Any] | None:
+    """The verdict on export `name`; None when SIGTERM came first (the milestone's checkpoint is saved)."""
+    if rank == 0:
+        log.info("guardrail: waiting for the evaluation of %s (%s)", name, storage.url(*verdict_path(name)))
+    began = time.monotonic()
+    while not stop["signal"]:
+        if storage.exists(*verdict_path(name)):
+            verdict = storage.read_json(*verdict_path(name))
+            if rank == 0:
+                waited = time.monotonic() - began
+                log.info("guardrail: verdict on %s after %.0f s: %s", name, waited, verdict.get("message", ""))
+                print(
+                    json.dumps(
+                        {
+                            "event": "guardrail-verdict",
+                            "name": name,
+                            "waitedSeconds": round(waited, 1),
+                            "breached": bool(verdict.get("breached")),
+                        }
+                    ),
+                    flush=True,
+                )
+            return verdict
+        time.sleep(POLL_SECONDS)
+    return None

@@ -1,0 +1,56 @@
+"""The operator acts on the forgetting guardrail's verdict that an evaluation Job pushed into status: under action
+stop the run fails with reason ForgettingBudgetExceeded and its gang is stopped in that same pass; under warn a
+condition and one Warning Event, and training goes on."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tests.operator.test_reconcile import FIRST, running_gang
+
+BREACH = {"breached": True, "breachedAt": 400_000_000, "message": "forgetting budget exceeded at 400000000 tokens"}
+
+
+def guarded(action: str) -> Any:
+    run = running_gang(
+        evaluation={"guardrail": {"benchmarks": [{"task": "boolq", "maxDrop": "0.05"}], "action": action}}
+    )
+    run.status["training"] = {"exports": [FIRST]}
+    run.step()  # the milestone's evaluation Job starts while training goes on
+    return run
+
+
+def warnings(decision: Any, reason: str) -> list[str]:
+    return [message for kind, why, message in decision.events if (kind, why) == ("Warning", reason)]
+
+
+def test_a_breach_under_stop_fails_the_run_and_stops_the_gang_in_one_pass() -> None:
+    run = guarded("stop")
+    run.status["evaluation"] = {"milestones": [], "guardrail": BREACH}
+    decision = run.step()
+    failed = next(c for c in run.status["conditions"] if c["type"] == "Failed")
+    assert failed["reason"] == "ForgettingBudgetExceeded" and BREACH["message"] in failed["message"]
+    assert run.condition("ForgettingBudgetExceeded") == "True" and run.status["phase"] == "Failed"
+    assert ("JobSet", "t-train", True) in decision.set_suspend and decision.create == []
+    assert warnings(decision, "ForgettingBudgetExceeded") and warnings(decision, "Stopped")
+
+
+def test_a_breach_under_warn_sets_the_condition_and_one_event_and_training_goes_on() -> None:
+    run = guarded("warn")
+    run.status["evaluation"] = {"milestones": [], "guardrail": BREACH}
+    decision = run.step()
+    assert run.condition("ForgettingBudgetExceeded") == "True" and run.condition("Failed") is None
+    assert warnings(decision, "ForgettingBudgetExceeded") == [f"{BREACH['message']}; training goes on (action: warn)"]
+    assert decision.set_suspend == [] and run.status["phase"] == "Training"
+    assert warnings(run.step(), "ForgettingBudgetExceeded") == []  # said once
+
+
+def test_within_budget_or_without_a_guardrail_nothing_happens() -> None:
+    run = guarded("stop")
+    run.status["evaluation"] = {"milestones": [], "guardrail": {"breached": False, "message": "within"}}
+    run.step()
+    assert run.condition("ForgettingBudgetExceeded") is None and run.condition("Failed") is None
+    plain = running_gang()
+    plain.status["evaluation"] = {"milestones": [], "guardrail": BREACH}
+    plain.step()
+    assert plain.condition("Failed") is None and plain.condition("ForgettingBudgetExceeded") is None

@@ -1,0 +1,67 @@
+"""The evaluation stage's side of the forgetting guardrail: the verdict in `status.evaluation.guardrail` (a
+function of the merged set of evaluated models, as the rest of it), `status.recommendedExport`, and the verdict
+file per milestone that training under action stop waits for."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from cpt.api.evaluation import Guardrail
+from cpt.api.status import ContinuedPretrainStatus
+from cpt_pipeline.evaluate import results
+from cpt_pipeline.evaluate.results import status_summary, summaries_from_status, write_verdicts
+from cpt_pipeline.storage import Storage
+
+GUARD = Guardrail.model_validate({"general": {"maxIncrease": "0.10"}, "action": "stop"})
+
+
+def summary(tokens: int, general: float) -> dict[str, Any]:
+    name = "baseline" if tokens == 0 else f"tokens-{tokens:013d}"
+    return {
+        "name": name,
+        "tokens": tokens,
+        "model": f"/runs/x/exports/{name}",
+        "scores": [{"task": "story_quiz", "metric": "acc", "score": 1.0, "stderr": 0.0}],
+        "average": 1.0,
+        "perplexity": {"general": {"perplexity": general, "documents": 3}},
+        "resultsUri": f"/runs/x/eval/{name}/results.json",
+    }
+
+
+SUMMARIES = [summary(0, 2.0), summary(400, 2.1), summary(800, 2.4)]
+
+
+def test_the_status_carries_the_verdict_and_survives_the_merge() -> None:
+    status = status_summary(SUMMARIES, GUARD)
+    assert status["guardrail"]["breached"] is True and status["guardrail"]["breachedAt"] == 800
+    assert [m.get("export") for m in status["milestones"]] == [None, "tokens-0000000000400", "tokens-0000000000800"]
+    assert status_summary(summaries_from_status(status), GUARD) == status  # what a later Job merges into
+    assert "guardrail" not in status_summary(SUMMARIES) and "guardrail" not in status_summary(SUMMARIES[1:], GUARD)
+    ContinuedPretrainStatus.model_validate({"evaluation": status, "recommendedExport": "tokens-0000000000400"})
+
+
+def test_the_push_names_the_last_export_within_budget(monkeypatch: Any) -> None:
+    pushed = {}
+
+    def push(manager: str, merge: Any) -> bool:
+        pushed.update(merge({"evaluation": status_summary(SUMMARIES[:2])}))  # an older Job's view on the server
+        return True
+
+    monkeypatch.setattr(results, "push_merged_status", push)
+    results.push_evaluation([SUMMARIES[2]], "tokens-0000000000800", GUARD)
+    assert pushed["recommendedExport"] == "tokens-0000000000400"
+    assert pushed["evaluation"]["guardrail"]["breachedAt"] == 800
+
+
+def test_each_milestone_gets_its_verdict_as_of_itself(tmp_path: Path) -> None:
+    storage = Storage.open_uri(str(tmp_path))
+    for s in SUMMARIES:
+        storage.write_json(s, "eval", s["name"], "summary.json")
+    write_verdicts(storage, SUMMARIES, GUARD)
+    first = storage.read_json("eval", "tokens-0000000000400", "guardrail.json")
+    second = storage.read_json("eval", "tokens-0000000000800", "guardrail.json")
+    assert first["breached"] is False and first["recommendedExport"] == "tokens-0000000000400"
+    assert second["breached"] is True and second["recommendedExport"] == "tokens-0000000000400"
+    assert second["action"] == "stop" and "+20.0%" in second["message"]
+    assert not storage.exists("eval", "baseline", "guardrail.json") and results.unjudged(storage) == []
