@@ -260,7 +260,7 @@ def summaries_from_status(evaluation: dict[str, Any] | None) -> list[dict[str, A
         }
         found.append(
             {
-                "name": milestone.get("export") or (BASELINE if milestone["tokens"] == 0 else None),
+                "name": milestone.get("export") or model_name(milestone["tokens"]),
                 "tokens": milestone["tokens"],
                 "scores": [{k: v for k, v in s.items() if k != "delta"} for s in milestone.get("scores", [])],
                 "average": milestone.get("average"),
@@ -320,11 +320,16 @@ def status_summary(summaries: list[dict[str, Any]], guardrail: Guardrail | None 
     return out
 
 
+def model_name(tokens: int) -> str:
+    """The name of the model trained on `tokens` (entries pushed before they carried their export's name)."""
+    return BASELINE if tokens == 0 else export_name(tokens)
+
+
 def measures(summary: dict[str, Any]) -> Measures:
     """What the guardrail reads of one summary."""
     general = (summary.get("perplexity") or {}).get("general") or {}
     return Measures(
-        summary.get("name") or BASELINE,
+        summary.get("name") or model_name(summary["tokens"]),
         summary["tokens"],
         general.get("perplexity"),
         {s["task"]: s["score"] for s in summary.get("scores", [])},

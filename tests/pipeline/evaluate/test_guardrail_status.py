@@ -65,3 +65,12 @@ def test_each_milestone_gets_its_verdict_as_of_itself(tmp_path: Path) -> None:
     assert second["breached"] is True and second["recommendedExport"] == "tokens-0000000000400"
     assert second["action"] == "stop" and "+20.0%" in second["message"]
     assert not storage.exists("eval", "baseline", "guardrail.json") and results.unjudged(storage) == []
+
+
+def test_a_milestone_pushed_without_its_export_name_is_named_by_its_tokens() -> None:
+    old = status_summary(SUMMARIES[:2], GUARD)
+    for milestone in old["milestones"]:
+        milestone.pop("export", None)  # pushed before status entries named their export
+    merged = [*summaries_from_status(old), SUMMARIES[2]]
+    found = results.guardrail_verdict(merged, GUARD)
+    assert found is not None and found.recommended == "tokens-0000000000400"
