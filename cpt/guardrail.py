@@ -6,8 +6,11 @@ under `action: stop`, waits for a milestone's verdict before its next step) and 
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from cpt.api.evaluation import Guardrail
 
@@ -90,3 +93,15 @@ def verdict(guardrail: Guardrail, evaluated: Sequence[Measures]) -> Verdict | No
     tokens, found = first
     after = f"; the last export within it: {recommended}" if recommended else "; no export is within it"
     return Verdict(tokens, f"forgetting budget exceeded at {tokens} tokens: {'; '.join(found)}{after}", recommended)
+
+
+def budget_digest(guardrail: Guardrail) -> str:
+    """What a verdict was judged under: a digest of the budget (general, benchmarks; not the action or the wait,
+    which change no verdict). A verdict file of another digest is out of date: judged again, never trusted."""
+    budget = {k: v for k, v in guardrail.to_api().items() if k in ("general", "benchmarks")}
+    return hashlib.sha256(json.dumps(budget, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:16]
+
+
+def judged_under(found: Mapping[str, Any], guardrail: Guardrail) -> bool:
+    """Was this verdict file (eval/<export>/guardrail.json) judged under `guardrail`'s budget?"""
+    return found.get("budgetDigest") == budget_digest(guardrail)

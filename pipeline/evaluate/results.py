@@ -17,7 +17,7 @@ from typing import Any
 
 from cpt.api import ContinuedPretrainSpec
 from cpt.api.evaluation import Guardrail
-from cpt.guardrail import Measures, Verdict, verdict
+from cpt.guardrail import Measures, Verdict, budget_digest, judged_under, verdict
 from cpt.stages import TRAINING_COMPLETE, export_name, verdict_path
 from cpt_pipeline.evaluate.harness import TaskDataError
 from cpt_pipeline.fetch import local_dir
@@ -161,7 +161,7 @@ def evaluate_run(
         log.info("evaluated %s (%d tokens): average %s", name, tokens, summary["average"])
         event = {"event": "evaluated", "name": name, "tokens": tokens, "average": summary["average"]}
         print(json.dumps(event), flush=True)
-    if cfg.guardrail is not None and unjudged(storage):
+    if cfg.guardrail is not None and unjudged(storage, cfg.guardrail):
         wait_for_baseline(storage)
     summaries = load_summaries(storage)
     status = status_summary(summaries, cfg.guardrail)
@@ -175,12 +175,15 @@ def evaluate_run(
 BASELINE_POLL_SECONDS = 10.0
 
 
-def unjudged(storage: Storage) -> list[str]:
-    """Evaluated milestone exports without a guardrail verdict yet."""
+def unjudged(storage: Storage, guardrail: Guardrail) -> list[str]:
+    """Evaluated milestone exports without a guardrail verdict under this budget yet (none, or one judged under
+    another budget: the run re-created on the same storage with its budget changed)."""
     return [
         n
-        for n in storage.list("eval")
-        if n != BASELINE and storage.exists("eval", n, "summary.json") and not storage.exists(*verdict_path(n))
+        for n in sorted(storage.list("eval"))
+        if n != BASELINE
+        and storage.exists("eval", n, "summary.json")
+        and not (storage.exists(*verdict_path(n)) and judged_under(storage.read_json(*verdict_path(n)), guardrail))
     ]
 
 
@@ -194,14 +197,14 @@ def wait_for_baseline(storage: Storage, poll: float = BASELINE_POLL_SECONDS) -> 
 
 
 def write_verdicts(storage: Storage, summaries: list[dict[str, Any]], guardrail: Guardrail) -> None:
-    """`eval/<export>/guardrail.json` for each milestone without one: the verdict over it and the milestones
-    before it. A breach is logged and printed as an event."""
-    for name in unjudged(storage):
+    """`eval/<export>/guardrail.json` for each milestone without one under this budget: the verdict over it and
+    the milestones before it, with the budget's digest. A breach is logged and printed as an event."""
+    for name in unjudged(storage, guardrail):
         summary = next(s for s in summaries if s.get("name") == name)
         found = guardrail_verdict([s for s in summaries if s["tokens"] <= summary["tokens"]], guardrail)
         if found is None:
             continue
-        verdict_json = {**found.to_status(), "action": guardrail.action}
+        verdict_json = {**found.to_status(), "action": guardrail.action, "budgetDigest": budget_digest(guardrail)}
         if found.breached:
             log.warning("%s (guardrail action: %s)", found.message, guardrail.action)
             print(json.dumps({"event": "guardrail", "name": name, **verdict_json}), flush=True)

@@ -15,6 +15,8 @@ import time
 from typing import Any
 
 from cpt.api import ContinuedPretrainSpec
+from cpt.api.evaluation import Guardrail
+from cpt.guardrail import judged_under
 from cpt.stages import export_name, verdict_path
 from cpt_pipeline.storage import Storage
 
@@ -30,14 +32,17 @@ def waits_at(spec: ContinuedPretrainSpec, done: int, milestones: dict[int, int],
     return export_name(milestones[done])
 
 
-def wait_for_verdict(storage: Storage, name: str, stop: dict[str, int], rank: int) -> dict[str, Any] | None:
-    """The verdict on export `name`; None when SIGTERM came first (the milestone's checkpoint is saved)."""
+def wait_for_verdict(
+    storage: Storage, name: str, guardrail: Guardrail, stop: dict[str, int], rank: int
+) -> dict[str, Any] | None:
+    """The verdict on export `name` under this budget (a file judged under another is not one yet: its evaluation
+    judges it again); None when SIGTERM came first (the milestone's checkpoint is saved)."""
     if rank == 0:
         log.info("guardrail: waiting for the evaluation of %s (%s)", name, storage.url(*verdict_path(name)))
     began = time.monotonic()
     while not stop["signal"]:
-        if storage.exists(*verdict_path(name)):
-            verdict = storage.read_json(*verdict_path(name))
+        verdict = storage.read_json(*verdict_path(name)) if storage.exists(*verdict_path(name)) else None
+        if verdict is not None and judged_under(verdict, guardrail):
             if rank == 0:
                 waited = time.monotonic() - began
                 log.info("guardrail: verdict on %s after %.0f s: %s", name, waited, verdict.get("message", ""))

@@ -153,7 +153,7 @@ def guardrail(run: Run, done: int) -> int | None:
     name = waits_at(run.spec, done, run.plan.milestones, run.plan.total_steps)
     if name is None:
         return None
-    verdict = wait_for_verdict(run.storage, name, run.stop, run.rank)
+    verdict = wait_for_verdict(run.storage, name, run.spec.evaluation.guardrail, run.stop, run.rank)
     if verdict is None:
         log.warning("SIGTERM while waiting for the guardrail verdict: checkpoint of step %d saved, exiting", done)
         return EXIT_PREEMPTED

@@ -64,7 +64,7 @@ def test_each_milestone_gets_its_verdict_as_of_itself(tmp_path: Path) -> None:
     assert first["breached"] is False and first["recommendedExport"] == "tokens-0000000000400"
     assert second["breached"] is True and second["recommendedExport"] == "tokens-0000000000400"
     assert second["action"] == "stop" and "+20.0%" in second["message"]
-    assert not storage.exists("eval", "baseline", "guardrail.json") and results.unjudged(storage) == []
+    assert not storage.exists("eval", "baseline", "guardrail.json") and results.unjudged(storage, GUARD) == []
 
 
 def test_a_milestone_pushed_without_its_export_name_is_named_by_its_tokens() -> None:
@@ -74,3 +74,15 @@ def test_a_milestone_pushed_without_its_export_name_is_named_by_its_tokens() -> 
     merged = [*summaries_from_status(old), SUMMARIES[2]]
     found = results.guardrail_verdict(merged, GUARD)
     assert found is not None and found.recommended == "tokens-0000000000400"
+
+
+def test_a_verdict_under_another_budget_is_judged_again(tmp_path: Path) -> None:
+    storage = Storage.open_uri(str(tmp_path))
+    for s in SUMMARIES:
+        storage.write_json(s, "eval", s["name"], "summary.json")
+    write_verdicts(storage, SUMMARIES, GUARD)
+    looser = Guardrail.model_validate({"general": {"maxIncrease": "0.25"}, "action": "stop"})
+    write_verdicts(storage, SUMMARIES, looser)  # the run re-created on the same storage with a looser budget
+    again = storage.read_json("eval", "tokens-0000000000800", "guardrail.json")
+    assert again["breached"] is False and again["recommendedExport"] == "tokens-0000000000800"
+    assert results.unjudged(storage, looser) == [] and results.unjudged(storage, GUARD) != []

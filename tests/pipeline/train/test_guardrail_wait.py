@@ -1,0 +1,33 @@
+"""Training under guardrail action stop waits for each milestone's verdict in storage: only one judged under the
+spec's budget counts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from cpt.api.evaluation import Guardrail
+from cpt.guardrail import budget_digest
+from cpt.stages import verdict_path
+from cpt_pipeline.storage import Storage
+from cpt_pipeline.train import guardrail_wait
+
+GUARD = Guardrail.model_validate({"general": {"maxIncrease": "0.10"}, "action": "stop"})
+OLD = Guardrail.model_validate({"general": {"maxIncrease": "0.01"}, "action": "stop"})
+NAME = "tokens-0000000000400"
+
+
+def sigterm_on_sleep(monkeypatch: Any, stop: dict[str, int]) -> None:
+    """Each poll's pause: SIGTERM arrives during the first (so a wait that would go on returns None)."""
+    monkeypatch.setattr(guardrail_wait.time, "sleep", lambda seconds: stop.update(signal=15))
+
+
+def test_a_verdict_judged_under_another_budget_is_not_awaited_one(tmp_path: Path, monkeypatch: Any) -> None:
+    storage, stop = Storage.open_uri(str(tmp_path)), {"signal": 0}
+    storage.write_json({"breached": True, "message": "old", "budgetDigest": budget_digest(OLD)}, *verdict_path(NAME))
+    sigterm_on_sleep(monkeypatch, stop)
+    assert guardrail_wait.wait_for_verdict(storage, NAME, guardrail=GUARD, stop=stop, rank=0) is None
+    current = {"breached": False, "message": "within", "budgetDigest": budget_digest(GUARD)}
+    storage.write_json(current, *verdict_path(NAME))
+    stop["signal"] = 0
+    assert guardrail_wait.wait_for_verdict(storage, NAME, guardrail=GUARD, stop=stop, rank=0) == current
