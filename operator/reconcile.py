@@ -11,6 +11,7 @@ Job) sets `ForgettingBudgetExceeded`, and under action stop fails the run with t
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -18,6 +19,7 @@ from typing import Any
 
 from cpt.api import ContinuedPretrain, ContinuedPretrainSpec
 from cpt.api.status import ConditionType, Phase
+from cpt.exit_codes import EXIT_FORGETTING
 from cpt.plan import failed_plan, status_plan
 from cpt.stages import Stage
 from cpt_operator.children import (
@@ -155,7 +157,11 @@ def reconcile(
         if state == "missing":
             decision.create.append(obj)
         elif state == "failed":
-            fail(reason, f"{obj['kind']} {obj['metadata']['name']} failed: {message}")
+            why = f"{obj['kind']} {obj['metadata']['name']} failed: {message}"
+            if reason == "TrainingFailed" and _stopped_by_guardrail(spec.evaluation.guardrail, message):
+                reason = "ForgettingBudgetExceeded"  # the trainer's breach exit; the verdict's push is missing
+                conditions.set(FORGETTING, True, reason, why)
+            fail(reason, why)
         elif state == "complete" and condition and conditions.set(condition, True, "Succeeded"):
             decision.events.append(("Normal", condition, f"{obj['kind']} {obj['metadata']['name']} completed"))
             observed = children[obj["metadata"]["name"]]
@@ -397,6 +403,11 @@ def _guardrail(guardrail: Any, status: dict[str, Any], conditions: Conditions, d
         fail("ForgettingBudgetExceeded", f"{message}; training stopped (evaluation.guardrail.action: stop)")
     elif conditions.set(FORGETTING, True, "ForgettingBudgetExceeded", message):
         decision.events.append(("Warning", "ForgettingBudgetExceeded", f"{message}; training goes on (action: warn)"))
+
+
+def _stopped_by_guardrail(guardrail: Any, message: str) -> bool:
+    """Did the gang fail with the trainer's breach exit (a guardrail under action stop)?"""
+    return guardrail is not None and re.search(rf"\bexit code {EXIT_FORGETTING}\b", message) is not None
 
 
 def _duration(obj: dict[str, Any], now: str) -> float:

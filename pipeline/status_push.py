@@ -12,7 +12,8 @@ applies onto exactly the version it read, so a writer that looked at storage ear
 one pushed.
 
 Outside a cluster (`cpt run`), or when `KUBECPT_RUN` is unset, nothing is pushed. A push that fails is
-logged and the stage goes on: storage holds the authoritative files, and the next push repeats the state.
+logged and the stage goes on: storage holds the authoritative files, and the next push repeats the state. (The
+evaluation stage under a guardrail fails instead: the operator acts on the verdict it pushes.)
 """
 
 from __future__ import annotations
@@ -92,6 +93,11 @@ def _apply(run: _Run, field_manager: str, status: dict[str, Any], version: str |
 def _log_failure(run: _Run, field_manager: str, error: Exception) -> None:
     detail = error.read().decode(errors="replace")[:300] if isinstance(error, urllib.error.HTTPError) else ""
     log.warning("status push to %s/%s failed (%s): %s %s", run.namespace, run.name, field_manager, error, detail)
+
+
+def push_configured() -> bool:
+    """Does this pod push to its run's status (in a cluster, `KUBECPT_RUN` set)?"""
+    return _run() is not None
 
 
 def read_status(timeout: float = 10) -> dict[str, Any] | None:

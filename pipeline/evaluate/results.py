@@ -22,7 +22,7 @@ from cpt.stages import TRAINING_COMPLETE, export_name, verdict_path
 from cpt_pipeline.evaluate.harness import TaskDataError
 from cpt_pipeline.fetch import local_dir
 from cpt_pipeline.hf_loading import check_remote_code, load_tokenizer
-from cpt_pipeline.status_push import push_merged_status
+from cpt_pipeline.status_push import push_configured, push_merged_status
 from cpt_pipeline.storage import Storage
 
 log = logging.getLogger(__name__)
@@ -166,10 +166,19 @@ def evaluate_run(
     summaries = load_summaries(storage)
     status = status_summary(summaries, cfg.guardrail)
     storage.write_json(status, "eval", "status.json")
-    push_evaluation(summaries, target, cfg.guardrail)
+    pushed = push_evaluation(summaries, target, cfg.guardrail)
     if cfg.guardrail is not None:  # after the push: training stopped by a verdict finds it in status already
+        if not pushed and push_configured():
+            raise StatusPushFailed(
+                "the status push failed (logged above): the guardrail's verdict is not in status, so "
+                f"{storage.url('eval', '<export>', 'guardrail.json')} is not written; the Job retries"
+            )
         write_verdicts(storage, summaries, cfg.guardrail)
     return status
+
+
+class StatusPushFailed(ConnectionError):
+    """On a cluster, the verdict did not reach status: the operator could not act on it (exit 5, retried)."""
 
 
 BASELINE_POLL_SECONDS = 10.0

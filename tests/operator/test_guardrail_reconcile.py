@@ -54,3 +54,17 @@ def test_within_budget_or_without_a_guardrail_nothing_happens() -> None:
     plain.status["evaluation"] = {"milestones": [], "guardrail": BREACH}
     plain.step()
     assert plain.condition("Failed") is None and plain.condition("ForgettingBudgetExceeded") is None
+
+
+def test_a_gang_that_exits_6_before_any_verdict_reached_status_fails_for_the_guardrail() -> None:
+    """The trainer's breach exit (code 6, permanent) tells the reason even when the verdict's push is missing."""
+    from cpt_operator.kube import CAUSE
+
+    run = guarded("stop")
+    run.finish("t-train", "Failed", "jobset failed due to FailJob, first failed job: t-train-node-0")
+    cause = "Container trainer for pod ns/t-train-node-0-0-x failed with exit code 6 matching FailJob rule at index 0"
+    run.children["t-train"][CAUSE] = f"Job t-train-node-0: {cause}"
+    decision = run.step()
+    failed = next(c for c in run.status["conditions"] if c["type"] == "Failed")
+    assert failed["reason"] == "ForgettingBudgetExceeded" and "exit code 6" in failed["message"]
+    assert run.condition("ForgettingBudgetExceeded") == "True" and warnings(decision, "ForgettingBudgetExceeded")

@@ -7,6 +7,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from cpt.api.evaluation import Guardrail
 from cpt.api.status import ContinuedPretrainStatus
 from cpt_pipeline.evaluate import results
@@ -86,3 +88,33 @@ def test_a_verdict_under_another_budget_is_judged_again(tmp_path: Path) -> None:
     again = storage.read_json("eval", "tokens-0000000000800", "guardrail.json")
     assert again["breached"] is False and again["recommendedExport"] == "tokens-0000000000800"
     assert results.unjudged(storage, looser) == [] and results.unjudged(storage, GUARD) != []
+
+
+def test_a_failed_status_push_fails_the_job_before_any_verdict_file(tmp_path: Path, monkeypatch: Any) -> None:
+    """On a cluster the operator acts on the pushed verdict: a verdict file the trainer reads before the status
+    has it would stop training with no reason in status. Real push path, to an API server that is not there."""
+    from cpt.api import ContinuedPretrainSpec
+    from cpt_pipeline.errors import exit_code_for
+
+    storage = Storage.open_uri(str(tmp_path / "run"))
+    for s in SUMMARIES:
+        storage.write_json(s, "eval", s["name"], "summary.json")
+    spec = ContinuedPretrainSpec.model_validate(
+        {
+            "model": {"uri": "facebook/MobileLLM-125M"},
+            "data": {"sources": [{"name": "d", "uri": "/d"}], "tokenBudget": 8 * 10**8, "milestones": [4 * 10**8]},
+            "storage": {"uri": str(tmp_path / "run")},
+            "evaluation": {"tasks": [], "perplexity": {"general": {"uri": "/g.jsonl"}}, "guardrail": GUARD.to_api()},
+        }
+    )
+    (tmp_path / "token").write_text("t")
+    for key, value in {
+        "KUBECPT_RUN": "ns/t",
+        "KUBECPT_API_SERVER": "https://127.0.0.1:9",
+        "KUBECPT_TOKEN_FILE": str(tmp_path / "token"),
+    }.items():
+        monkeypatch.setenv(key, value)
+    with pytest.raises(ConnectionError, match="status push failed") as failed:
+        results.evaluate_run(spec, storage)
+    assert exit_code_for(failed.value) == 5  # unavailable: the Job retries
+    assert not storage.exists("eval", "tokens-0000000000800", "guardrail.json")
