@@ -178,7 +178,7 @@ def reconcile(
     if running and conditions.finished():  # (the deadline has just failed the run: its clock stops)
         out.update(_running_time(status, False, now))
     if not conditions.finished():
-        _guardrail(spec.evaluation.guardrail, status, conditions, decision, fail)
+        _guardrail(spec, status, conditions, decision, fail)
     if not conditions.finished():  # (the deadline or the guardrail may have just failed the run)
         _suspend_children(spec.suspend, children, decision)
         if spec.suspend:
@@ -390,19 +390,25 @@ def _stages(
         stage(stage_job(resource, Stage.REPORT, config), REPORTED, "ReportFailed")
 
 
-def _guardrail(guardrail: Any, status: dict[str, Any], conditions: Conditions, decision: Decision, fail: Any) -> None:
+def _guardrail(
+    spec: ContinuedPretrainSpec, status: dict[str, Any], conditions: Conditions, decision: Decision, fail: Any
+) -> None:
     """The forgetting guardrail's verdict, as the evaluation Jobs pushed it into status.evaluation.guardrail: over
     the budget, the ForgettingBudgetExceeded condition and a Warning Event (action warn), or the run fails with that
-    reason and its gang is stopped in this same pass (action stop)."""
+    reason and its gang is stopped in this same pass (action stop, while there is training left to stop: a breach
+    at the final export, or seen once training completed, only warns, and the report still runs)."""
+    guardrail = spec.evaluation.guardrail
     found = ((status.get("evaluation") or {}).get("guardrail")) or {}
     if guardrail is None or not found.get("breached"):
         return
     message = str(found.get("message") or "the forgetting budget is exceeded")
-    if guardrail.action == "stop":
+    trained = conditions.true(TRAINED) or int(found.get("breachedAt") or 0) >= spec.data.token_budget
+    if guardrail.action == "stop" and not trained:
         conditions.set(FORGETTING, True, "ForgettingBudgetExceeded", message)
         fail("ForgettingBudgetExceeded", f"{message}; training stopped (evaluation.guardrail.action: stop)")
     elif conditions.set(FORGETTING, True, "ForgettingBudgetExceeded", message):
-        decision.events.append(("Warning", "ForgettingBudgetExceeded", f"{message}; training goes on (action: warn)"))
+        how = "training goes on (action: warn)" if guardrail.action == "warn" else "training had already completed"
+        decision.events.append(("Warning", "ForgettingBudgetExceeded", f"{message}; {how}"))
 
 
 def _stopped_by_guardrail(guardrail: Any, message: str) -> bool:

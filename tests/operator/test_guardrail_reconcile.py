@@ -68,3 +68,35 @@ def test_a_gang_that_exits_6_before_any_verdict_reached_status_fails_for_the_gua
     failed = next(c for c in run.status["conditions"] if c["type"] == "Failed")
     assert failed["reason"] == "ForgettingBudgetExceeded" and "exit code 6" in failed["message"]
     assert run.condition("ForgettingBudgetExceeded") == "True" and warnings(decision, "ForgettingBudgetExceeded")
+
+
+def test_a_breach_at_the_final_export_under_stop_warns_and_the_run_completes_with_its_report() -> None:
+    """Training had nothing left to stop: the condition and one Warning Event, the report still runs."""
+    from tests.operator.test_reconcile import LAST
+
+    run = guarded("stop")
+    run.status["training"] = {"exports": [FIRST, LAST], "totalSteps": 3125}
+    final = {**BREACH, "breachedAt": 1_000_000_000, "message": "forgetting budget exceeded at 1000000000 tokens"}
+    run.status["evaluation"] = {"milestones": [], "guardrail": final}  # pushed before the gang's completion is seen
+    decision = run.step()
+    assert run.condition("Failed") is None and run.condition("ForgettingBudgetExceeded") == "True"
+    assert len(warnings(decision, "ForgettingBudgetExceeded")) == 1 and decision.set_suspend == []
+    run.finish("t-train")
+    run.step()
+    for name in (f"t-eval-{FIRST}", f"t-eval-{LAST}"):
+        run.finish(name)
+    assert run.created(run.step()) == ["t-report"] and run.condition("Failed") is None
+    run.finish("t-report")
+    run.step()
+    assert run.status["phase"] == "Succeeded" and run.condition("ForgettingBudgetExceeded") == "True"
+
+
+def test_a_breach_seen_after_training_completed_under_stop_does_not_fail_the_trained_run() -> None:
+    run = guarded("stop")
+    run.finish("t-train")
+    run.step()
+    assert run.condition("Trained") == "True"
+    run.status["evaluation"] = {"milestones": [], "guardrail": BREACH}  # a verdict that came after training ended
+    decision = run.step()
+    assert run.condition("Failed") is None and run.condition("ForgettingBudgetExceeded") == "True"
+    assert warnings(decision, "ForgettingBudgetExceeded") == [f"{BREACH['message']}; training had already completed"]
