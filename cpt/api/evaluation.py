@@ -184,6 +184,13 @@ class EvaluationSpec(ApiModel):
             check=lambda e: e.guardrail is None or e.guardrail.general is None or e.perplexity.general is not None,
         ),
         Rule(
+            cel="self.baseline || self.atMilestones",
+            message="baseline and atMilestones are both false: nothing would be evaluated and the report would have "
+            "no row; set one of them true",
+            field="atMilestones",
+            check=lambda e: e.baseline or e.at_milestones,
+        ),
+        Rule(
             cel="!has(self.guardrail) || (self.baseline && self.atMilestones)",
             message="guardrail compares each milestone with the base model: it needs baseline and atMilestones",
             field="guardrail",

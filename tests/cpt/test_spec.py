@@ -138,6 +138,12 @@ INVALID: list[tuple[str, Any, str, str]] = [
     ("spec.data.milestones", [400_000_001, 400_100_000], "spec.data.milestones", "fall in the same optimizer step"),
     ("spec.data.milestones", [999_900_000], "spec.data.milestones", "a milestone and tokenBudget"),
     ("spec.evaluation.tasks", [{"name": "piqa"}, {"name": "piqa"}], "spec.evaluation.tasks", "unique"),
+    (
+        "spec.evaluation",
+        {"baseline": False, "atMilestones": False},
+        "spec.evaluation.atMilestones",
+        "nothing would be evaluated",
+    ),
     ("spec.evaluation.tasks", [{"name": "piqa", "metric": "bleu"}], "spec.evaluation.tasks[0].metric", "acc"),
     ("spec.storage", {"uri": "ftp://host/x"}, "spec.storage.uri", "s3://, gs:// or file://"),
     ("spec.storage", {"uri": "gs://b/x", "endpoint": "http://minio:9000"}, "spec.storage.endpoint", "s3:// storage"),
