@@ -131,6 +131,13 @@ class Guardrail(ApiModel):
         description="On a breach: warn (a condition and a Warning Event; training goes on) or stop (training waits "
         "for each milestone's verdict, and a breach ends the run with reason ForgettingBudgetExceeded).",
     )
+    verdict_timeout_seconds: int = Field(
+        3600,
+        ge=60,
+        description="Action stop: how long training waits for a milestone's verdict; past it training goes on (a "
+        "breach found later still ends the run). The wait holds the gang's GPUs: the quota must fit the gang plus "
+        "one evaluation pod.",
+    )
 
     rules = (
         Rule(

@@ -36,27 +36,36 @@ def wait_for_verdict(
     storage: Storage, name: str, guardrail: Guardrail, stop: dict[str, int], rank: int
 ) -> dict[str, Any] | None:
     """The verdict on export `name` under this budget (a file judged under another is not one yet: its evaluation
-    judges it again); None when SIGTERM came first (the milestone's checkpoint is saved)."""
+    judges it again); a within-budget one marked `timedOut` when none came within `verdictTimeoutSeconds`
+    (training goes on); None when SIGTERM came first (the milestone's checkpoint is saved)."""
     if rank == 0:
         log.info("guardrail: waiting for the evaluation of %s (%s)", name, storage.url(*verdict_path(name)))
     began = time.monotonic()
     while not stop["signal"]:
         verdict = storage.read_json(*verdict_path(name)) if storage.exists(*verdict_path(name)) else None
-        if verdict is not None and judged_under(verdict, guardrail):
-            if rank == 0:
-                waited = time.monotonic() - began
+        waited = time.monotonic() - began
+        if verdict is None or not judged_under(verdict, guardrail):
+            if waited < guardrail.verdict_timeout_seconds:
+                time.sleep(POLL_SECONDS)
+                continue
+            verdict = {"breached": False, "timedOut": True, "message": timed_out(name, guardrail)}
+        if rank == 0:
+            if verdict.get("timedOut"):
+                log.warning("guardrail: %s", verdict["message"])
+            else:
                 log.info("guardrail: verdict on %s after %.0f s: %s", name, waited, verdict.get("message", ""))
-                print(
-                    json.dumps(
-                        {
-                            "event": "guardrail-verdict",
-                            "name": name,
-                            "waitedSeconds": round(waited, 1),
-                            "breached": bool(verdict.get("breached")),
-                        }
-                    ),
-                    flush=True,
-                )
-            return verdict
-        time.sleep(POLL_SECONDS)
+            event = {"event": "guardrail-verdict", "name": name, "waitedSeconds": round(waited, 1)}
+            print(
+                json.dumps({**event, "breached": bool(verdict.get("breached")), "timedOut": "timedOut" in verdict}),
+                flush=True,
+            )
+        return verdict
     return None
+
+
+def timed_out(name: str, guardrail: Guardrail) -> str:
+    return (
+        f"no verdict on {name} within {guardrail.verdict_timeout_seconds} s "
+        "(evaluation.guardrail.verdictTimeoutSeconds; can its evaluation pod start?): training goes on, and a breach "
+        "found later still ends the run"
+    )

@@ -70,6 +70,10 @@ def spec_with(evaluation: dict) -> dict:
         ({"baseline": False, "guardrail": {"benchmarks": [{"task": "boolq", "maxDrop": "0.1"}]}}, "needs baseline"),
         ({"guardrail": {"benchmarks": [{"task": "boolq", "maxDrop": "0.1"}], "action": "halt"}}, "'warn' or 'stop'"),
         ({"guardrail": {"benchmarks": [{"task": "boolq", "maxDrop": 0.1}]}}, "valid string"),
+        (
+            {"guardrail": {"benchmarks": [{"task": "boolq", "maxDrop": "0.1"}], "verdictTimeoutSeconds": 59}},
+            "greater than or equal to 60",
+        ),
     ],
 )
 def test_the_spec_refuses_a_guardrail_it_cannot_check(evaluation: dict, message: str) -> None:

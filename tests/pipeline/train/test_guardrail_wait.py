@@ -31,3 +31,27 @@ def test_a_verdict_judged_under_another_budget_is_not_awaited_one(tmp_path: Path
     storage.write_json(current, *verdict_path(NAME))
     stop["signal"] = 0
     assert guardrail_wait.wait_for_verdict(storage, NAME, guardrail=GUARD, stop=stop, rank=0) == current
+
+
+class Clock:
+    """time.monotonic and time.sleep for the wait: each pause moves the clock on (no real waiting)."""
+
+    def __init__(self) -> None:
+        self.now, self.pauses = 1000.0, 0
+
+    def sleep(self, seconds: float) -> None:
+        self.pauses += 1
+        assert self.pauses < 10_000, "still waiting after 10,000 polls"
+        self.now += seconds
+
+
+def test_without_a_verdict_training_goes_on_after_verdict_timeout_seconds(tmp_path: Path, monkeypatch: Any) -> None:
+    """An evaluation pod that cannot start (a quota that fits only the gang) must not hold the GPUs forever."""
+    clock = Clock()
+    monkeypatch.setattr(guardrail_wait.time, "sleep", clock.sleep)
+    monkeypatch.setattr(guardrail_wait.time, "monotonic", lambda: clock.now)
+    short = Guardrail.model_validate({**GUARD.to_api(), "verdictTimeoutSeconds": 60})
+    storage, stop = Storage.open_uri(str(tmp_path)), {"signal": 0}
+    found = guardrail_wait.wait_for_verdict(storage, NAME, guardrail=short, stop=stop, rank=0)
+    assert found is not None and found["breached"] is False and found["timedOut"] is True
+    assert "verdictTimeoutSeconds" in found["message"] and 60 <= clock.now - 1000.0 < 60 + 15
