@@ -39,7 +39,7 @@ from cpt_pipeline.train.distributed import (
 from cpt_pipeline.train.ds_config import deepspeed_config, effective_precision
 from cpt_pipeline.train.exit_codes import EXIT_BAD_INPUT, EXIT_FORGETTING, EXIT_NONFINITE, EXIT_PREEMPTED
 from cpt_pipeline.train.faults import Faults
-from cpt_pipeline.train.guardrail_wait import wait_for_verdict, waits_at
+from cpt_pipeline.train.guardrail_wait import handoff_dir, wait_for_verdict, waits_at
 from cpt_pipeline.train.model import count_parameters, load_model
 from cpt_pipeline.train.nonfinite import NonFiniteLoss, UpdateGate, after_update, before_update
 from cpt_pipeline.train.progress import Progress, peak_flops
@@ -153,7 +153,9 @@ def guardrail(run: Run, done: int) -> int | None:
     name = waits_at(run.spec, done, run.plan.milestones, run.plan.total_steps)
     if name is None:
         return None
-    verdict = wait_for_verdict(run.storage, name, run.spec.evaluation.guardrail, run.stop, run.rank)
+    verdict = wait_for_verdict(
+        run.storage, name, run.spec.evaluation.guardrail, run.stop, run.rank, run.local_rank, handoff_dir(run.scratch)
+    )
     if verdict is None:
         log.warning("SIGTERM while waiting for the guardrail verdict: checkpoint of step %d saved, exiting", done)
         return EXIT_PREEMPTED

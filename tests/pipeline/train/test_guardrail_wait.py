@@ -55,3 +55,42 @@ def test_without_a_verdict_training_goes_on_after_verdict_timeout_seconds(tmp_pa
     found = guardrail_wait.wait_for_verdict(storage, NAME, guardrail=short, stop=stop, rank=0)
     assert found is not None and found["breached"] is False and found["timedOut"] is True
     assert "verdictTimeoutSeconds" in found["message"] and 60 <= clock.now - 1000.0 < 60 + 15
+
+
+class CountingStorage(Storage):
+    """A local Storage that counts the polls (exists) made of it."""
+
+    polls = 0
+
+    def exists(self, *parts: str) -> bool:
+        type(self).polls += 1
+        return super().exists(*parts)
+
+
+def test_the_poller_backs_off_to_one_poll_every_15_seconds(tmp_path: Path, monkeypatch: Any) -> None:
+    clock = Clock()
+    monkeypatch.setattr(guardrail_wait.time, "sleep", clock.sleep)
+    monkeypatch.setattr(guardrail_wait.time, "monotonic", lambda: clock.now)
+    found = guardrail_wait.wait_for_verdict(
+        Storage.open_uri(str(tmp_path)), NAME, guardrail=GUARD, stop={"signal": 0}, rank=0
+    )
+    assert found is not None and found["timedOut"] is True
+    assert clock.pauses <= 3600 / 15 + 10  # an hour's wait: ~250 storage polls, not 1,800
+
+
+def test_only_local_rank_0_polls_storage_and_hands_the_verdict_to_its_node(tmp_path: Path, monkeypatch: Any) -> None:
+    monkeypatch.setattr(CountingStorage, "polls", 0)
+    plain = Storage.open_uri(str(tmp_path / "run"))
+    storage, node = CountingStorage(plain.root, plain.fs), tmp_path / "scratch"
+    node.mkdir()
+    current = {"breached": True, "message": "over", "budgetDigest": budget_digest(GUARD)}
+    storage.write_json(current, *verdict_path(NAME))
+    ranks = {"signal": 0}
+    first = guardrail_wait.wait_for_verdict(
+        storage, NAME, guardrail=GUARD, stop=ranks, rank=0, local_rank=0, node_dir=node
+    )
+    polled = CountingStorage.polls
+    other = guardrail_wait.wait_for_verdict(
+        storage, NAME, guardrail=GUARD, stop=ranks, rank=1, local_rank=1, node_dir=node
+    )
+    assert first == other == current and polled > 0 and CountingStorage.polls == polled  # rank 1: the node's file
