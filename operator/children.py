@@ -20,7 +20,7 @@ from cpt.exit_codes import EXIT_PREEMPTED, PERMANENT
 from cpt.stages import SPEC_PATH, Stage, export_name, parallelism, stage_argv
 from cpt_operator import pod_template as platform_template
 from cpt_operator.config import OperatorConfig
-from cpt_operator.names import PRIORITY_LABEL, QUEUE_LABEL, TARGET_LABEL, child_name, labels
+from cpt_operator.names import PRIORITY_LABEL, QUEUE_LABEL, TARGET_LABEL, child_name, labels, segment_suffix
 from cpt_operator.placement import CONTAINER_SECURITY, POD_SECURITY, stage_placement
 
 RUN_ENV = "KUBECPT_RUN"  # where a stage pod pushes its status (cpt_pipeline.status_push reads it)
@@ -178,9 +178,11 @@ def stage_job(
     *,
     suffix: str | None = None,
     extra: list[str] | None = None,
+    segment: int = 0,
 ) -> dict[str, Any]:
     """A batch Job for one stage. Preprocess and dedup are Indexed (`JOB_COMPLETION_INDEX`): one pod per worker,
-    one per dedup partition; the Job completes when every index has."""
+    one per dedup partition; the Job completes when every index has. `segment` names the Job of a segment a grown
+    budget added (`<run>-preprocess-segment-01`)."""
     spec = resource.spec
     workers = spec.data.preprocessing.workers
     argv_extra = list(extra or [])
@@ -205,7 +207,7 @@ def stage_job(
         "manualSelector": False,
         "template": pod_template(resource, stage, config, argv=stage_argv(stage, extra=argv_extra)),
     }
-    name = child_name(resource.metadata["name"], suffix or str(stage))
+    name = child_name(resource.metadata["name"], suffix or segment_suffix(str(stage), segment))
     metadata: dict[str, Any] = {"name": name, "labels": _child_labels(resource, str(stage))}
     return {"apiVersion": "batch/v1", "kind": "Job", "metadata": metadata, "spec": job_spec}
 
@@ -222,8 +224,9 @@ def evaluation_job(resource: ContinuedPretrain, config: OperatorConfig, target: 
 SHM_VOLUME = "dshm"
 
 
-def training_jobset(resource: ContinuedPretrain, config: OperatorConfig) -> dict[str, Any]:
-    """The training gang: one replicated Job of `nodes` Indexed pods running the torchrun launcher.
+def training_jobset(resource: ContinuedPretrain, config: OperatorConfig, segment: int = 0) -> dict[str, Any]:
+    """The training gang: one replicated Job of `nodes` Indexed pods running the torchrun launcher (`<run>-train`;
+    `<run>-train-segment-NN` for a segment a grown budget added: it resumes from the latest checkpoint).
 
     Failure policy: `maxRestarts` = runPolicy.maxRestarts with BlockingRecreate (no stale rank survives a
     restart; every restart resumes from the latest checkpoint). A permanent exit code fails the JobSet at
@@ -231,7 +234,7 @@ def training_jobset(resource: ContinuedPretrain, config: OperatorConfig) -> dict
     """
     spec = resource.spec
     training = spec.training
-    name = child_name(resource.metadata["name"], "train")
+    name = child_name(resource.metadata["name"], segment_suffix("train", segment))
     master = f"{name}-{REPLICATED_JOB}-0-0.{name}"  # pod 0 under the JobSet's headless Service
     env = [
         {"name": "PET_NNODES", "value": str(training.nodes)},

@@ -27,6 +27,12 @@ def child_name(run: str, suffix: str) -> str:
     return f"{run[: MAX_NAME - len(suffix) - 10]}-{digest}-{suffix}"
 
 
+def segment_suffix(stage: str, segment: int) -> str:
+    """A stage child's name suffix: `<stage>` for segment 0, `<stage>-segment-NN` for the segment a grown budget
+    added (as its data folders are named), so a continued run's children never take an earlier segment's names."""
+    return stage if segment == 0 else f"{stage}-segment-{segment:02d}"
+
+
 def labels(run: str, stage: str | None = None) -> dict[str, str]:
     out = {RUN_LABEL: run, "app.kubernetes.io/managed-by": MANAGED_BY, "app.kubernetes.io/name": "kubecpt"}
     if stage:

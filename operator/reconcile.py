@@ -32,7 +32,9 @@ from cpt_operator.children import (
 )
 from cpt_operator.config import OperatorConfig
 from cpt_operator.kube import CAUSE
-from cpt_operator.names import QUEUE_LABEL, STAGE_LABEL, child_name
+from cpt_operator.names import QUEUE_LABEL, STAGE_LABEL, child_name, segment_suffix
+from cpt_operator.segments import Segments, extend, finish
+from cpt_operator.segments import observed as segments_of
 
 # The condition types of the API (cpt/api/status.py), under short names
 READY, RECONCILING, STALLED = ConditionType.READY, ConditionType.RECONCILING, ConditionType.STALLED
@@ -143,13 +145,25 @@ def reconcile(
     spec = resource.spec
     conditions = Conditions(status.get("conditions", []), generation, now)
     decision = Decision()
-    out: dict[str, Any] = {"observedGeneration": generation, "plan": _plan(spec, _admitted_gpu(resource, children))}
+    total_steps = (status.get("training") or {}).get("totalSteps")
+    segments = segments_of(spec, status, conditions.true(TRAINED), now)
+    gang_name = child_name(resource.metadata["name"], segment_suffix("train", segments.index))
+    out: dict[str, Any] = {"observedGeneration": generation, "plan": _plan(spec, _admitted_gpu(children, gang_name))}
     if not status.get("startTime"):
         out["startTime"] = now
 
     def fail(reason: str, message: str) -> None:
         if conditions.set(FAILED, True, reason, message):
             decision.events.append(("Warning", reason, message))
+
+    if conditions.true(TRAINED) and not conditions.true(FAILED):
+        _finish_segment(segments, spec, conditions, children.get(gang_name), status)
+        if segments.grows(spec, total_steps):  # a grown budget: the run continues with a new segment
+            try:
+                _extend(segments, spec, total_steps, conditions, decision, out, status)
+            except ValueError as error:
+                fail("TooManySegments", str(error))
+            gang_name = child_name(resource.metadata["name"], segment_suffix("train", segments.index))
 
     def stage(obj: dict[str, Any], condition: str | None, reason: str) -> str:
         """Create a missing child, and report its state (a failure fails the run)."""
@@ -188,9 +202,7 @@ def reconcile(
         _support_objects(resource, children, decision)
         evaluated = list(status.get("evaluatedExports") or [])
         pushed = list((status.get("training") or {}).get("exports") or [])
-        _stages(
-            resource, config, conditions, stage, pushed, evaluated, (status.get("training") or {}).get("totalSteps")
-        )
+        _stages(resource, config, conditions, stage, pushed, evaluated, segments, total_steps)
         if spec.suspend and spec.scheduling.queue_name is not None:  # Kueue would admit a new workload at once
             decision.create = [obj for obj in decision.create if obj["kind"] not in ("Job", "JobSet")]
         if evaluated != list(status.get("evaluatedExports") or []):
@@ -204,9 +216,14 @@ def reconcile(
         _stop_active(children, conditions.true(FAILED), decision)
         out.setdefault("completionTime", status.get("completionTime") or now)
         _expire(spec.run_policy.ttl_seconds_after_finished, out["completionTime"], now, children, decision)
-    gang = children.get(child_name(resource.metadata["name"], "train"))
+    if conditions.true(TRAINED) and not conditions.true(FAILED):  # (just trained in this pass)
+        _finish_segment(segments, spec, conditions, children.get(gang_name), status)
+    if segments.entries != list(status.get("segments") or []):
+        out["segments"] = segments.entries  # the operator's own list: no pod writes it
+    gang = children.get(gang_name)
     if gang is not None:  # gang restarts, as the JobSet controller counts them (preemptions included)
-        restarts = int(gang.get("status", {}).get("restarts", 0))
+        earlier = sum(int(entry.get("restarts") or 0) for entry in segments.entries[:-1])
+        restarts = earlier + int(gang.get("status", {}).get("restarts", 0))
         if (status.get("training") or {}).get("restarts") != restarts:
             out["training"] = {"restarts": restarts}  # a merge patch: the trainer's fields stay
     blocked = sorted(  # pods that cannot start, Jobs that cannot create their pods
@@ -229,9 +246,50 @@ def reconcile(
     return decision
 
 
-def _admitted_gpu(resource: ContinuedPretrain, children: dict[str, dict[str, Any]]) -> tuple[str, str] | None:
-    """(ResourceFlavor, GPU product) Kueue admitted the training child to; None before admission or without Kueue."""
-    workload = _workloads_by_owner(children).get(child_name(resource.metadata["name"], "train"))
+SEGMENT_STAGES = (PREPROCESSED, DATA_READY, TRAINED, EVALUATED, REPORTED, COMPLETE)  # what a new segment runs again
+
+
+def _finish_segment(
+    segments: Segments,
+    spec: ContinuedPretrainSpec,
+    conditions: Conditions,
+    gang: dict[str, Any] | None,
+    status: dict[str, Any],
+) -> None:
+    """The current segment's training finished: record its end (steps, when, the gang's restarts)."""
+    earlier = sum(int(entry.get("restarts") or 0) for entry in segments.entries[:-1])
+    if gang is not None:
+        restarts = int(gang.get("status", {}).get("restarts", 0))
+    else:  # (a gang deleted since, by the TTL: its count is in the status)
+        restarts = max(0, int((status.get("training") or {}).get("restarts") or 0) - earlier)
+    when = conditions.by_type[TRAINED].get("lastTransitionTime") or conditions.now
+    finish(segments, spec, (status.get("training") or {}).get("totalSteps"), when, restarts)
+
+
+def _extend(
+    segments: Segments,
+    spec: ContinuedPretrainSpec,
+    total_steps: int | None,
+    conditions: Conditions,
+    decision: Decision,
+    out: dict[str, Any],
+    status: dict[str, Any],
+) -> None:
+    """A grown budget continues a run whose training finished (Succeeded, or still evaluating or reporting): a new
+    segment, and the stage conditions it runs again set back to False, so the phase and kstatus say it goes on."""
+    message = extend(segments, spec, total_steps, conditions.now)
+    for kind in SEGMENT_STAGES:
+        if kind in conditions.by_type:
+            conditions.set(kind, False, "BudgetExtended", message)
+    decision.events.append(("Normal", "BudgetExtended", message))
+    if status.get("completionTime"):
+        out["completionTime"] = None  # a merge patch removes it; the run's end is yet to come
+
+
+def _admitted_gpu(children: dict[str, dict[str, Any]], gang: str) -> tuple[str, str] | None:
+    """(ResourceFlavor, GPU product) Kueue admitted the training child (`gang`) to; None before admission or without
+    Kueue."""
+    workload = _workloads_by_owner(children).get(gang)
     if workload is None or not workload.get("gpuProduct"):
         return None
     return workload["gpuFlavor"], workload["gpuProduct"]
@@ -353,28 +411,30 @@ def _stages(
     stage: Any,
     pushed: list[str],
     evaluated: list[str],
-    trained_steps: int | None = None,
+    segments: Segments,
+    total_steps: int | None,
 ) -> None:
-    """Preprocess -> dedup -> train -> report. The baseline evaluation runs alongside from the start, and each
-    milestone export is evaluated as soon as the trainer reports it (`pushed`), while training goes on; once it
-    has finished, every export of the steps it trained (`trained_steps`, status.training.totalSteps)."""
+    """Preprocess -> dedup -> train -> report, for the current segment (`segments.index`: its children's names).
+    The baseline evaluation runs alongside from the start, and each milestone export is evaluated as soon as the
+    trainer reports it (`pushed`), while training goes on (an earlier segment's too, while the next one is
+    prepared); once it has finished, every export of the steps it trained (`Segments.trained_end`)."""
     spec = resource.spec
+    index = segments.index
     wants_baseline = spec.evaluation.baseline and spec.model.uri is not None
     if wants_baseline and not conditions.true(BASELINE_EVALUATED):
         stage(evaluation_job(resource, config, "baseline"), BASELINE_EVALUATED, "BaselineEvaluationFailed")
     if not conditions.true(DATA_READY):
         if not conditions.true(PREPROCESSED):  # sticky: a TTL-deleted preprocess Job is not run again
-            stage(stage_job(resource, Stage.PREPROCESS, config), PREPROCESSED, "PreprocessFailed")
+            stage(stage_job(resource, Stage.PREPROCESS, config, segment=index), PREPROCESSED, "PreprocessFailed")
         if conditions.true(PREPROCESSED):
-            stage(stage_job(resource, Stage.DEDUP, config), DATA_READY, "DedupFailed")
-        if not conditions.true(DATA_READY):
-            return
-    if not conditions.true(TRAINED):
-        stage(training_jobset(resource, config), TRAINED, "TrainingFailed")
+            stage(stage_job(resource, Stage.DEDUP, config, segment=index), DATA_READY, "DedupFailed")
+    if conditions.true(DATA_READY) and not conditions.true(TRAINED):
+        stage(training_jobset(resource, config, segment=index), TRAINED, "TrainingFailed")
     if not conditions.true(EVALUATED):
         trained = conditions.true(TRAINED)
         # and every export the trainer reported: a grown budget's old end (no longer a milestone) has one
-        expected = sorted({*milestone_exports(resource, trained_steps if trained else None), *pushed})
+        reached = segments.trained_end(total_steps) if trained else None
+        expected = sorted({*milestone_exports(resource, reached), *pushed})
         due = expected if trained else [e for e in expected if e in pushed]
         for export in due:
             if export not in evaluated:  # sticky: a TTL-deleted evaluation Job is not run again
@@ -384,10 +444,10 @@ def _stages(
         done = all(export in evaluated for export in expected)
         if conditions.true(TRAINED) and done and (conditions.true(BASELINE_EVALUATED) or not wants_baseline):
             conditions.set(EVALUATED, True, "Succeeded")
-    if not conditions.true(EVALUATED):
+    if not conditions.true(EVALUATED) or segments.grows(spec, total_steps):  # (a grown budget: its segment reports)
         return
     if not conditions.true(REPORTED):
-        stage(stage_job(resource, Stage.REPORT, config), REPORTED, "ReportFailed")
+        stage(stage_job(resource, Stage.REPORT, config, segment=index), REPORTED, "ReportFailed")
 
 
 def _guardrail(

@@ -97,7 +97,7 @@ class TrainingStatus(ApiModel):
     )
     exports: list[str] = Field(
         default_factory=list,
-        max_length=MAX_LIST + 1,  # every milestone (at most MAX_LIST) and the budget
+        max_length=2 * MAX_LIST,  # every milestone (at most MAX_LIST) and each segment's budget (at most MAX_LIST)
         description="Milestone exports written so far (exports/<name>); each is evaluated as soon as it appears.",
     )
     last_update_time: str | None = Field(None, description="When the trainer last wrote progress (RFC 3339).")
@@ -189,6 +189,20 @@ class PlanStatus(ApiModel):
     )
 
 
+class SegmentStatus(ApiModel):
+    """One budget the run has trained to (docs/training.md, "Extending a run"): segment 0 is the first budget,
+    each growth of spec.data.tokenBudget adds one."""
+
+    token_budget: int = Field(ge=0, description="spec.data.tokenBudget the segment trains to.")
+    start_step: int = Field(ge=0, description="Optimizer steps done before it (the end of the segment before).")
+    end_step: int = Field(
+        ge=0, description="Optimizer steps done at its end (what the trainer reported, once trained)."
+    )
+    start_time: str | None = Field(None, description="When the segment started (RFC 3339).")
+    completion_time: str | None = Field(None, description="When its training finished (RFC 3339).")
+    restarts: int | None = Field(None, ge=0, description="Gang restarts of its training, once finished.")
+
+
 class ContinuedPretrainStatus(ApiModel):
     """Observed state, written by the operator only."""
 
@@ -222,8 +236,13 @@ class ContinuedPretrainStatus(ApiModel):
         description="With evaluation.guardrail: the last milestone export within the forgetting budget "
         "(exports/<name>), if any.",
     )
+    segments: list[SegmentStatus] = Field(
+        default_factory=list,
+        max_length=MAX_LIST,
+        description="One entry per budget the run has had, in order (the operator's record; a grown budget adds one).",
+    )
     evaluated_exports: list[str] = Field(
         default_factory=list,
-        max_length=MAX_LIST + 1,  # every milestone (at most MAX_LIST) and the budget
+        max_length=2 * MAX_LIST,  # every milestone (at most MAX_LIST) and each segment's budget (at most MAX_LIST)
         description="Milestone exports whose evaluation Job completed (the operator's record: each runs once).",
     )

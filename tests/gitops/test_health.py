@@ -55,6 +55,7 @@ KSTATUS = {  # Flux with no configuration: sigs.k8s.io/cli-utils kstatus
     "training.yaml": "InProgress",
     "spec-changed.yaml": "InProgress",
     "succeeded.yaml": "Current",
+    "extended.yaml": "InProgress",  # a Succeeded run whose budget grew: going on again (docs/operator.md)
     "failed.yaml": "Failed",
     "stalled.yaml": "Failed",
     "suspended.yaml": "InProgress",
@@ -72,6 +73,7 @@ FLUX_CEL = {  # the healthCheckExprs snippet: Current once the operator accepted
     "training.yaml": "Current",
     "spec-changed.yaml": "InProgress",
     "succeeded.yaml": "Current",
+    "extended.yaml": "Current",  # the operator accepted the grown budget
     "failed.yaml": "Failed",
     "stalled.yaml": "Failed",
     "suspended.yaml": "Current",

@@ -190,6 +190,55 @@ def test_suspend_stops_the_running_stage_and_resume_continues(operator: Operator
     assert condition(get(cluster, namespace, "cpt", "paused"), "Suspended") == "False"
 
 
+def test_a_succeeded_runs_grown_budget_continues_it_in_new_children(operator: Operator, namespace: str) -> None:
+    """docs/operator.md, "Extending a run": tokenBudget and milestones patched on a Succeeded run (the edit the CEL
+    rules allow) make a second segment: new preprocess, dedup, training, evaluation and report children beside the
+    old ones, which stay as they were; the phase goes back to Preprocessing, then Succeeded again."""
+    cluster = operator.cluster
+    cluster.apply({**run_doc("grow"), "metadata": {"name": "grow", "namespace": namespace}})
+    eventually(lambda: phase_is(cluster, namespace, "grow", "Succeeded"), timeout=180, what="Succeeded")
+    before = {key: o for key, o in children_by_uid(cluster, namespace, "grow").items() if key[0] in ("Job", "JobSet")}
+    watch = subprocess.Popen(  # every status write, in order: the phase may pass Preprocessing in a second
+        [cluster.binary("kubectl"), "get", "cpt", "grow", "-n", namespace, "-w", "-o", "jsonpath={.status.phase} "],
+        env=cluster.env(),
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        data = {"tokenBudget": 2_000_000_000, "milestones": [400_000_000, 1_500_000_000]}
+        cluster.kubectl(
+            "patch", "cpt", "grow", "-n", namespace, "--type=merge", "-p", json.dumps({"spec": {"data": data}})
+        )
+
+        def continued() -> dict[str, Any] | None:
+            run = phase_is(cluster, namespace, "grow", "Succeeded")
+            done = (
+                run
+                and run["status"]["observedGeneration"] == run["metadata"]["generation"]
+                and len(run["status"].get("segments", [])) == 2
+            )
+            return run if done else None
+
+        run = eventually(continued, timeout=120, what="the second segment Succeeded")
+    finally:
+        watch.terminate()
+    phases = (watch.communicate(timeout=10)[0] or "").split()
+    assert phases[0] == "Succeeded" and "Preprocessing" in phases and phases[-1] == "Succeeded", phases
+    first, second = run["status"]["segments"]
+    assert (first["tokenBudget"], first["startStep"], first["endStep"]) == (1_000_000_000, 0, 3125)
+    assert (second["tokenBudget"], second["startStep"], second["endStep"]) == (2_000_000_000, 3125, 6250)
+    assert second["completionTime"] and condition(run, "Complete") == "True"
+    new = [f"grow-{stage}-segment-01" for stage in ("dedup", "preprocess", "report", "train")]
+    new += ["grow-eval-tokens-0001500000000", "grow-eval-tokens-0002000000000"]
+    after = {key: o for key, o in children_by_uid(cluster, namespace, "grow").items() if key[0] in ("Job", "JobSet")}
+    assert sorted(name for _, name in set(after) - set(before)) == sorted(new)
+    for key, old in before.items():  # the old children: the same objects, not run again
+        assert after[key]["metadata"]["uid"] == old["metadata"]["uid"], key
+        assert after[key]["status"].get("succeeded") == old["status"].get("succeeded"), key
+    events = get(cluster, namespace, "events", "--field-selector", "involvedObject.name=grow")["items"]
+    assert any(e["reason"] == "BudgetExtended" and e["type"] == "Normal" for e in events)
+
+
 def gang_run(operator: Operator, namespace: str, name: str, env: dict[str, str], max_restarts: int) -> dict[str, Any]:
     """A run whose training pods fail (or are evicted) on the gang's first attempt, as `env` asks kwok to."""
     doc = run_doc(name, training={"extraEnv": env}, runPolicy={"maxRestarts": max_restarts})

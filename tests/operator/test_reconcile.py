@@ -572,24 +572,3 @@ def test_the_cache_keeps_the_admitted_flavors_and_the_summary_names_the_gpu_flav
     summary = workload_summary(kept, "t-train", flavors)
     assert (summary["admitted"], summary["gpuFlavor"], summary["gpuProduct"]) == (True, "h100", H100)
     assert workload_summary(kept, "t-train")["gpuProduct"] is None  # no flavor seen (yet): the spec plans
-
-
-def test_a_budget_grown_while_training_ran_evaluates_only_the_exports_the_training_reached() -> None:
-    """docs/training.md, "Extending a run": the trainer stops at the budget its data was prepared for (1B: 3125
-    steps of 320,000 tokens); the grown budget's export does not exist, so no evaluation Job is made for it and
-    the run completes, instead of failing on a missing export."""
-    run = Run(resource())
-    run.step()
-    for name in ("t-preprocess", "t-dedup", "t-eval-baseline"):
-        run.finish(name)
-        run.step()
-    grown = minimal()
-    grown["spec"]["data"].update(tokenBudget=2_000_000_000, milestones=[400_000_000, 1_500_000_000])
-    run.run = ContinuedPretrain.model_validate(grown)  # the edit the API server allows once the run started
-    run.status["training"] = {"exports": [FIRST, LAST], "totalSteps": 3125}
-    run.finish("t-train")
-    # 1.5B and 2B were not trained: no Job for them; 1B (the old budget, no longer a milestone) has its export
-    assert run.created(run.step()) == [f"t-eval-{FIRST}", f"t-eval-{LAST}"]
-    run.finish(f"t-eval-{FIRST}")
-    run.finish(f"t-eval-{LAST}")
-    assert run.created(run.step()) == ["t-report"] and run.condition("Evaluated") == "True"
