@@ -158,7 +158,10 @@ def reconcile(
 
     if conditions.true(TRAINED) and not conditions.true(FAILED):
         _finish_segment(segments, spec, conditions, children.get(gang_name), status)
-        if segments.grows(spec, total_steps):  # a grown budget: the run continues with a new segment
+        breach = _guardrail_stop_breach(spec, status)
+        if segments.grows(spec, total_steps) and breach:  # "stop" forbids training past a breach
+            fail("ForgettingBudgetExceeded", f"spec.data.tokenBudget grew to {spec.data.token_budget}, but {breach}")
+        elif segments.grows(spec, total_steps):  # a grown budget: the run continues with a new segment
             try:
                 _extend(segments, spec, total_steps, conditions, decision, out, status)
             except ValueError as error:
@@ -469,6 +472,16 @@ def _guardrail(
     elif conditions.set(FORGETTING, True, "ForgettingBudgetExceeded", message):
         how = "training goes on (action: warn)" if guardrail.action == "warn" else "training had already completed"
         decision.events.append(("Warning", "ForgettingBudgetExceeded", f"{message}; {how}"))
+
+
+def _guardrail_stop_breach(spec: ContinuedPretrainSpec, status: dict[str, Any]) -> str | None:
+    """Why a grown budget cannot continue the run: its guardrail, under action stop, was exceeded (None if not)."""
+    guardrail = spec.evaluation.guardrail
+    found = ((status.get("evaluation") or {}).get("guardrail")) or {}
+    if guardrail is None or guardrail.action != "stop" or not found.get("breached"):
+        return None
+    message = str(found.get("message") or "the forgetting budget is exceeded")
+    return f"{message}: the run is not continued (evaluation.guardrail.action: stop)"
 
 
 def _stopped_by_guardrail(guardrail: Any, message: str) -> bool:

@@ -135,3 +135,35 @@ def test_a_run_trained_before_segments_were_kept_continues_from_the_steps_it_rep
     first, second = run.status["segments"]
     assert (first["tokenBudget"], first["endStep"], first["restarts"]) == (3125 * STEP, 3125, 2)
     assert (second["startStep"], second["endStep"]) == (3125, 6250)
+
+
+def test_a_run_whose_guardrail_stopped_it_is_not_continued_by_a_grown_budget() -> None:
+    """Under evaluation.guardrail.action stop, training past a breach is what the guardrail forbids: the grown budget
+    fails the run with that reason (one Warning event) and nothing is created; under warn the run continues."""
+    for action in ("stop", "warn"):
+        guardrail = {"benchmarks": [{"task": "boolq", "maxDrop": "0.05"}], "action": action}
+        doc = minimal()
+        doc["spec"]["evaluation"] = {"guardrail": guardrail}
+        run = Run(ContinuedPretrain.model_validate(doc))
+        for _ in range(8):
+            run.step()
+            for name, child in list(run.children.items()):
+                if child["kind"] in ("Job", "JobSet") and "status" not in child:
+                    run.finish(name)
+        breach = {"breached": True, "breachedAt": 1_000_000_000, "message": "forgetting budget exceeded at 1B"}
+        run.status["evaluation"] = {"milestones": [], "guardrail": breach}  # at the final export: it only warned
+        run.step()
+        assert run.status["phase"] == "Succeeded"
+        grown_doc = minimal()
+        grown_doc["spec"]["data"].update(tokenBudget=2_000_000_000)
+        grown_doc["spec"]["evaluation"] = {"guardrail": guardrail}
+        run.run = ContinuedPretrain.model_validate(grown_doc)
+        decision = run.step()
+        if action == "warn":
+            assert run.created(decision) == ["t-preprocess-segment-01"] and run.status["phase"] == "Preprocessing"
+            continue
+        assert run.created(decision) == [] and run.status["phase"] == "Failed"
+        failed = condition(run, "Failed")
+        assert failed["reason"] == "ForgettingBudgetExceeded" and "is not continued" in failed["message"]
+        assert [e[1] for e in decision.events if e[0] == "Warning"] == ["ForgettingBudgetExceeded"]
+        assert run.status["completionTime"] == "2026-12-02T12:00:00Z" and len(run.status["segments"]) == 1
