@@ -180,6 +180,7 @@ class RealNode:
     sysctls: dict[str, str | None] = field(default_factory=dict)
     absent_paths: list[Path] = field(default_factory=list)
     started_network: bool = False
+    kubelet_healthz: int = 0
 
     @property
     def socket(self) -> Path:
@@ -357,7 +358,28 @@ state = "{root / "state"}"
             node = self.cluster.get_json("node", NODE_NAME)
             return any(c["type"] == "Ready" and c["status"] == "True" for c in node["status"].get("conditions", []))
 
+        self.kubelet_healthz = healthz
         wait_for(f"node {NODE_NAME} Ready", node_ready, 180, kubelet.check_alive)
+
+    # -- faults (the chaos run) ---------------------------------------------------------------------
+    def restart_kubelet(self) -> None:
+        """Stop the kubelet (SIGTERM; the containers keep running under containerd) and start it again with the
+        same flags; returns once its /healthz answers."""
+        kubelet = next(c for c in self.components if c.name == "kubelet")
+        kubelet.stop()
+        kubelet.start()
+
+        def healthy() -> bool:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.kubelet_healthz}/healthz", timeout=2) as response:
+                return response.status == 200
+
+        wait_for("kubelet /healthz after its restart", healthy, 120, kubelet.check_alive)
+
+    def kill_container(self, container_id: str) -> bool:
+        """SIGKILL a container's main process through containerd (`ctr tasks kill`), as the OOM killer would;
+        False if it had already exited."""
+        ctr = ["ctr", "--address", str(self.socket), "-n", "k8s.io"]
+        return run(*ctr, "tasks", "kill", "-s", "SIGKILL", container_id, check=False).returncode == 0
 
     def _kube_proxy(self) -> None:
         healthz, metrics = free_port(), free_port()
