@@ -162,11 +162,22 @@ class ChaosDriver:
         if fault.phase == PREPROCESS:
             return fault.kind != "preprocess-kill" or bool(seen.running("preprocess"))  # the kill goes first
         if fault.phase == TRAINING:
-            return len(seen.running("train")) == self.training_pods and seen.step() >= fault.step
+            pods = seen.running("train")
+            if len(pods) != self.training_pods or seen.step() < fault.step:
+                return False
+            # the status keeps the last gang's step until the new one reports: ask the running rank 0
+            return self._logged_step(pods) >= fault.step
         # evaluation: the training faults have fired; first a milestone's evaluation pod is killed, the rest follow
         if fault.kind == "eval-kill":
             return bool(seen.running("evaluate", f"{self.run}-eval-tokens"))
         return True
+
+    def _logged_step(self, pods: list[dict[str, Any]]) -> int:
+        """The last step the running gang's node 0 logged (0 before its first)."""
+        name = next(p["metadata"]["name"] for p in pods if "-node-0-0-" in p["metadata"]["name"])
+        log = self.cluster.kubectl("logs", name, "-n", self.namespace, "--tail=50", check=False).stdout
+        steps = [json.loads(line)["step"] for line in log.splitlines() if line.startswith('{"event": "train_step"')]
+        return steps[-1] if steps else 0
 
     def _check_window(self, fault: Fault, seen: Observed) -> None:
         missed = (fault.phase == PREPROCESS and seen.condition("DataReady")) or (
