@@ -11,12 +11,13 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from cpt.api import ContinuedPretrainSpec
-from cpt.exit_codes import EXIT_INVALID_SPEC
+from cpt.exit_codes import EXIT_INVALID_SPEC, EXIT_PREEMPTED
 from cpt.stages import Stage
 from cpt.validation import validate_file
 from cpt_pipeline.errors import exit_code_for, one_line
 from cpt_pipeline.interrupt import die_with_runner
 from cpt_pipeline.pause import pause_point
+from cpt_pipeline.pid1 import supervise_if_pid_1
 from cpt_pipeline.storage import export_object_store_settings
 
 INDEX_ENV = "JOB_COMPLETION_INDEX"  # set by Kubernetes in Indexed Job pods
@@ -101,6 +102,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--target", help="evaluate: only baseline, milestones, or one export (tokens-N)")
     parser.add_argument("--debug", action="store_true", help="print the traceback of user errors too")
     args = parser.parse_args(argv)
+    supervised = supervise_if_pid_1(EXIT_PREEMPTED if args.stage == Stage.TRAIN else None)
+    if supervised is not None:  # this was the container's PID 1; the stage ran in its child
+        return supervised
     logging.basicConfig(
         level=logging.DEBUG if args.debug else logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from cpt.api import ContinuedPretrain
+from cpt_pipeline.pid1 import exit_code
 from cpt_pipeline.train.launch import shutdown_seconds
 from tests.conftest import REPO
 
@@ -19,6 +20,7 @@ WORKER = "import os; print('worker', os.environ['RANK'], 'of', os.environ['WORLD
 LAUNCHER = """
 import sys
 from cpt.api import ContinuedPretrain
+from cpt_pipeline.pid1 import exit_code
 from cpt_pipeline.train.launch import launch
 spec = ContinuedPretrain.model_validate_json(open(sys.argv[1]).read()).spec
 sys.exit(launch(spec, ["-c", sys.argv[2]]))
@@ -164,3 +166,50 @@ def test_without_the_operators_variable_the_shutdown_time_comes_from_the_spec() 
     ).spec
     assert shutdown_seconds(spec, {}) == 110
     assert shutdown_seconds(spec, {"KUBECPT_SHUTDOWN_SECONDS": "45"}) == 45
+
+
+def _in_rendezvous_as_pid_1(spec: Path, rank: int, port: int) -> tuple[subprocess.Popen[str], int, list[str]]:
+    """The training stage as PID 1 of its own PID namespace (as in a container), node `rank` of 2, alone in its
+    rendezvous; returns it once it logged the rendezvous, with its PID 1 as seen from here."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("PET_", "MASTER_", "JOB_COMPLETION", "KUBECPT_"))}
+    env = {**clean, "PET_NODE_RANK": str(rank), "PET_MASTER_ADDR": "127.0.0.1", "PET_MASTER_PORT": str(port)}
+    stage = [sys.executable, "-P", "-m", "cpt_pipeline", "train", "--spec", str(spec)]  # the container's command
+    argv = ["unshare", "--pid", "--fork", "--kill-child", *stage]
+    proc = subprocess.Popen(argv, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    assert proc.stdout is not None
+    lines = []
+    for line in proc.stdout:
+        lines.append(line)
+        if "rendezvous 127.0.0.1" in line:
+            break
+    children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
+    assert len(children) == 1, (children, lines)
+    return proc, int(children[0]), lines
+
+
+def test_a_launcher_that_is_pid_1_leaves_its_rendezvous_on_sigterm(tmp_path: Path) -> None:
+    """A pod deleted while its launcher waits for the gang (a restart whose other pod is gone again): the
+    launcher is the container's PID 1, for which the kernel drops a signal that has no handler, and torch's
+    rendezvous waits in native code, where no Python handler runs: before the fix it ignored SIGTERM and held the
+    node for the whole grace period (300 s) until SIGKILL. Now (pipeline/pid1.py) it exits 75 (a preemption) at
+    once, for node 0 (serving the store) and node 1 (waiting for it)."""
+    spec = _spec_file(tmp_path, nodes=2, rendezvousTimeoutSeconds=600)
+    for rank in (0, 1):
+        proc, pid, lines = _in_rendezvous_as_pid_1(spec, rank, _port())
+        try:
+            time.sleep(1)  # into the store's wait
+            os.kill(pid, signal.SIGTERM)
+            try:
+                rest = proc.communicate(timeout=60)[0]
+            except subprocess.TimeoutExpired:
+                rest = "(still waiting in the rendezvous 60 s after SIGTERM)"
+        finally:
+            proc.kill()
+            proc.wait()
+        output = "".join(lines) + rest
+        assert proc.returncode == 75, f"node {rank}: {output[-3000:]}"
+
+
+def test_a_supervised_stages_exit_code_is_its_childs_and_a_sigterm_is_a_preemption_only_for_training() -> None:
+    assert [exit_code(c, 75) for c in (0, 3, 75, -signal.SIGTERM, -signal.SIGKILL)] == [0, 3, 75, 75, 137]
+    assert exit_code(-signal.SIGTERM, None) == 143  # preprocess, dedup, evaluate, report: as a shell would say
