@@ -26,7 +26,9 @@ from typing import Any
 import pytest
 import s3fs
 
+from cpt.api import ContinuedPretrain
 from cpt.kube_yaml import dump
+from cpt_pipeline.train.schedule import lr_multiplier
 from tests.cluster.cluster import Cluster
 from tests.cluster.helpers import eventually
 from tests.conftest import REPO, shared_data_dir
@@ -401,12 +403,7 @@ def test_a_gang_under_seeded_chaos_completes_exactly_like_the_fault_free_run(set
 
     # The gang, killed and stopped and its storage faulted, resumed from its checkpoints in S3 with the
     # fault-free run's data order and losses at every step.
-    def curve(run: str) -> list[dict[str, Any]]:
-        return [
-            json.loads(line) for line in fs.cat_file(f"{BUCKET}/runs/{run}/train/metrics.jsonl").decode().splitlines()
-        ]
-
-    gang, single = curve("gang"), curve("single")
+    gang, single = curve(fs, "gang"), curve(fs, "single")
     assert [r["step"] for r in gang] == list(range(1, STEPS + 1))
     for want, have in zip(single, gang, strict=True):
         assert have["sampleIds"] == want["sampleIds"], have["step"]
@@ -421,6 +418,56 @@ def test_a_gang_under_seeded_chaos_completes_exactly_like_the_fault_free_run(set
     }
     (logs / "timings.json").write_text(json.dumps(report, indent=1))
     print("\nend-to-end timings:", json.dumps(report, indent=1))
+
+
+def curve(fs: s3fs.S3FileSystem, run: str) -> list[dict[str, Any]]:
+    """The run's metrics.jsonl: one record per optimizer step."""
+    text = fs.cat_file(f"{BUCKET}/runs/{run}/train/metrics.jsonl").decode()
+    return [json.loads(line) for line in text.split("\n") if line.strip()]
+
+
+GROWN_STEPS = STEPS + 6  # the grown budget: a second segment of 6 steps
+NEW_MILESTONE = STEP_TOKENS * (STEPS + 3)
+
+
+def test_a_succeeded_runs_grown_budget_continues_it_on_the_node(setup) -> None:
+    """The study's 400M -> 1B as one patch: `single`, Succeeded by the chaos test above (run the module), gets its
+    budget grown and a milestone appended. The operator trains segment 1 on the node from the checkpoint in S3:
+    no step repeated, the steps taken keep their samples, the new ones read new documents, every step's rate
+    follows cosine's rule (re-warm and re-decay over the new segment), the new milestones are evaluated."""
+    cluster, fs, endpoint, operator, _ = setup
+    run = get(cluster, "cpt", "single")
+    assert run and run["status"]["phase"] == "Succeeded", "needs the `single` run of the chaos test (run the module)"
+    first = curve(fs, "single")
+    spec = resource("single", endpoint, nodes=1, procs=2)["spec"]
+    grow = {"tokenBudget": STEP_TOKENS * GROWN_STEPS, "milestones": [*spec["data"]["milestones"], NEW_MILESTONE]}
+    patch = json.dumps({"spec": {"data": grow}})
+    cluster.kubectl("patch", "cpt", "single", "-n", NAMESPACE, "--type=merge", "-p", patch)
+
+    def continued() -> dict[str, Any] | None:
+        operator.alive()
+        status = (get(cluster, "cpt", "single") or {}).get("status", {})
+        assert status.get("phase") != "Failed", json.dumps(status, indent=1)
+        done = status.get("phase") == "Succeeded" and len(status.get("segments", [])) == 2
+        return status if done and status["evaluation"]["milestones"][-1]["tokens"] == grow["tokenBudget"] else None
+
+    status = eventually(continued, timeout=900, interval=1, what="single Succeeded again with two segments")
+    assert [(s["startStep"], s["endStep"]) for s in status["segments"]] == [(0, STEPS), (STEPS, GROWN_STEPS)]
+    tokens = [m["tokens"] for m in status["evaluation"]["milestones"]]
+    assert tokens == [0, STEP_TOKENS * STEPS // 2, STEP_TOKENS * STEPS, NEW_MILESTONE, STEP_TOKENS * GROWN_STEPS]
+    assert all(m["domainPerplexity"] > 1 for m in status["evaluation"]["milestones"])
+    assert get(cluster, "jobset", "single-train-segment-01")["metadata"]["uid"]
+
+    grown = curve(fs, "single")
+    assert [r["step"] for r in grown] == list(range(1, GROWN_STEPS + 1))  # no step repeated
+    assert [(r["sampleIds"], r["loss"]) for r in grown[:STEPS]] == [(r["sampleIds"], r["loss"]) for r in first]
+    new_ids = [i for r in grown[STEPS:] for i in r["sampleIds"]]
+    assert new_ids and all(i.startswith(("domain-segment-01/", "replay-segment-01/")) for i in new_ids), new_ids[:4]
+    schedule = ContinuedPretrain.model_validate(resource("single", endpoint, 1, 2)).spec.training.schedule
+    multiplier = lr_multiplier(schedule, [STEPS, GROWN_STEPS])
+    assert [r["lr"] for r in grown] == pytest.approx([1e-3 * multiplier(s) for s in range(GROWN_STEPS)])
+    for export in status["training"]["exports"][-2:]:
+        assert fs.exists(f"{BUCKET}/runs/single/exports/{export}/model.safetensors"), export
 
 
 PREEMPT_STEPS = 200  # far more than the test waits for: the run is deleted once the gang resumed
