@@ -25,6 +25,7 @@ import json
 import logging
 import math
 import os
+import re
 import tempfile
 import time
 from collections import Counter
@@ -74,6 +75,8 @@ NOT_DECONTAMINATED = (
     "decontamination.evalData nor evaluation.localTaskDir names their files"
 )
 PROGRESS_SECONDS = 2.0  # a preprocess_progress event at most this often per worker
+STARTED = "started"  # work/preprocess/<segment>/started/budget-<n>.json: a worker started the segment for budget n
+_STARTED_NAME = re.compile(r"budget-(\d+)\.json")
 
 
 @dataclass(frozen=True)
@@ -107,19 +110,28 @@ def pending_segment(
 ) -> tuple[DataSet | None, dict[str, Any]]:
     """(the segment of the set still to prepare, or None when the prepared segments cover the budget; the identity
     it is prepared under). A grown budget is a new segment under segment 0's identity, refused like segment 0 when
-    anything else changed (segments.py)."""
+    anything else changed (segments.py). A segment keeps the budget its workers started under: a budget grown
+    while it was prepared is the next segment's."""
     found = segment_manifests(storage, data_set.name)
+    budget = _started_budget(storage, segment_dir(data_set.name, len(found)), data_set.budget)
     if not found:
-        return data_set, prepare_identity(spec, data_set.name, data_set.tokens_needed, tokenizer)
-    recorded_needs = found[0]["tokens_needed"] if "budget" in found[0] else data_set.tokens_needed
-    prepared = prepare_identity(spec, data_set.name, recorded_needs, tokenizer)
+        pending = replace(data_set, budget=budget, tokens_needed=tokens_for(spec, data_set.name, budget))
+        return pending, prepare_identity(spec, data_set.name, pending.tokens_needed, tokenizer)
+    last = segment_budgets(storage, spec, data_set.name, found)[-1]
+    prepared = prepare_identity(spec, data_set.name, found[0]["tokens_needed"], tokenizer)
     current = set_identity(prepared, spec.data.sequence_length, data_set.sources, world_size)
     refuse_if_changed(found[0].get("identity"), current, storage.path("data", data_set.name, MANIFEST), storage)
-    last = segment_budgets(found, data_set.budget)[-1]
-    if data_set.budget <= last:
+    if budget <= last:
         return None, prepared
-    needed = data_set.tokens_needed - tokens_for(spec, data_set.name, last)
-    return replace(data_set, tokens_needed=needed, segment=len(found), previous_budget=last), prepared
+    needed = tokens_for(spec, data_set.name, budget) - tokens_for(spec, data_set.name, last)
+    return replace(data_set, budget=budget, tokens_needed=needed, segment=len(found), previous_budget=last), prepared
+
+
+def _started_budget(storage: Storage, folder: str, budget: int) -> int:
+    """The budget a segment's first worker started under (the least its workers recorded in `started/`), when the
+    spec's grew since; else `budget` (the spec's)."""
+    names = storage.list("work", "preprocess", folder, STARTED)
+    return min([budget, *(int(m.group(1)) for name in names if (m := _STARTED_NAME.fullmatch(name)))])
 
 
 def source_needs(data_set: DataSet) -> dict[str, int]:
@@ -270,13 +282,13 @@ def prepare(spec: ContinuedPretrainSpec, storage: Storage, rank: int, world_size
             log.info("preprocess %s rank %d: the set is packed already, skipped", whole.name, rank)
             continue
         out = work_dir(storage, data_set.dir_name, rank)
-        if out.exists("done.json"):
-            done = out.read_json("done.json")
-            identity = _rank_identity(data_set, prepared, world_size)
-            refuse_if_changed(done.get("identity"), identity, out.path("done.json"), storage)
+        done = _finished(storage, data_set, prepared, rank, world_size)
+        if done is not None:
             log.info("preprocess %s rank %d: already done, skipped", data_set.dir_name, rank)
             total.merge(Stats.from_json(done["stats"]))
             continue
+        marker = f"budget-{data_set.budget}.json"  # before reading: a worker that starts later keeps this budget
+        storage.write_json({"budget": data_set.budget}, "work", "preprocess", data_set.dir_name, STARTED, marker)
         started = time.perf_counter()
         by_name = {s.name: s for s in data_set.sources}
         units, starts = _open_units(storage, data_set, world_size, rank)
@@ -323,6 +335,7 @@ def prepare(spec: ContinuedPretrainSpec, storage: Storage, rank: int, world_size
                 "world_size": world_size,
                 "partitions": partitions,
                 "identity": _rank_identity(data_set, prepared, world_size),
+                "budget": data_set.budget,
                 "units": len(units),
                 "stats": stats.to_json(),
                 "tokenizer": tokenizer.info.to_json(),
@@ -392,6 +405,33 @@ class _UnitReader:
             if writer.tokens - start >= cap:
                 return batch[-1].position + 1
         return None
+
+
+def _finished(
+    storage: Storage, data_set: DataSet, prepared: dict[str, Any], rank: int, world_size: int
+) -> dict[str, Any] | None:
+    """The worker's done.json of the segment, refused when made under another spec; None when it has not finished,
+    or finished for a budget above the segment's (it started as the budget grew, before the segment's first worker
+    recorded its start: it prepares again, and its output goes)."""
+    out = work_dir(storage, data_set.dir_name, rank)
+    if not out.exists("done.json"):
+        return None
+    done = out.read_json("done.json")
+    if done.get("budget", data_set.budget) > data_set.budget:
+        log.warning(
+            "preprocess %s rank %d: prepared for spec.data.tokenBudget %d, but the segment's first worker started "
+            "under %d (the budget grew meanwhile; the growth is the next segment): preparing again",
+            data_set.dir_name,
+            rank,
+            done["budget"],
+            data_set.budget,
+        )
+        out.remove()
+        return None
+    refuse_if_changed(
+        done.get("identity"), _rank_identity(data_set, prepared, world_size), out.path("done.json"), storage
+    )
+    return done
 
 
 def _rank_identity(data_set: DataSet, prepared: dict[str, Any], world_size: int) -> dict[str, Any]:
@@ -559,6 +599,19 @@ def reduce(
             return {}
         _prepare_again(spec, storage, world_size, stale)
         partition = None  # index 0 decides every partition and packs
+    raced = _raced_ranks(spec, storage, world_size)
+    if raced:
+        if partition not in (None, 0):
+            log.warning(
+                "dedup partition %d: workers %s prepared for a budget that grew after their segment's first worker "
+                "started; index 0 prepares them again and decides every partition",
+                partition,
+                raced,
+            )
+            return {}
+        for rank in raced:
+            prepare(spec, storage, rank, world_size)  # for the segment's budget (_finished)
+        partition = None
     tokenizer = _tokenizer_info(spec, storage)
     manifests: dict[str, dict[str, Any]] = {}
     packed = True
@@ -603,6 +656,20 @@ def _stale_ranks(spec: ContinuedPretrainSpec, storage: Storage, world_size: int)
             if out.exists("done.json") and out.read_json("done.json").get("partitions") != partitions:
                 stale.add(rank)
     return sorted(stale)
+
+
+def _raced_ranks(spec: ContinuedPretrainSpec, storage: Storage, world_size: int) -> list[int]:
+    """Workers that finished a set's pending segment for a budget above its first worker's: they started as the
+    budget grew, before that worker recorded its start (`_finished`)."""
+    raced = set()
+    for whole in data_sets(spec):
+        folder = segment_dir(whole.name, len(segment_manifests(storage, whole.name)))
+        budget = _started_budget(storage, folder, whole.budget)
+        for rank in range(world_size):
+            out = work_dir(storage, folder, rank)
+            if out.exists("done.json") and out.read_json("done.json").get("budget", budget) > budget:
+                raced.add(rank)
+    return sorted(raced)
 
 
 def _prepare_again(spec: ContinuedPretrainSpec, storage: Storage, world_size: int, ranks: list[int]) -> None:

@@ -3,10 +3,12 @@
 
 Segment 0 is `data/<set>/`, as for a run that never grew; segment j >= 1 is `data/<set>-segment-NN/` (work in
 `work/preprocess/<set>-segment-NN/`). Each manifest records the `budget` (spec.data.tokenBudget) it was made
-for. A grown budget adds a segment under the identity of segment 0 (its spec fields, tokenizer and tokens
-needed): the tokens the growth needs, read in each work unit from where the segment before stopped (its
-workers' `next_positions`), so no document of an earlier segment is read into it again, and exact duplicates
-of earlier segments' documents are dropped. Training reads segment j for the steps between the budgets.
+for (one made before budgets were recorded: `budgets`). A segment is prepared for the budget its first worker
+started under (runner.pending_segment): a budget grown while it is prepared is the next segment. A grown budget
+adds a segment under the identity of segment 0 (its spec fields, tokenizer and tokens needed): the tokens the
+growth needs, read in each work unit from where the segment before stopped (its workers' `next_positions`), so no
+document of an earlier segment is read into it again, and exact duplicates of earlier segments' documents are
+dropped. Training reads segment j for the steps between the budgets.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import math
 from typing import Any
 
 from cpt.api import ContinuedPretrainSpec
+from cpt_pipeline.preprocess.identity import PreparedUnderAnotherSpec
 from cpt_pipeline.storage import Storage
 
 MANIFEST = "manifest.json"
@@ -45,6 +48,23 @@ def manifests(storage: Storage, set_name: str) -> list[dict[str, Any]]:
     return found
 
 
-def budgets(found: list[dict[str, Any]], spec_budget: int) -> list[int]:
-    """The budget of each segment; a manifest made before segments were recorded counts as the spec's."""
-    return [int(m.get("budget", spec_budget)) for m in found]
+def budgets(storage: Storage, spec: ContinuedPretrainSpec, set_name: str, found: list[dict[str, Any]]) -> list[int]:
+    """The budget of each segment (`found`: its manifests). A manifest made before budgets were recorded counts as
+    the spec's budget only when its tokens_needed are that budget's (the budget reaches preparation only through
+    them: preparing for the spec's budget gives the same data); else one line names it."""
+    out = []
+    for index, manifest in enumerate(found):
+        if "budget" in manifest:
+            out.append(int(manifest["budget"]))
+            continue
+        budget, needed = spec.data.token_budget, manifest.get("tokens_needed")
+        if index > 0 or needed != tokens_for(spec, set_name, budget):
+            path = storage.path("data", segment_dir(set_name, index), MANIFEST)
+            raise PreparedUnderAnotherSpec(
+                f"{path} records no budget (packed by an older version) and its tokens_needed {needed} are not "
+                f'those of spec.data.tokenBudget {budget} ({tokens_for(spec, set_name, budget)}): add "budget": '
+                "<the spec.data.tokenBudget it was prepared for> to it, or delete the run's data/ and "
+                "work/preprocess/ to prepare again"
+            )
+        out.append(budget)
+    return out

@@ -242,7 +242,7 @@ def _shards(
     the run trains to: each segment's, up to spec.data.tokenBudget (a budget the data does not cover yet is
     trained to once preprocessing has prepared its segment)."""
     names = ["domain", "replay"] if spec.data.active_replay is not None else ["domain"]
-    found = {name: segment_budgets(segment_manifests(storage, name), spec.data.token_budget) for name in names}
+    found = {name: segment_budgets(storage, spec, name, segment_manifests(storage, name)) for name in names}
     prepared = found["domain"] or [spec.data.token_budget]  # none: load_set below names what is missing
     if any(budgets != prepared for budgets in found.values() if budgets):
         raise DataError(f"the prepared sets cover different budgets ({found}): run the preprocess and dedup stages")

@@ -11,9 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from cpt_pipeline.preprocess import readers
+from cpt_pipeline.preprocess import readers, runner
+from cpt_pipeline.preprocess.identity import PreparedUnderAnotherSpec
 from cpt_pipeline.preprocess.readers import SourceError
-from cpt_pipeline.preprocess.runner import prepare
+from cpt_pipeline.preprocess.runner import prepare, reduce
 from cpt_pipeline.preprocess.tokenize import TextTokenizer
 from cpt_pipeline.storage import Storage
 from cpt_pipeline.train.data import MixedSamples, load_set
@@ -229,3 +230,82 @@ def _documents(storage: Storage, folder: str) -> set[tuple[int, int]]:
         with np.load(io.BytesIO(storage.read_bytes("work", "preprocess", folder, f"rank-{rank:05d}", "docs.npz"))) as a:
             found |= set(zip(a["units"].tolist(), a["positions"].tolist(), strict=True))
     return found
+
+
+def test_a_budget_grown_while_a_segment_is_prepared_completes_it_under_the_budget_it_started_with(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An edit between the workers and dedup (a local `cpt run` whose YAML changed, the operator's spec ConfigMap):
+    the segment is packed for the budget its first worker started under, the growth is the next segment; also
+    a worker that starts after the edit, and the same for a later segment."""
+    monkeypatch.setattr(readers, "MIN_CHUNK", 4096)  # several units per file
+    write_jsonl(tmp_path / "in" / "a.jsonl", [document(i, lines=8) for i in range(400)])
+    source, options = [{"name": "d", "uri": str(tmp_path / "in")}], {"preprocessing": {"limitToBudget": True}}
+    spec, grown, again = (make_spec(tmp_path / "out", source, tokenBudget=b, **options) for b in (8000, 20000, 30000))
+    storage = Storage.from_spec(spec.storage)
+    prepare(spec, storage, 0, 2)
+    prepare(grown, storage, 1, 2)  # started after the edit
+    reduce(grown, storage, 2)
+    first = storage.read_json("data", "domain", "manifest.json")
+    assert (first["budget"], first["tokens_needed"]) == (8000, 8000)
+    prepare(grown, storage, 0, 2)  # segment 1 starts under 20000; the budget grows again meanwhile
+    prepare(again, storage, 1, 2)
+    reduce(again, storage, 2)
+    second = storage.read_json("data", "domain-segment-01", "manifest.json")
+    assert (second["budget"], second["previous_budget"], second["tokens_needed"]) == (20000, 8000, 12000)
+    run(again, world=2)  # the next budget is the next segment
+    third = storage.read_json("data", "domain-segment-02", "manifest.json")
+    assert (third["budget"], third["previous_budget"]) == (30000, 20000)
+
+
+def test_workers_that_start_while_the_budget_grows_prepare_the_segment_under_its_first_workers_budget(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Workers do not run together: one that starts after the edit while the first is still reading takes the
+    budget that one recorded at its start; one that started before that start was recorded (it finished for the
+    grown budget) is prepared again by the dedup. The packed segment is the one the old budget alone makes."""
+    monkeypatch.setattr(readers, "MIN_CHUNK", 4096)  # several units per file
+    write_jsonl(tmp_path / "in" / "a.jsonl", [document(i, lines=8) for i in range(400)])
+    source, options = [{"name": "d", "uri": str(tmp_path / "in")}], {"preprocessing": {"limitToBudget": True}}
+    spec, grown = (make_spec(tmp_path / "out", source, tokenBudget=b, **options) for b in (8000, 20000))
+    storage = Storage.from_spec(spec.storage)
+    prepare(grown, storage, 2, 3)  # raced: read the grown spec before worker 0 recorded its start
+    with monkeypatch.context() as still_reading, pytest.raises(InterruptedError):
+        still_reading.setattr(runner._UnitReader, "read", _interrupted)
+        prepare(spec, storage, 0, 3)  # worker 0 started under 8000 and is still reading
+    prepare(grown, storage, 1, 3)
+    prepare(grown, storage, 0, 3)  # worker 0 restarted under the grown spec
+    reduce(grown, storage, 3)
+    manifest = storage.read_json("data", "domain", "manifest.json")
+    assert (manifest["budget"], manifest["tokens_needed"]) == (8000, 8000)
+    reference = make_spec(tmp_path / "reference", source, tokenBudget=8000, **options)
+    run(reference, world=3)
+    rows, tail, _ = shards_of(Storage.from_spec(reference.storage), "domain", "d")
+    packed_rows, packed_tail, _ = shards_of(storage, "domain", "d")
+    assert (packed_rows.tobytes(), packed_tail.tobytes()) == (rows.tobytes(), tail.tobytes())
+    run(grown, world=3)
+    segment = storage.read_json("data", "domain-segment-01", "manifest.json")
+    assert (segment["budget"], segment["previous_budget"], segment["tokens_needed"]) == (20000, 8000, 12000)
+
+
+def _interrupted(*args: object, **kwargs: object) -> None:
+    raise InterruptedError("the worker is still reading")
+
+
+def test_a_manifest_without_a_budget_is_the_specs_only_when_it_was_made_for_it(tmp_path: Path) -> None:
+    """A set packed before manifests recorded their budget: the spec's budget when its tokens_needed are that
+    budget's (preparing for it gives the same data); after a growth, which budget it was made for is unknown: one
+    line names the manifest (the growth is never silently taken as prepared)."""
+    write_jsonl(tmp_path / "in" / "a.jsonl", [document(i) for i in range(60)])
+    source = [{"name": "d", "uri": str(tmp_path / "in")}]
+    spec, grown = (make_spec(tmp_path / "out", source, tokenBudget=b) for b in (8000, 20000))
+    storage = Storage.from_spec(spec.storage)
+    run(spec, world=1)
+    older = storage.read_json("data", "domain", "manifest.json")
+    del older["budget"]
+    storage.write_json(older, "data", "domain", "manifest.json")
+    run(spec, world=1)  # covered: nothing to do
+    with pytest.raises(PreparedUnderAnotherSpec) as error:
+        run(grown, world=1)
+    assert str(error.value).startswith(f"{storage.path('data', 'domain', 'manifest.json')} records no budget")
+    assert "tokens_needed 8000 are not those of spec.data.tokenBudget 20000" in str(error.value)
