@@ -587,28 +587,17 @@ def reduce(
     if partition is not None and not 0 <= partition < partitions:
         raise ValueError(f"dedup partition {partition} is outside spec.data.preprocessing.dedupPartitions {partitions}")
     stale = _stale_ranks(spec, storage, world_size)
+    why = f"have no buckets for {partitions} partitions (finished under an older version, or another dedupPartitions)"
+    if _left_to_index_0(partition, stale, why):
+        return {}
     if stale:
-        if partition not in (None, 0):
-            log.warning(
-                "dedup partition %d: workers %s have no buckets for %d partitions (finished under an older "
-                "version, or another dedupPartitions); index 0 prepares them again and decides every partition",
-                partition,
-                stale,
-                partitions,
-            )
-            return {}
         _prepare_again(spec, storage, world_size, stale)
         partition = None  # index 0 decides every partition and packs
     raced = _raced_ranks(spec, storage, world_size)
+    why = "prepared for a budget that grew after their segment's first worker started"
+    if _left_to_index_0(partition, raced, why):
+        return {}
     if raced:
-        if partition not in (None, 0):
-            log.warning(
-                "dedup partition %d: workers %s prepared for a budget that grew after their segment's first worker "
-                "started; index 0 prepares them again and decides every partition",
-                partition,
-                raced,
-            )
-            return {}
         for rank in raced:
             prepare(spec, storage, rank, world_size)  # for the segment's budget (_finished)
         partition = None
@@ -656,6 +645,20 @@ def _stale_ranks(spec: ContinuedPretrainSpec, storage: Storage, world_size: int)
             if out.exists("done.json") and out.read_json("done.json").get("partitions") != partitions:
                 stale.add(rank)
     return sorted(stale)
+
+
+def _left_to_index_0(partition: int | None, ranks: list[int], why: str) -> bool:
+    """Whether this dedup index leaves the workers `ranks` to index 0, which prepares them again and decides every
+    partition: every other index does, and says why."""
+    if not ranks or partition in (None, 0):
+        return False
+    log.warning(
+        "dedup partition %d: workers %s %s; index 0 prepares them again and decides every partition",
+        partition,
+        ranks,
+        why,
+    )
+    return True
 
 
 def _raced_ranks(spec: ContinuedPretrainSpec, storage: Storage, world_size: int) -> list[int]:
