@@ -16,8 +16,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--liveness", default="http://0.0.0.0:8080/healthz", help="liveness endpoint")
     args = parser.parse_args(argv)
     import cpt_operator.handlers  # noqa: F401  (registers the handlers)
+    from cpt_operator.cache import register_resource_flavors
+    from cpt_operator.kube import Kube
 
     kopf.configure(verbose=False)
+    register_resource_flavors(Kube.connect())  # before kopf.run: kopf creates its indices as it starts
     kopf.run(
         standalone=True,
         liveness_endpoint=args.liveness,

@@ -1,7 +1,8 @@
 """Watch caches of the runs, their children, their pods and Kueue's Workloads (kopf indices), so a pass makes no
 LIST or GET: with hundreds of runs pushing progress every few seconds, a pass costs API requests only for what it
 changes. kopf holds every handler back until each index is filled by its initial listing, so the first passes
-after a start already see every child.
+after a start already see every child; so the one optional index, Kueue's ResourceFlavors, is registered only when
+the operator may list and watch them (register_resource_flavors).
 
 Only what a pass reads is kept of each object (no pod templates), which bounds the operator's memory.
 """
@@ -9,6 +10,7 @@ Only what a pass reads is kept of each object (no pod templates), which bounds t
 from __future__ import annotations
 
 import copy
+import logging
 from collections.abc import Iterable
 from typing import Any
 
@@ -16,9 +18,19 @@ import kopf
 
 from cpt import API_GROUP, API_VERSION, PLURAL
 from cpt.throughput import GPU_PRODUCT_LABEL
-from cpt_operator.kube import JOB_UID_LABEL, JOBSET, JOBSET_UID_LABEL, RESOURCE_FLAVOR, WORKLOAD, start_problem
+from cpt_operator.kube import (
+    JOB_UID_LABEL,
+    JOBSET,
+    JOBSET_UID_LABEL,
+    RESOURCE_FLAVOR,
+    WORKLOAD,
+    Kube,
+    start_problem,
+)
 from cpt_operator.names import DEACTIVATED, RUN_LABEL
 from cpt_operator.ownership import controller_uid
+
+log = logging.getLogger(__name__)
 
 KEPT_META = ("name", "namespace", "uid", "resourceVersion", "generation", "labels", "ownerReferences")
 KEPT_META += ("creationTimestamp", "deletionTimestamp")
@@ -125,11 +137,29 @@ def cpt_workloads(namespace: str | None, body: kopf.Body, **_: Any) -> dict[Any,
     return {(namespace, owner): kept} if owner else {}
 
 
-@kopf.index(*RESOURCE_FLAVOR, id="cpt_resourceflavors")
 def cpt_resourceflavors(name: str | None, body: kopf.Body, **_: Any) -> dict[Any, Any]:
     """Kueue's ResourceFlavors whose node labels name a GPU product: flavor name -> product (status.plan's GPU)."""
     product = ((body.get("spec") or {}).get("nodeLabels") or {}).get(GPU_PRODUCT_LABEL)
     return {name: product} if name and product else {}
+
+
+def register_resource_flavors(kube: Kube) -> bool:
+    """Register the cpt_resourceflavors index, before kopf starts, only if the operator may list and watch
+    ResourceFlavors: kopf holds every handler back until each index has its first listing, and a forbidden one
+    never comes. Without the permission: one warning, and status.plan assumes the default GPU."""
+    group, _, plural = RESOURCE_FLAVOR
+    missing = [verb for verb in ("list", "watch") if not kube.may(verb, group, plural)]
+    if missing:
+        log.warning(
+            "cannot read Kueue ResourceFlavors: the operator's account may not %s %s.%s (the chart's -discovery "
+            "ClusterRole grants it); status.plan assumes the default GPU, not the admitted flavor's",
+            " or ".join(missing),
+            plural,
+            group,
+        )
+        return False
+    kopf.index(*RESOURCE_FLAVOR, id="cpt_resourceflavors")(cpt_resourceflavors)
+    return True
 
 
 class Cache:
@@ -141,8 +171,9 @@ class Cache:
     def bind(self, kwargs: dict[str, Any]) -> None:
         """Take the indices from a handler's kwargs (kopf hands them to handlers only)."""
         if not self.indices:
-            names = (*CHILD_INDICES, *OWNER_INDICES, "cpt_runs", "cpt_pods", "cpt_workloads", "cpt_resourceflavors")
-            self.indices = {name: kwargs[name] for name in names}
+            names = (*CHILD_INDICES, *OWNER_INDICES, "cpt_runs", "cpt_pods", "cpt_workloads")
+            optional = ("cpt_resourceflavors",)  # only with the permission (register_resource_flavors)
+            self.indices = {name: kwargs[name] for name in names} | {n: kwargs[n] for n in optional if n in kwargs}
 
     @property
     def ready(self) -> bool:
@@ -181,7 +212,9 @@ class Cache:
         return self.values("cpt_workloads", (namespace, owner_uid))
 
     def flavor_products(self) -> dict[str, str]:
-        """Each ResourceFlavor's GPU product label, by flavor name."""
+        """Each ResourceFlavor's GPU product label, by flavor name (none without the index)."""
+        if "cpt_resourceflavors" not in self.indices:
+            return {}
         for _ in range(5):
             try:
                 names = list(self.indices["cpt_resourceflavors"])

@@ -180,6 +180,19 @@ class Kube:
             client.RbacAuthorizationV1Api(api),
         )
 
+    def may(self, verb: str, group: str, plural: str) -> bool:
+        """May the operator's account `verb` this cluster-scoped resource? (A SelfSubjectAccessReview, which every
+        authenticated account may create.)"""
+        from kubernetes import client
+
+        review = client.V1SelfSubjectAccessReview(
+            spec=client.V1SelfSubjectAccessReviewSpec(
+                resource_attributes=client.V1ResourceAttributes(group=group, resource=plural, verb=verb)
+            )
+        )
+        answer = client.AuthorizationV1Api(self.core.api_client).create_self_subject_access_review(review)
+        return bool(answer.status.allowed)
+
     def observe(self, cache: Cache, namespace: str, run: str, uid: str) -> Observed:
         """This incarnation's children (controller owner UID `uid`) by key, from the watch caches, with what a pass
         needs of their pods and Kueue Workloads. Objects with the run's label but another owner are leftovers of

@@ -10,13 +10,13 @@ import pytest
 import yaml
 
 from cpt.crd import build_crd, render_helm_crd
-from tests.chart.render import CHART, helm, template
+from tests.chart.render import CHART, KUBE_VERSION, helm, template
 
 FULLNAME = "rel-kubecpt"
 
 
 def test_helm_lint_is_clean() -> None:
-    result = helm("lint", "--strict", str(CHART))
+    result = helm("lint", "--strict", "--kube-version", KUBE_VERSION, str(CHART))
     assert "0 chart(s) failed" in result.stdout, result.stdout
 
 
@@ -169,3 +169,13 @@ def test_the_operator_role_grants_every_call_the_passes_make() -> None:
     cluster_wide = rules(template("--set", "watchNamespace=team-a")[("ClusterRole", f"{FULLNAME}-discovery")])
     flavors = {("kueue.x-k8s.io", "resourceflavors", verb) for verb in ("get", "list", "watch")}  # status.plan's GPU
     assert flavors <= cluster_wide, sorted(flavors - cluster_wide)
+
+
+def test_the_chart_refuses_a_kubernetes_older_than_1_29() -> None:
+    """Chart.yaml's kubeVersion: the CRD's CEL rules and the stage Jobs' backoffLimitPerIndex are on by default from
+    1.29 (docs/install.md); a vendor's build of 1.29 (a pre-release suffix) is accepted."""
+    assert yaml.safe_load((CHART / "Chart.yaml").read_text())["kubeVersion"] == ">=1.29.0-0"
+    refused = helm("template", "rel", str(CHART), "--kube-version", "v1.28.15", check=False)
+    assert refused.returncode != 0 and "incompatible with Kubernetes v1.28.15" in refused.stderr, refused.stderr
+    for version in ("v1.29.0", "v1.29.3-eks-1234", "v1.35.4"):
+        helm("template", "rel", str(CHART), "--kube-version", version)

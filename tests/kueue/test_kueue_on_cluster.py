@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from tests.cluster.cluster import GPU_PRODUCT, Cluster
 from tests.cluster.helpers import eventually
@@ -216,3 +217,47 @@ def test_a_higher_priority_run_preempts_the_gang_which_resumes_after_it(operator
     )
     assert condition(done, "Queued") == "False"
     assert done["status"]["training"]["restarts"] == 0  # a preemption is not a failure: nothing counted
+
+
+def without_resource_flavors(cluster: Cluster, namespace: str, path: Path) -> Path:
+    """A kubeconfig with the token of a ServiceAccount bound to the chart's operator ClusterRoles less the
+    ResourceFlavor rule (a platform team trimmed the RBAC); the ClusterRoles are named after the namespace."""
+    from tests.chart.render import template
+
+    cluster.kubectl("create", "serviceaccount", "operator", "-n", namespace)
+    for (kind, name), role in template().items():
+        if kind != "ClusterRole" or name not in ("rel-kubecpt", "rel-kubecpt-discovery"):
+            continue
+        trimmed = f"{namespace}-{name}"
+        rules = [rule for rule in role["rules"] if "resourceflavors" not in rule["resources"]]
+        cluster.apply({**role, "metadata": {"name": trimmed}, "rules": rules})
+        account = f"--serviceaccount={namespace}:operator"
+        cluster.kubectl("create", "clusterrolebinding", trimmed, f"--clusterrole={trimmed}", account)
+    token = cluster.kubectl("create", "token", "operator", "-n", namespace, "--duration=1h").stdout.strip()
+    config = yaml.safe_load(cluster.kubeconfig.read_text())
+    config["users"] = [{"name": "admin", "user": {"token": token}}]
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def test_without_the_resource_flavor_permission_a_queued_run_completes_on_an_assumed_gpu(
+    kueue: Cluster, namespace: str, tmp_path: Path
+) -> None:
+    local_queue(kueue, namespace)
+    kubeconfig = without_resource_flavors(kueue, namespace, tmp_path / "operator.kubeconfig")
+    running = Operator(kueue, namespace, tmp_path / "operator.log", env={"KUBECONFIG": str(kubeconfig)})
+    running.start()
+    try:
+        kueue.apply(queued_run("trimmed", namespace))
+        run = eventually(
+            lambda: running.alive() and phase_is(kueue, namespace, "trimmed", "Succeeded"),
+            timeout=180,
+            what="the queued run Succeeded without the ResourceFlavor permission",
+        )
+    finally:
+        running.stop()
+        for name in ("rel-kubecpt", "rel-kubecpt-discovery"):
+            kueue.kubectl("delete", "clusterrole,clusterrolebinding", f"{namespace}-{name}", check=False)
+    assert "(A100-80GB assumed)" in run["status"]["plan"]["expectedDuration"], run["status"]["plan"]
+    log = running.log.read_text()
+    assert log.count("cannot read Kueue ResourceFlavors") == 1, log[-3000:]  # the reason, once

@@ -572,3 +572,14 @@ def test_the_cache_keeps_the_admitted_flavors_and_the_summary_names_the_gpu_flav
     summary = workload_summary(kept, "t-train", flavors)
     assert (summary["admitted"], summary["gpuFlavor"], summary["gpuProduct"]) == (True, "h100", H100)
     assert workload_summary(kept, "t-train")["gpuProduct"] is None  # no flavor seen (yet): the spec plans
+
+
+def test_without_the_resource_flavor_index_the_cache_knows_no_flavor() -> None:
+    """Without the permission to read ResourceFlavors the operator registers no cpt_resourceflavors index
+    (cache.register_resource_flavors): kopf hands the handlers the other indices, and no flavor names a GPU."""
+    from cpt_operator.cache import CHILD_INDICES, OWNER_INDICES, Cache
+
+    cache = Cache()
+    cache.bind({name: {} for name in (*CHILD_INDICES, *OWNER_INDICES, "cpt_runs", "cpt_pods", "cpt_workloads")})
+    assert cache.ready
+    assert cache.flavor_products() == {}
