@@ -100,18 +100,10 @@ def test_the_operator_account_may_do_exactly_what_it_needs(installed: Cluster, n
     assert not granted, f"the operator's ServiceAccount may {granted}"
 
 
-def token_kubeconfig(cluster: Cluster, path: Path) -> Path:
-    token = cluster.kubectl("create", "token", RELEASE, "-n", SYSTEM, "--duration=1h").stdout.strip()
-    config = yaml.safe_load(cluster.kubeconfig.read_text())
-    config["users"] = [{"name": "admin", "user": {"token": token}}]
-    path.write_text(yaml.safe_dump(config))
-    return path
-
-
 def test_the_operator_completes_a_run_with_only_its_service_account(
     installed: Cluster, namespace: str, tmp_path: Path
 ) -> None:
-    kubeconfig = token_kubeconfig(installed, tmp_path / "operator.kubeconfig")
+    kubeconfig = installed.token_kubeconfig(RELEASE, SYSTEM, tmp_path / "operator.kubeconfig")
     operator = Operator(installed, namespace, tmp_path / "operator.log", env={"KUBECONFIG": str(kubeconfig)})
     operator.start()
     try:

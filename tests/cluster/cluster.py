@@ -156,6 +156,14 @@ class Cluster:
     def helm(self, *args: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess[str]:
         return self._run([self.binary("helm"), *args], None, check, timeout)
 
+    def token_kubeconfig(self, account: str, namespace: str, path: Path) -> Path:
+        """A kubeconfig at `path` that acts as ServiceAccount `namespace/account` (a one-hour token)."""
+        token = self.kubectl("create", "token", account, "-n", namespace, "--duration=1h").stdout.strip()
+        config = yaml.safe_load(self.kubeconfig.read_text())
+        config["users"] = [{"name": "admin", "user": {"token": token}}]
+        path.write_text(yaml.safe_dump(config))
+        return path
+
     def _run(
         self, argv: Sequence[str], input: str | None, check: bool, timeout: float
     ) -> subprocess.CompletedProcess[str]:

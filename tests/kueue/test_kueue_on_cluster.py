@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from tests.cluster.cluster import GPU_PRODUCT, Cluster
 from tests.cluster.helpers import eventually
@@ -233,11 +232,7 @@ def without_resource_flavors(cluster: Cluster, namespace: str, path: Path) -> Pa
         cluster.apply({**role, "metadata": {"name": trimmed}, "rules": rules})
         account = f"--serviceaccount={namespace}:operator"
         cluster.kubectl("create", "clusterrolebinding", trimmed, f"--clusterrole={trimmed}", account)
-    token = cluster.kubectl("create", "token", "operator", "-n", namespace, "--duration=1h").stdout.strip()
-    config = yaml.safe_load(cluster.kubeconfig.read_text())
-    config["users"] = [{"name": "admin", "user": {"token": token}}]
-    path.write_text(yaml.safe_dump(config))
-    return path
+    return cluster.token_kubeconfig("operator", namespace, path)
 
 
 def test_without_the_resource_flavor_permission_a_queued_run_completes_on_an_assumed_gpu(
