@@ -14,13 +14,13 @@ from typing import Any
 from cpt.api import ContinuedPretrain
 from cpt_pipeline.pid1 import exit_code
 from cpt_pipeline.train.launch import shutdown_seconds
+from tests.cluster.helpers import eventually
 from tests.conftest import REPO
 
 WORKER = "import os; print('worker', os.environ['RANK'], 'of', os.environ['WORLD_SIZE'], flush=True)"
 LAUNCHER = """
 import sys
 from cpt.api import ContinuedPretrain
-from cpt_pipeline.pid1 import exit_code
 from cpt_pipeline.train.launch import launch
 spec = ContinuedPretrain.model_validate_json(open(sys.argv[1]).read()).spec
 sys.exit(launch(spec, ["-c", sys.argv[2]]))
@@ -173,6 +173,7 @@ def _in_rendezvous_as_pid_1(spec: Path, rank: int, port: int) -> tuple[subproces
     rendezvous; returns it once it logged the rendezvous, with its PID 1 as seen from here."""
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("PET_", "MASTER_", "JOB_COMPLETION", "KUBECPT_"))}
     env = {**clean, "PET_NODE_RANK": str(rank), "PET_MASTER_ADDR": "127.0.0.1", "PET_MASTER_PORT": str(port)}
+    assert os.geteuid() == 0, "needs root: unshare --pid (CI runs as root)"
     stage = [sys.executable, "-P", "-m", "cpt_pipeline", "train", "--spec", str(spec)]  # the container's command
     argv = ["unshare", "--pid", "--fork", "--kill-child", *stage]
     proc = subprocess.Popen(argv, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -210,6 +211,46 @@ def test_a_launcher_that_is_pid_1_leaves_its_rendezvous_on_sigterm(tmp_path: Pat
         assert proc.returncode == 75, f"node {rank}: {output[-3000:]}"
 
 
+def test_a_sigterm_during_the_stages_start_up_is_not_dropped(tmp_path: Path) -> None:
+    """A pod deleted just after its container started: PID 1 blocks SIGTERM as the package is imported, before the
+    stage's imports, so the signal waits for the parent to forward it (unblocked, PID 1 would drop it)."""
+    spec = _spec_file(tmp_path, nodes=2, rendezvousTimeoutSeconds=600)
+    assert os.geteuid() == 0, "needs root: unshare --pid (CI runs as root)"
+    stage = [sys.executable, "-P", "-m", "cpt_pipeline", "train", "--spec", str(spec)]
+    proc = subprocess.Popen(
+        ["unshare", "--pid", "--fork", "--kill-child", *stage],
+        cwd=REPO,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        pid = int(
+            eventually(
+                lambda: Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()[:1],
+                timeout=30,
+                interval=0.001,
+                what="PID 1 started",
+            )[0]
+        )
+        blocked = f"/proc/{pid}/status"
+        eventually(lambda: _blocks(blocked, signal.SIGTERM), timeout=30, interval=0.001, what="SIGTERM blocked")
+        os.kill(pid, signal.SIGTERM)
+        output = proc.communicate(timeout=60)[0]
+    finally:
+        proc.kill()
+        proc.wait()
+    assert proc.returncode == 75, output[-3000:]
+    assert "stage stopped by SIGTERM before it handled the signal: exit 75" in output, output[-3000:]
+
+
+def _blocks(status_file: str, signum: int) -> bool:
+    mask = next(line.split()[1] for line in Path(status_file).read_text().split("\n") if line.startswith("SigBlk"))
+    return bool(int(mask, 16) >> (signum - 1) & 1)
+
+
 def test_a_supervised_stages_exit_code_is_its_childs_and_a_sigterm_is_a_preemption_only_for_training() -> None:
-    assert [exit_code(c, 75) for c in (0, 3, 75, -signal.SIGTERM, -signal.SIGKILL)] == [0, 3, 75, 75, 137]
-    assert exit_code(-signal.SIGTERM, None) == 143  # preprocess, dedup, evaluate, report: as a shell would say
+    sent = {signal.SIGTERM}
+    assert [exit_code(c, 75, sent) for c in (0, 3, 75, -signal.SIGTERM, -signal.SIGKILL)] == [0, 3, 75, 75, 137]
+    assert exit_code(-signal.SIGTERM, None, sent) == 143  # preprocess, dedup, evaluate, report: as a shell would say
+    assert exit_code(-signal.SIGTERM, 75, set()) == 143  # not the pod's stop: no preemption
