@@ -71,6 +71,7 @@ def write_shards(storage_root: Path, tokenizer_dir: Path, seq: int, rows: int, s
         "rows": entry["rows"],
         "tokens": entry["tokens"],
         "tail_tokens": entry["tail_tokens"],
+        "budget": rows * seq,  # the spec's tokenBudget (stage_spec): training reads the segment made for it
     }
     storage.write_json(manifest, "data", "domain", "manifest.json")
 
