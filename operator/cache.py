@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import copy
 import logging
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import kopf
@@ -143,23 +144,39 @@ def cpt_resourceflavors(name: str | None, body: kopf.Body, **_: Any) -> dict[Any
     return {name: product} if name and product else {}
 
 
-def register_resource_flavors(kube: Kube) -> bool:
+ASK_ATTEMPTS = 5  # SelfSubjectAccessReviews at start, 1, 2, 4, 8 s apart, before the watch is skipped
+
+
+def register_resource_flavors(kube: Kube, pause: Callable[[float], None] = time.sleep) -> bool:
     """Register the cpt_resourceflavors index, before kopf starts, only if the operator may list and watch
     ResourceFlavors: kopf holds every handler back until each index has its first listing, and a forbidden one
-    never comes. Without the permission: one warning, and status.plan assumes the default GPU."""
-    group, _, plural = RESOURCE_FLAVOR
-    missing = [verb for verb in ("list", "watch") if not kube.may(verb, group, plural)]
-    if missing:
+    never comes. Without the permission, or with no answer after ASK_ATTEMPTS (the API server unreachable, a 503
+    during an upgrade): one warning, and status.plan assumes the default GPU; the operator starts either way."""
+    reason = _why_not_readable(kube, pause)
+    if reason:
         log.warning(
-            "cannot read Kueue ResourceFlavors: the operator's account may not %s %s.%s (the chart's -discovery "
-            "ClusterRole grants it); status.plan assumes the default GPU, not the admitted flavor's",
-            " or ".join(missing),
-            plural,
-            group,
+            "cannot read Kueue ResourceFlavors: %s (the chart's -discovery ClusterRole grants it); status.plan "
+            "assumes the default GPU, not the admitted flavor's",
+            reason,
         )
         return False
     kopf.index(*RESOURCE_FLAVOR, id="cpt_resourceflavors")(cpt_resourceflavors)
     return True
+
+
+def _why_not_readable(kube: Kube, pause: Callable[[float], None]) -> str | None:
+    """None when the operator may list and watch ResourceFlavors; else why it may not, or why it could not ask."""
+    group, _, plural = RESOURCE_FLAVOR
+    for attempt in range(ASK_ATTEMPTS):
+        try:
+            missing = [verb for verb in ("list", "watch") if not kube.may(verb, group, plural)]
+        except Exception as error:  # any failure to ask is retried, then the watch is skipped
+            if attempt + 1 == ASK_ATTEMPTS:
+                return f"could not ask whether it may ({str(error).split(chr(10))[0]})"
+            pause(2.0**attempt)
+            continue
+        return f"the operator's account may not {' or '.join(missing)} {plural}.{group}" if missing else None
+    return None
 
 
 class Cache:

@@ -583,3 +583,33 @@ def test_without_the_resource_flavor_index_the_cache_knows_no_flavor() -> None:
     cache.bind({name: {} for name in (*CHILD_INDICES, *OWNER_INDICES, "cpt_runs", "cpt_pods", "cpt_workloads")})
     assert cache.ready
     assert cache.flavor_products() == {}
+
+
+def test_an_api_server_that_does_not_answer_at_start_skips_the_flavor_watch_instead_of_crashing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The access review before kopf starts goes to an API server that refuses connections (a control-plane
+    upgrade): asked ASK_ATTEMPTS times with backoff, then one warning and no index; the operator starts."""
+    import socket
+
+    import yaml
+
+    from cpt_operator.cache import ASK_ATTEMPTS, register_resource_flavors
+    from cpt_operator.kube import Kube
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]  # closed again: nothing listens there
+    cluster = {"server": f"http://127.0.0.1:{port}"}
+    config = {"clusters": [{"name": "c", "cluster": cluster}], "users": [{"name": "u", "user": {"token": "t"}}]}
+    config |= {"contexts": [{"name": "c", "context": {"cluster": "c", "user": "u"}}], "current-context": "c"}
+    (tmp_path / "kubeconfig").write_text(yaml.safe_dump(config))
+    from kubernetes.config import kube_config
+
+    monkeypatch.setattr(kube_config, "KUBE_CONFIG_DEFAULT_LOCATION", str(tmp_path / "kubeconfig"))
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    pauses: list[float] = []
+    assert register_resource_flavors(Kube.connect(), pause=pauses.append) is False
+    assert pauses == [2.0**n for n in range(ASK_ATTEMPTS - 1)]
+    warnings = [r.getMessage() for r in caplog.records if "cannot read Kueue ResourceFlavors" in r.getMessage()]
+    assert len(warnings) == 1 and "could not ask whether it may" in warnings[0], warnings
