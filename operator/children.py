@@ -24,6 +24,7 @@ from cpt_operator.names import PRIORITY_LABEL, QUEUE_LABEL, TARGET_LABEL, child_
 from cpt_operator.placement import CONTAINER_SECURITY, POD_SECURITY, stage_placement
 
 RUN_ENV = "KUBECPT_RUN"  # where a stage pod pushes its status (cpt_pipeline.status_push reads it)
+INCARNATION_ENV = "KUBECPT_RUN_UID"  # the run's UID: which incarnation a pod works for (preprocess/started.py)
 # A stage pod that requests no GPU sees none, even from a CUDA image (NVIDIA_VISIBLE_DEVICES=all) on a GPU node
 # with the nvidia runtime; the device plugin sets it for a pod that requests GPUs. Training is left alone.
 NO_GPU_ENV = {"name": "NVIDIA_VISIBLE_DEVICES", "value": "void"}
@@ -91,6 +92,8 @@ def _child_labels(resource: ContinuedPretrain, stage: str) -> dict[str, str]:
 def _env(resource: ContinuedPretrain) -> list[dict[str, Any]]:
     target = f"{resource.metadata.get('namespace', 'default')}/{resource.metadata['name']}"
     env: list[dict[str, Any]] = [{"name": "PYTHONUNBUFFERED", "value": "1"}, {"name": RUN_ENV, "value": target}]
+    if resource.metadata.get("uid"):
+        env.append({"name": INCARNATION_ENV, "value": resource.metadata["uid"]})
     secret = resource.spec.model.secret_ref
     if secret is not None:
         env.append({"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": secret.name, "key": secret.key}}})

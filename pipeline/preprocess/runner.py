@@ -25,7 +25,6 @@ import json
 import logging
 import math
 import os
-import re
 import tempfile
 import time
 from collections import Counter
@@ -62,6 +61,7 @@ from cpt_pipeline.preprocess.segments import MANIFEST, segment_dir, tokens_for
 from cpt_pipeline.preprocess.segments import budgets as segment_budgets
 from cpt_pipeline.preprocess.segments import manifests as segment_manifests
 from cpt_pipeline.preprocess.shards import FORMAT, ShardPacker, rows_per_shard
+from cpt_pipeline.preprocess.started import record_start, started_budget
 from cpt_pipeline.preprocess.stats import Stats
 from cpt_pipeline.preprocess.tokenize import TextTokenizer, TokenizerInfo, files_digest, resolve_tokenizer_dir
 from cpt_pipeline.status_push import push_status
@@ -75,8 +75,6 @@ NOT_DECONTAMINATED = (
     "decontamination.evalData nor evaluation.localTaskDir names their files"
 )
 PROGRESS_SECONDS = 2.0  # a preprocess_progress event at most this often per worker
-STARTED = "started"  # work/preprocess/<segment>/started/budget-<n>.json: a worker started the segment for budget n
-_STARTED_NAME = re.compile(r"budget-(\d+)\.json")
 
 
 @dataclass(frozen=True)
@@ -113,7 +111,7 @@ def pending_segment(
     anything else changed (segments.py). A segment keeps the budget its workers started under: a budget grown
     while it was prepared is the next segment's."""
     found = segment_manifests(storage, data_set.name)
-    budget = _started_budget(storage, segment_dir(data_set.name, len(found)), data_set.budget)
+    budget = started_budget(storage, segment_dir(data_set.name, len(found)), data_set.budget)
     if not found:
         pending = replace(data_set, budget=budget, tokens_needed=tokens_for(spec, data_set.name, budget))
         return pending, prepare_identity(spec, data_set.name, pending.tokens_needed, tokenizer)
@@ -125,13 +123,6 @@ def pending_segment(
         return None, prepared
     needed = tokens_for(spec, data_set.name, budget) - tokens_for(spec, data_set.name, last)
     return replace(data_set, budget=budget, tokens_needed=needed, segment=len(found), previous_budget=last), prepared
-
-
-def _started_budget(storage: Storage, folder: str, budget: int) -> int:
-    """The budget a segment's first worker started under (the least its workers recorded in `started/`), when the
-    spec's grew since; else `budget` (the spec's)."""
-    names = storage.list("work", "preprocess", folder, STARTED)
-    return min([budget, *(int(m.group(1)) for name in names if (m := _STARTED_NAME.fullmatch(name)))])
 
 
 def source_needs(data_set: DataSet) -> dict[str, int]:
@@ -287,8 +278,7 @@ def prepare(spec: ContinuedPretrainSpec, storage: Storage, rank: int, world_size
             log.info("preprocess %s rank %d: already done, skipped", data_set.dir_name, rank)
             total.merge(Stats.from_json(done["stats"]))
             continue
-        marker = f"budget-{data_set.budget}.json"  # before reading: a worker that starts later keeps this budget
-        storage.write_json({"budget": data_set.budget}, "work", "preprocess", data_set.dir_name, STARTED, marker)
+        record_start(storage, data_set.dir_name, data_set.budget)  # before reading: a later worker keeps it
         started = time.perf_counter()
         by_name = {s.name: s for s in data_set.sources}
         units, starts = _open_units(storage, data_set, world_size, rank)
@@ -411,16 +401,17 @@ def _finished(
     storage: Storage, data_set: DataSet, prepared: dict[str, Any], rank: int, world_size: int
 ) -> dict[str, Any] | None:
     """The worker's done.json of the segment, refused when made under another spec; None when it has not finished,
-    or finished for a budget above the segment's (it started as the budget grew, before the segment's first worker
-    recorded its start: it prepares again, and its output goes)."""
+    or finished for another budget than the segment's: it started as the budget grew, before the segment's first
+    worker recorded its start, or an earlier incarnation of the run made it (`started.py`). It prepares again, and
+    its output goes."""
     out = work_dir(storage, data_set.dir_name, rank)
     if not out.exists("done.json"):
         return None
     done = out.read_json("done.json")
-    if done.get("budget", data_set.budget) > data_set.budget:
+    if done.get("budget", data_set.budget) != data_set.budget:
         log.warning(
-            "preprocess %s rank %d: prepared for spec.data.tokenBudget %d, but the segment's first worker started "
-            "under %d (the budget grew meanwhile; the growth is the next segment): preparing again",
+            "preprocess %s rank %d: prepared for spec.data.tokenBudget %d, but the segment is prepared for %d (the "
+            "budget grew meanwhile, or the run was applied again with another): preparing again",
             data_set.dir_name,
             rank,
             done["budget"],
@@ -662,15 +653,15 @@ def _left_to_index_0(partition: int | None, ranks: list[int], why: str) -> bool:
 
 
 def _raced_ranks(spec: ContinuedPretrainSpec, storage: Storage, world_size: int) -> list[int]:
-    """Workers that finished a set's pending segment for a budget above its first worker's: they started as the
-    budget grew, before that worker recorded its start (`_finished`)."""
+    """Workers that finished a set's pending segment for another budget than its first worker's: they started as
+    the budget grew, before that worker recorded its start, or an earlier incarnation made them (`_finished`)."""
     raced = set()
     for whole in data_sets(spec):
         folder = segment_dir(whole.name, len(segment_manifests(storage, whole.name)))
-        budget = _started_budget(storage, folder, whole.budget)
+        budget = started_budget(storage, folder, whole.budget)
         for rank in range(world_size):
             out = work_dir(storage, folder, rank)
-            if out.exists("done.json") and out.read_json("done.json").get("budget", budget) > budget:
+            if out.exists("done.json") and out.read_json("done.json").get("budget", budget) != budget:
                 raced.add(rank)
     return sorted(raced)
 

@@ -290,3 +290,18 @@ def test_training_pods_get_the_runs_grace_period_and_the_launcher_a_shutdown_tim
         pod = stage_pods(resource(runPolicy=policy))["t-train"]
         assert pod["terminationGracePeriodSeconds"] == grace
         assert env_of(pod)["KUBECPT_SHUTDOWN_SECONDS"] == str(grace - 10)
+
+
+def test_every_stage_container_names_the_runs_incarnation() -> None:
+    """A run deleted and applied again under the same name is told apart from its earlier incarnation by its UID
+    (pipeline/preprocess/started.py: the old incarnation's start markers must not bind the new one)."""
+    run = resource()
+    run.metadata["uid"] = "0f1e2d3c-aaaa-bbbb-cccc-000000000001"
+    pods = [stage_job(run, stage, CONFIG)["spec"]["template"]["spec"] for stage in (Stage.PREPROCESS, Stage.DEDUP)]
+    pods += [
+        job["template"]["spec"]["template"]["spec"] for job in training_jobset(run, CONFIG)["spec"]["replicatedJobs"]
+    ]
+    for pod in pods:
+        for container in pod["containers"]:
+            env = {e["name"]: e.get("value") for e in container["env"]}
+            assert env["KUBECPT_RUN_UID"] == "0f1e2d3c-aaaa-bbbb-cccc-000000000001", container["name"]

@@ -15,6 +15,7 @@ from cpt_pipeline.preprocess import readers, runner
 from cpt_pipeline.preprocess.identity import PreparedUnderAnotherSpec
 from cpt_pipeline.preprocess.readers import SourceError
 from cpt_pipeline.preprocess.runner import prepare, reduce
+from cpt_pipeline.preprocess.started import started_budget
 from cpt_pipeline.preprocess.tokenize import TextTokenizer
 from cpt_pipeline.storage import Storage
 from cpt_pipeline.train.data import MixedSamples, load_set
@@ -286,6 +287,36 @@ def test_workers_that_start_while_the_budget_grows_prepare_the_segment_under_its
     run(grown, world=3)
     segment = storage.read_json("data", "domain-segment-01", "manifest.json")
     assert (segment["budget"], segment["previous_budget"], segment["tokens_needed"]) == (20000, 8000, 12000)
+
+
+def test_a_run_applied_again_with_a_grown_budget_is_not_bound_by_its_deleted_incarnations_start(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run deleted while preprocessing (a worker still reading, one finished) and applied again under the same
+    name and storage with a larger budget is a new incarnation (KUBECPT_RUN_UID): its first segment is prepared for
+    its own budget, as the operator records it, and packs what a fresh run of that budget packs. Under the old code
+    the old incarnation's start marker made the segment 8000 tokens while status.segments said 20000."""
+    monkeypatch.setattr(readers, "MIN_CHUNK", 4096)  # several units per file
+    write_jsonl(tmp_path / "in" / "a.jsonl", [document(i, lines=8) for i in range(400)])
+    source, options = [{"name": "d", "uri": str(tmp_path / "in")}], {"preprocessing": {"limitToBudget": True}}
+    spec, grown = (make_spec(tmp_path / "out", source, tokenBudget=b, **options) for b in (8000, 20000))
+    storage = Storage.from_spec(spec.storage)
+    monkeypatch.setenv("KUBECPT_RUN_UID", "0f1e2d3c-0000-0000-0000-00000000000a")
+    prepare(spec, storage, 1, 2)  # the deleted incarnation: worker 1 finished, worker 0 still reading
+    with monkeypatch.context() as still_reading, pytest.raises(InterruptedError):
+        still_reading.setattr(runner._UnitReader, "read", _interrupted)
+        prepare(spec, storage, 0, 2)
+    assert started_budget(storage, "domain", 20000) == 8000  # its own start binds the old incarnation
+    monkeypatch.setenv("KUBECPT_RUN_UID", "0f1e2d3c-0000-0000-0000-00000000000b")  # applied again
+    run(grown, world=2)
+    manifest = storage.read_json("data", "domain", "manifest.json")
+    assert (manifest["budget"], manifest["tokens_needed"]) == (20000, 20000)
+    monkeypatch.delenv("KUBECPT_RUN_UID")
+    reference = make_spec(tmp_path / "reference", source, tokenBudget=20000, **options)
+    run(reference, world=2)
+    rows, tail, _ = shards_of(Storage.from_spec(reference.storage), "domain", "d")
+    packed_rows, packed_tail, _ = shards_of(storage, "domain", "d")
+    assert (packed_rows.tobytes(), packed_tail.tobytes()) == (rows.tobytes(), tail.tobytes())
 
 
 def _interrupted(*args: object, **kwargs: object) -> None:
