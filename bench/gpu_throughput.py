@@ -142,7 +142,25 @@ def training_stage(args: argparse.Namespace) -> dict[str, Any]:
         "seconds_per_step": seconds / len(timed),
         "steps": len(metrics),
         "last_loss": timed[-1]["loss"],
+        "peak_memory": max((r.get("peakMemoryBytes", 0) for r in metrics), default=0),
     }
+
+
+def memory_line(args: argparse.Namespace, params: int, config: Any, measured: int) -> str:
+    """The training stage's peak GPU memory (the allocator's) beside cpt.memory's estimate for the same shape
+    (the figure `zeroStage: auto`, `cpt plan` and the micro-batch check use), before and with its headroom."""
+    from cpt.api.training import DeepSpeed
+    from cpt.memory import GIB, HEADROOM, Footprint, ModelShape
+
+    ds = DeepSpeed(zeroStage=args.zero, gradientCheckpointing=args.checkpointing)
+    shape = ModelShape(params, config.num_hidden_layers, config.hidden_size, config.vocab_size)
+    footprint = Footprint(ds, shape, "bf16", args.micro_batch, args.seq, 1)
+    raw = footprint.model_states(args.zero) + footprint.activations()
+    return (
+        f"peak GPU memory (training stage, allocated): {measured / GIB:.2f} GiB; cpt.memory estimate "
+        f"{raw / GIB:.2f} GiB before its {HEADROOM}x headroom ({raw / measured:.2f}x the measured), "
+        f"{footprint.bytes(args.zero) / GIB:.2f} GiB with it"
+    )
 
 
 def plain_torch(args: argparse.Namespace) -> float:
@@ -233,6 +251,8 @@ def main() -> int:
         f"{stage['tokens_per_second']:,.0f} tokens/s per GPU ({stage['seconds_per_step'] * 1000:.1f} ms/step)"
         f"{mfu(stage['tokens_per_second'])}"
     )
+    if stage["peak_memory"]:
+        print(memory_line(args, params, config, stage["peak_memory"]))
     if not args.no_peer:
         peer = plain_torch(args)
         print(f"plain PyTorch loop (peer, same run): {peer:,.0f} tokens/s per GPU{mfu(peer)}")
@@ -252,7 +272,11 @@ def table_entry(args: argparse.Namespace, device: str, params: int, config: Any,
     from cpt.throughput import load_table
 
     gpu = load_table().for_product(device)
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True)
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True)
+        revision = commit.stdout.strip() or os.environ.get("CPT_BENCH_COMMIT", "unknown")
+    except FileNotFoundError:  # no git where the GPU is
+        revision = os.environ.get("CPT_BENCH_COMMIT", "unknown")
     settings = f"micro-batch {args.micro_batch}, ZeRO-{args.zero}" + (", activation checkpointing" * args.checkpointing)
     entry = {
         "gpu": gpu.name if gpu else device,
@@ -264,7 +288,7 @@ def table_entry(args: argparse.Namespace, device: str, params: int, config: Any,
         "hidden": config.hidden_size,
         "sequenceLength": args.seq,
         "source": f"bench/gpu_throughput.py on one {device}, {datetime.date.today()}, commit "
-        f"{commit.stdout.strip() or 'unknown'}: the training stage, {settings}, bf16",
+        f"{revision}: the training stage, {settings}, bf16",
     }
     head = "entry for cpt/throughput.yaml (figures):" if gpu else f"no GPU type of cpt/throughput.yaml is {device}:"
     return head + "\n" + yaml.safe_dump([entry], sort_keys=False, width=1000)

@@ -454,6 +454,7 @@ def commit(run: Run, result: StepResult) -> int | None:
     if checkpointed or result.stopping:
         run.latest = _checkpoint(run, done)
     extra: dict[str, Any] = {"skipped": result.skipped} if result.skipped else {}
+    extra.update(peak_memory(run.device))
     if os.environ.get(LOG_SAMPLE_IDS):
         extra["sampleIds"] = _gather_ids(result.ids, run.world)
     if run.rank == 0:
@@ -544,6 +545,16 @@ def _zero_stage(
     if int(os.environ.get("RANK", "0")) == 0:
         log.info("%s", why)
     return stage
+
+
+def peak_memory(device: str) -> dict[str, int]:
+    """On a GPU, the most memory this process's tensors held so far (the allocator's own count: no device sync),
+    recorded with each step (`peakMemoryBytes`) to check cpt.memory's estimate against; nothing on a CPU."""
+    if device != "cuda":
+        return {}
+    import torch
+
+    return {"peakMemoryBytes": int(torch.cuda.max_memory_allocated())}
 
 
 def _gather_ids(ids: list[str], world: int) -> list[str]:

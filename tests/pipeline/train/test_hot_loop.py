@@ -55,3 +55,15 @@ def test_compiled_training_equals_eager(tmp_path: Path, prepared: Path) -> None:
         losses[compiled] = [r["loss"] for r in metrics(out)]
     assert losses[True] == pytest.approx(losses[False], abs=1e-4)
     assert losses[True][-1] < losses[True][0]
+
+
+def test_the_peak_memory_is_recorded_only_on_a_gpu_from_the_allocators_count(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each step's row on a GPU carries `peakMemoryBytes` (bench/gpu_throughput.py checks cpt.memory's estimate
+    against it); torch.cuda.max_memory_allocated reads the allocator's count without synchronising."""
+    import torch
+
+    from cpt_pipeline.train.loop import peak_memory
+
+    assert peak_memory("cpu") == {}
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda *a, **k: 12_345)
+    assert peak_memory("cuda") == {"peakMemoryBytes": 12_345}
