@@ -118,7 +118,10 @@ def _resource(body: dict[str, Any]) -> ContinuedPretrain:
             _RESOURCES.move_to_end(key)
             return resource
     resource = ContinuedPretrain.model_validate(
-        {"metadata": {"name": meta["name"], "namespace": meta["namespace"]}, "spec": body.get("spec", {})}
+        {
+            "metadata": {"name": meta["name"], "namespace": meta["namespace"], "uid": meta["uid"]},
+            "spec": body.get("spec", {}),
+        }
     )
     with _RESOURCES_LOCK:
         _RESOURCES[key] = resource

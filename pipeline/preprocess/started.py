@@ -5,7 +5,9 @@ grown while a segment is prepared becomes the next segment (docs/training.md, "E
 A marker names the run incarnation that wrote it (the run's UID, `KUBECPT_RUN_UID`, set by the operator). A run
 deleted while preprocessing and applied again under the same name and storage is a new incarnation: the markers
 of the old one do not bind it, else its first segment would be prepared for the old budget while the operator
-records the new one. Outside a cluster (`cpt run`) there is no incarnation and every marker counts.
+records the new one. Outside a cluster (`cpt run`) there is no incarnation and every marker counts. A marker that
+names no run (written outside a cluster, or by a pod of an operator from before markers named one: an upgrade
+while a segment is prepared) counts for every incarnation.
 """
 
 from __future__ import annotations
@@ -33,12 +35,12 @@ def record_start(storage: Storage, folder: str, budget: int) -> None:
 
 
 def started_budget(storage: Storage, folder: str, budget: int) -> int:
-    """The budget the segment's first worker of this incarnation started under (the least recorded), when the
-    spec's grew since; else `budget` (the spec's)."""
+    """The budget the segment's first worker of this incarnation (or of none named) started under (the least
+    recorded), when the spec's grew since; else `budget` (the spec's)."""
     run = incarnation()
     recorded = []
     for name in storage.list("work", "preprocess", folder, STARTED):
         match = _NAME.fullmatch(name)
-        if match and (run is None or match.group(2) == run):
+        if match and (run is None or match.group(2) in (None, run)):
             recorded.append(int(match.group(1)))
     return min([budget, *recorded])

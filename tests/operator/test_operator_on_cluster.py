@@ -521,6 +521,8 @@ def test_a_run_named_with_63_characters_goes_through_every_stage(operator: Opera
     assert [p["spec"]["hostname"] for p in training] == [f"{jobset['metadata']['name']}-node-0-0"]
     env = {e["name"]: e.get("value") for p in pods for e in p["spec"]["containers"][0]["env"]}
     assert env["KUBECPT_RUN"] == f"{namespace}/{LONGEST}"
+    uid = get(cluster, namespace, "continuedpretrain", LONGEST)["metadata"]["uid"]
+    assert env["KUBECPT_RUN_UID"] == uid  # the run's incarnation (pipeline/preprocess/started.py)
 
 
 @pytest.mark.parametrize(

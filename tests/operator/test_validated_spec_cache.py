@@ -42,3 +42,16 @@ def test_only_the_most_recently_used_specs_are_kept() -> None:
     assert handlers._resource(run_body("a")) is kept["a"]
     assert handlers._resource(run_body("b")) is not kept["b"]  # validated again, still correct
     assert handlers._resource(run_body("b")).spec.storage.uri == "s3://runs/b"
+
+
+def test_the_validated_run_keeps_its_uid_for_its_pods() -> None:
+    """Stage pods name the run's incarnation (KUBECPT_RUN_UID, pipeline/preprocess/started.py): the run the handler
+    passes to the builders must keep metadata.uid (review of b8611e2: it kept only the name and namespace)."""
+    from cpt.stages import Stage
+    from cpt_operator.children import stage_job
+    from cpt_operator.config import OperatorConfig
+
+    run = handlers._resource(run_body("0f1e2d3c-0000-0000-0000-00000000000b"))
+    pod = stage_job(run, Stage.PREPROCESS, OperatorConfig(worker_image="w:1"))["spec"]["template"]["spec"]
+    env = {e["name"]: e.get("value") for e in pod["containers"][0]["env"]}
+    assert env["KUBECPT_RUN_UID"] == "0f1e2d3c-0000-0000-0000-00000000000b"

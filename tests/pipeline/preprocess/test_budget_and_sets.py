@@ -15,7 +15,7 @@ from cpt_pipeline.preprocess import readers, runner
 from cpt_pipeline.preprocess.identity import PreparedUnderAnotherSpec
 from cpt_pipeline.preprocess.readers import SourceError
 from cpt_pipeline.preprocess.runner import prepare, reduce
-from cpt_pipeline.preprocess.started import started_budget
+from cpt_pipeline.preprocess.started import record_start, started_budget
 from cpt_pipeline.preprocess.tokenize import TextTokenizer
 from cpt_pipeline.storage import Storage
 from cpt_pipeline.train.data import MixedSamples, load_set
@@ -317,6 +317,24 @@ def test_a_run_applied_again_with_a_grown_budget_is_not_bound_by_its_deleted_inc
     rows, tail, _ = shards_of(Storage.from_spec(reference.storage), "domain", "d")
     packed_rows, packed_tail, _ = shards_of(storage, "domain", "d")
     assert (packed_rows.tobytes(), packed_tail.tobytes()) == (rows.tobytes(), tail.tobytes())
+
+
+def test_a_start_recorded_before_markers_named_the_run_binds_every_incarnation(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An operator upgraded while a segment is prepared: the running preprocess pods (made by the old operator)
+    record markers naming no run; the dedup pod of the new one names its run and must keep their budget, else it
+    would prepare every worker again for the grown budget."""
+    storage = Storage.from_spec(make_spec(tmp_path / "out", [{"name": "d", "uri": str(tmp_path)}]).storage)
+    record_start(storage, "domain", 8000)  # an old operator's pod: no KUBECPT_RUN_UID
+    monkeypatch.setenv("KUBECPT_RUN_UID", "0f1e2d3c-0000-0000-0000-00000000000b")
+    record_start(storage, "domain", 20000)
+    assert started_budget(storage, "domain", 20000) == 8000
+    monkeypatch.setenv("KUBECPT_RUN_UID", "0f1e2d3c-0000-0000-0000-00000000000c")  # applied again
+    assert started_budget(storage, "domain", 30000) == 8000  # an unnamed start binds every incarnation
+    record_start(storage, "domain-segment-01", 20000)
+    monkeypatch.setenv("KUBECPT_RUN_UID", "0f1e2d3c-0000-0000-0000-00000000000d")
+    assert started_budget(storage, "domain-segment-01", 30000) == 30000  # another's named start does not
 
 
 def _interrupted(*args: object, **kwargs: object) -> None:
