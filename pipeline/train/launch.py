@@ -52,6 +52,17 @@ def shutdown_seconds(spec: ContinuedPretrainSpec, environ: Mapping[str, str]) ->
     return int(environ.get(SHUTDOWN_ENV) or spec.run_policy.worker_shutdown_seconds)
 
 
+def shutdown_option(config_class: type, seconds: int) -> dict[str, int]:
+    """torchrun's `shutdown_timeout`, where this torch has it (LaunchConfig gained it after 2.11); an older one
+    gives its workers its own fixed 30 s, said once."""
+    import dataclasses
+
+    if "shutdown_timeout" in {f.name for f in dataclasses.fields(config_class)}:
+        return {"shutdown_timeout": seconds}
+    log.warning("this torch's launcher has no shutdown_timeout: workers get its default 30 s, not %d s", seconds)
+    return {}
+
+
 def launch(spec: ContinuedPretrainSpec, worker_args: list[str]) -> int:
     from torch.distributed import DistError
     from torch.distributed.elastic.multiprocessing.api import SignalException
@@ -76,7 +87,7 @@ def launch(spec: ContinuedPretrainSpec, worker_args: list[str]) -> int:
         rdzv_configs={"rank": node_rank, "timeout": spec.run_policy.rendezvous_timeout_seconds},
         max_restarts=0,
         monitor_interval=0.5,
-        shutdown_timeout=shutdown_seconds(spec, os.environ),
+        **shutdown_option(LaunchConfig, shutdown_seconds(spec, os.environ)),
     )
     log.info("torchrun: node %d of %d, %d process(es), rendezvous %s:%d", node_rank, nodes, procs, address, port)
     try:

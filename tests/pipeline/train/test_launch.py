@@ -11,9 +11,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from cpt.api import ContinuedPretrain
 from cpt_pipeline.pid1 import exit_code
-from cpt_pipeline.train.launch import shutdown_seconds
+from cpt_pipeline.train.launch import shutdown_option, shutdown_seconds
 from tests.cluster.helpers import eventually
 from tests.conftest import REPO
 
@@ -254,3 +256,21 @@ def test_a_supervised_stages_exit_code_is_its_childs_and_a_sigterm_is_a_preempti
     assert [exit_code(c, 75, sent) for c in (0, 3, 75, -signal.SIGTERM, -signal.SIGKILL)] == [0, 3, 75, 75, 137]
     assert exit_code(-signal.SIGTERM, None, sent) == 143  # preprocess, dedup, evaluate, report: as a shell would say
     assert exit_code(-signal.SIGTERM, 75, set()) == 143  # not the pod's stop: no preemption
+
+
+def test_a_torch_whose_launcher_has_no_shutdown_timeout_still_launches(caplog: pytest.LogCaptureFixture) -> None:
+    """torch 2.11's LaunchConfig has no `shutdown_timeout` (seen on a GPU machine: 'LaunchConfig.__init__() got an
+    unexpected keyword argument'); the option is passed only where it exists, and its absence is said."""
+    import dataclasses
+
+    from torch.distributed.launcher.api import LaunchConfig
+
+    assert shutdown_option(LaunchConfig, 45) == {"shutdown_timeout": 45}  # this torch (2.13)
+
+    @dataclasses.dataclass
+    class Older:
+        min_nodes: int = 1
+
+    with caplog.at_level("WARNING"):
+        assert shutdown_option(Older, 45) == {}
+    assert "no shutdown_timeout: workers get its default 30 s, not 45 s" in caplog.text
