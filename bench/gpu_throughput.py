@@ -154,7 +154,7 @@ def memory_line(args: argparse.Namespace, params: int, config: Any, measured: in
 
     ds = DeepSpeed(zeroStage=args.zero, gradientCheckpointing=args.checkpointing)
     shape = ModelShape(params, config.num_hidden_layers, config.hidden_size, config.vocab_size)
-    footprint = Footprint(ds, shape, "bf16", args.micro_batch, args.seq, 1)
+    footprint = Footprint(ds, shape, "bf16", args.micro_batch, args.seq, 1, args.compile)
     raw = footprint.model_states(args.zero) + footprint.activations()
     return (
         f"peak GPU memory (training stage, allocated): {measured / GIB:.2f} GiB; cpt.memory estimate "

@@ -69,6 +69,7 @@ def memory_plan(spec: ContinuedPretrainSpec, shape: FoundShape, gpus: list[Gpu])
         training.micro_batch_size,
         spec.data.sequence_length,
         training.world_size,
+        training.compile,
     )
     estimates = {stage: footprint.bytes(stage) for stage in allowed_stages(training.deepspeed)}
     auto: dict[str, int | None] = {}

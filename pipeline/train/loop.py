@@ -538,7 +538,13 @@ def _zero_stage(
     )
     training = spec.training
     footprint = Footprint(
-        training.deepspeed, shape, precision, training.micro_batch_size, spec.data.sequence_length, world
+        training.deepspeed,
+        shape,
+        precision,
+        training.micro_batch_size,
+        spec.data.sequence_length,
+        world,
+        training.compile,
     )
     local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
     stage, why = choose_stage(footprint, device_memory_bytes(device, local_rank, local))

@@ -3,6 +3,7 @@ arithmetic done here by hand (or by transformers itself for parameter counts), n
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import subprocess
@@ -200,7 +201,9 @@ def test_the_gpu_type_comes_from_the_spec(changes: dict[str, Any], gpu: str | No
 
 
 def test_a_gpu_type_without_a_figure_still_gets_its_memory_plan() -> None:
-    plan = status_plan(spec_with(scheduling__nodeSelector={"nvidia.com/gpu.product": "NVIDIA-H200"}))
+    table = load_table()
+    table = dataclasses.replace(table, figures=tuple(f for f in table.figures if f.gpu != "H200"))
+    plan = status_plan(spec_with(scheduling__nodeSelector={"nvidia.com/gpu.product": "NVIDIA-H200"}), table)
     assert plan["gpu"] == "H200" and plan["zeroStage"] == 0 and plan["memoryPerDeviceGiB"] > 0  # one process: 0
     assert plan["expectedDuration"] is None and plan["note"] == "no throughput figure for H200 in cpt/throughput.yaml"
 
@@ -259,7 +262,9 @@ def test_cpt_plan_json(capsys: pytest.CaptureFixture[str]) -> None:
     data = json.loads(capsys.readouterr().out)
     assert data["steps"] == PAPER_STEPS and data["tokensPerStep"] == PAPER_TOKENS_PER_STEP
     assert data["model"]["parameters"] == MOBILELLM_PARAMS
-    assert {e["gpu"] for e in data["estimates"]} == {"A100-80GB", "H100-80GB"} and data["noFigure"] == ["H200"]
+    assert {e["gpu"] for e in data["estimates"]} == {"A100-80GB", "H100-80GB", "H200"} and data["noFigure"] == []
+    h200 = next(e for e in data["estimates"] if e["gpu"] == "H200")  # measured by this product on an H200
+    assert h200["kind"] == "bench" and h200["scale"] == 1.0 and "bench/gpu_throughput.py" in h200["source"]
 
 
 @pytest.mark.parametrize(
