@@ -199,13 +199,10 @@ class Storage:
         """Write a whole file atomically."""
         target = self.path(*parts)
         if self.is_local:
-            os.makedirs(os.path.dirname(target), exist_ok=True)
-            temp = f"{target}.tmp-{uuid.uuid4().hex[:8]}"
-            with open(temp, "wb") as handle:
+            with _staged(target) as temp, open(temp, "wb") as handle:
                 handle.write(data)
                 handle.flush()
                 os.fsync(handle.fileno())
-            os.replace(temp, target)
         else:
             with self._naming("writing", *parts):
                 self.fs.pipe_file(target, data, **self._deadline)
@@ -214,10 +211,8 @@ class Storage:
         """Copy a local file into storage atomically, streaming (never the whole file in memory)."""
         target = self.path(*parts)
         if self.is_local:
-            os.makedirs(os.path.dirname(target), exist_ok=True)
-            temp = f"{target}.tmp-{uuid.uuid4().hex[:8]}"
-            shutil.copyfile(local_path, temp)
-            os.replace(temp, target)
+            with _staged(target) as temp:
+                shutil.copyfile(local_path, temp)
         else:
             with self._naming("uploading", *parts):
                 self.fs.put_file(local_path, target, **self._deadline)
@@ -251,9 +246,21 @@ class Storage:
             return self.path(*parts)
         target = os.path.join(cache_dir, self.path(*parts).lstrip("/"))
         if not os.path.exists(target):
-            os.makedirs(os.path.dirname(target), exist_ok=True)
-            temp = f"{target}.tmp-{uuid.uuid4().hex[:8]}"
-            with self._naming("downloading", *parts):
+            with _staged(target) as temp, self._naming("downloading", *parts):
                 self.fs.get_file(self.path(*parts), temp, **self._deadline)
-            os.replace(temp, target)
         return target
+
+
+@contextlib.contextmanager
+def _staged(target: str) -> Iterator[str]:
+    """A temporary path beside `target`, renamed onto it when the block ends, and removed when the block raises
+    (an error, or Ctrl-C's KeyboardInterrupt): nothing half-written stays in storage or the cache."""
+    os.makedirs(os.path.dirname(target), exist_ok=True)
+    temp = f"{target}.tmp-{uuid.uuid4().hex[:8]}"
+    try:
+        yield temp
+        os.replace(temp, target)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(temp)
+        raise

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 import uuid
 from pathlib import Path
+
+import pytest
 
 from cpt_pipeline.storage import Storage
 
@@ -46,3 +50,30 @@ def test_a_stage_log_in_an_object_store_is_uploaded_and_a_rerun_appends(s3, s3_s
     assert text.count("==== cpt run: train, started") == 2
     assert text.index("first attempt") < text.index("second attempt")
     assert log.location == f"s3://{bucket}/run/logs/train.log"
+
+
+def test_an_interrupted_local_write_leaves_no_temporary_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ctrl-C (KeyboardInterrupt) or an error in the middle of an atomic write removes its temporary file and
+    keeps the old content (a fresh `make test` saw `data/heldout/domain.jsonl.tmp-a6f1abdc` left by a Ctrl-C at
+    the dedup stage's shutdown, tests/test_interrupt.py)."""
+    storage = Storage.open_uri(str(tmp_path / "run"))
+    storage.write_text("old\n", "data", "heldout", "domain.jsonl")
+
+    def interrupted(*args: object) -> None:
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as patched, pytest.raises(KeyboardInterrupt):
+        patched.setattr(os, "fsync", interrupted)
+        storage.write_text("new\n", "data", "heldout", "domain.jsonl")
+    source = tmp_path / "big.bin"
+    source.write_bytes(b"x" * 1000)
+
+    def half_copied(src: str, dst: str) -> None:
+        Path(dst).write_bytes(b"x" * 10)
+        raise OSError("disk full")
+
+    with monkeypatch.context() as patched, pytest.raises(OSError, match="disk full"):
+        patched.setattr(shutil, "copyfile", half_copied)
+        storage.put_file(str(source), "data", "heldout", "domain.jsonl")
+    assert storage.read_bytes("data", "heldout", "domain.jsonl") == b"old\n"
+    assert sorted(p.name for p in (tmp_path / "run").rglob("*")) == ["data", "domain.jsonl", "heldout"]
