@@ -408,7 +408,7 @@ def _finished(
     if not out.exists("done.json"):
         return None
     done = out.read_json("done.json")
-    if done.get("budget", data_set.budget) != data_set.budget:
+    if _for_another_budget(done, data_set.budget):
         log.warning(
             "preprocess %s rank %d: prepared for spec.data.tokenBudget %d, but the segment is prepared for %d (the "
             "budget grew meanwhile, or the run was applied again with another): preparing again",
@@ -423,6 +423,12 @@ def _finished(
         done.get("identity"), _rank_identity(data_set, prepared, world_size), out.path("done.json"), storage
     )
     return done
+
+
+def _for_another_budget(done: dict[str, Any], budget: int) -> bool:
+    """Did the worker of this done.json prepare its segment for another budget than `budget`, the segment's? (One
+    from before workers recorded their budget counts as the segment's.)"""
+    return done.get("budget", budget) != budget
 
 
 def _rank_identity(data_set: DataSet, prepared: dict[str, Any], world_size: int) -> dict[str, Any]:
@@ -661,7 +667,7 @@ def _raced_ranks(spec: ContinuedPretrainSpec, storage: Storage, world_size: int)
         budget = started_budget(storage, folder, whole.budget)
         for rank in range(world_size):
             out = work_dir(storage, folder, rank)
-            if out.exists("done.json") and out.read_json("done.json").get("budget", budget) != budget:
+            if out.exists("done.json") and _for_another_budget(out.read_json("done.json"), budget):
                 raced.add(rank)
     return sorted(raced)
 
