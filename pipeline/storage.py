@@ -261,6 +261,6 @@ def _staged(target: str) -> Iterator[str]:
         yield temp
         os.replace(temp, target)
     except BaseException:
-        with contextlib.suppress(FileNotFoundError):
+        with contextlib.suppress(OSError):  # a cleanup that fails must not hide the write's own error
             os.remove(temp)
         raise

@@ -77,3 +77,22 @@ def test_an_interrupted_local_write_leaves_no_temporary_file(tmp_path: Path, mon
         storage.put_file(str(source), "data", "heldout", "domain.jsonl")
     assert storage.read_bytes("data", "heldout", "domain.jsonl") == b"old\n"
     assert sorted(p.name for p in (tmp_path / "run").rglob("*")) == ["data", "domain.jsonl", "heldout"]
+
+
+def test_a_cleanup_that_fails_does_not_hide_the_writes_own_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """When the temporary file cannot be removed either (a read-only or vanished directory), the error the caller
+    sees is the write's own, not the cleanup's."""
+    storage = Storage.open_uri(str(tmp_path / "run"))
+
+    def full(*args: object) -> None:
+        raise OSError("disk full")
+
+    def refused(path: str) -> None:
+        raise PermissionError(f"cannot remove {path}")
+
+    with monkeypatch.context() as patched, pytest.raises(OSError, match="disk full"):
+        patched.setattr(os, "fsync", full)
+        patched.setattr(os, "remove", refused)
+        storage.write_text("new\n", "data", "domain.jsonl")
