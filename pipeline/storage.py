@@ -254,13 +254,18 @@ class Storage:
 @contextlib.contextmanager
 def _staged(target: str) -> Iterator[str]:
     """A temporary path beside `target`, renamed onto it when the block ends, and removed when the block raises
-    (an error, or Ctrl-C's KeyboardInterrupt): nothing half-written stays in storage or the cache."""
+    (an error, or Ctrl-C's KeyboardInterrupt). A process killed by a signal it does not handle (a pod's SIGTERM
+    or SIGKILL) can still leave one; readers never take `*.tmp-*` files for data."""
     os.makedirs(os.path.dirname(target), exist_ok=True)
     temp = f"{target}.tmp-{uuid.uuid4().hex[:8]}"
     try:
         yield temp
         os.replace(temp, target)
-    except BaseException:
-        with contextlib.suppress(OSError):  # a cleanup that fails must not hide the write's own error
+    except BaseException as error:
+        try:
             os.remove(temp)
+        except FileNotFoundError:
+            pass
+        except OSError as cleanup:  # must not hide the write's own error, which names what went wrong
+            error.add_note(f"temporary file {temp} was left behind: {cleanup}")
         raise

@@ -89,10 +89,33 @@ def test_a_cleanup_that_fails_does_not_hide_the_writes_own_error(
     def full(*args: object) -> None:
         raise OSError("disk full")
 
+    removals: list[str] = []
+
     def refused(path: str) -> None:
+        removals.append(path)
         raise PermissionError(f"cannot remove {path}")
 
-    with monkeypatch.context() as patched, pytest.raises(OSError, match="disk full"):
+    with monkeypatch.context() as patched, pytest.raises(OSError, match="disk full") as raised:
         patched.setattr(os, "fsync", full)
         patched.setattr(os, "remove", refused)
         storage.write_text("new\n", "data", "domain.jsonl")
+    assert len(removals) == 1 and ".tmp-" in removals[0]  # the cleanup was tried, and the note says it failed
+    assert raised.value.__notes__ == [f"temporary file {removals[0]} was left behind: cannot remove {removals[0]}"]
+
+
+def test_an_interrupted_download_to_the_local_cache_leaves_no_temporary_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """local_copy downloads through the same staging: a connection lost mid-download leaves no partial file in
+    the cache (a later call would take it for the whole object)."""
+    remote = Storage.open_uri(f"memory://cache-test-{uuid.uuid4().hex}")
+    remote.write_bytes(b"y" * 100, "data", "tokens.bin")
+
+    def half(rpath: str, lpath: str, **kwargs: object) -> None:
+        Path(lpath).write_bytes(b"y" * 10)
+        raise ConnectionError("reset")
+
+    monkeypatch.setattr(remote.fs, "get_file", half)
+    with pytest.raises(ConnectionError):
+        remote.local_copy("data", "tokens.bin", cache_dir=str(tmp_path / "cache"))
+    assert [p for p in (tmp_path / "cache").rglob("*") if p.is_file()] == []
