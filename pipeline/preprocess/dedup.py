@@ -8,12 +8,11 @@ not depend on the number of workers, and keeps the first occurrence. `first_occu
 
 from __future__ import annotations
 
-import re
-
 import numpy as np
 import xxhash
 
 from cpt.api.data import MinHash
+from cpt_pipeline.preprocess import words as word_loop
 
 
 def exact_hash(text: str) -> int:
@@ -30,19 +29,17 @@ def first_occurrences(hashes: np.ndarray, order: np.ndarray) -> np.ndarray:
     return keep
 
 
-# what str.split() splits at besides the ASCII whitespace bytes.split() knows (NBSP, U+3000, U+2009, ...)
-_OTHER_SPACE = re.compile("[\x1c-\x1f\x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]")
 _SHINGLE_MIX = np.uint64(0x9E3779B97F4A7C15)  # odd: word hashes -> shingle hash, sum of h[i+k] * MIX**k
 
 
 class MinHasher:
     """MinHash signatures of word shingles, vectorised with numpy; near-duplicate removal with LSH (datasketch).
 
-    Words are the lower-cased text's words as str.split() finds them (at any Unicode space), each hashed with
-    xxh3-64; a shingle's hash combines its `ngram` word hashes (a polynomial, mod 2^64). Permutation j maps a
-    shingle hash h to (a_j * h + b_j) mod 2^64 >> 32 (multiply-shift; a_j odd, from a fixed seed), so the
-    signature's values are 32-bit like datasketch's, at a few numpy operations per shingle instead of a SHA-1
-    call in Python."""
+    Words are the lower-cased text's words as str.split() finds them (at any Unicode space), each hashed as
+    `words.py` hashes words; a shingle's hash combines its `ngram` word hashes (a polynomial, mod 2^64).
+    Permutation j maps a shingle hash h to (a_j * h + b_j) mod 2^64 >> 32 (multiply-shift; a_j odd, from a fixed
+    seed), so the signature's values are 32-bit like datasketch's. The C extension computes a signature in one
+    pass over the text; the numpy twin (without it) gives the same values."""
 
     def __init__(self, cfg: MinHash) -> None:
         self.cfg = cfg
@@ -54,8 +51,7 @@ class MinHasher:
 
     def shingles(self, text: str) -> np.ndarray:
         """The shingle hashes of text (one for a text shorter than `ngram` words, none for an empty one)."""
-        words = _OTHER_SPACE.sub(" ", text.lower()).encode("utf-8", "surrogatepass").split()  # as str.split()
-        hashes = np.fromiter(map(xxhash.xxh3_64_intdigest, words), dtype=np.uint64, count=len(words))
+        hashes, _ = word_loop.words(text.lower())
         n = min(self.cfg.ngram, len(hashes))
         width = len(hashes) - n + 1 if n else 0
         combined = np.zeros(max(width, 0), dtype=np.uint64)
@@ -66,6 +62,9 @@ class MinHasher:
     def signature(self, text: str) -> np.ndarray:
         """num_perm minimum permuted shingle hashes (all 2^32 - 1 for a text without words). The shift is
         monotone, so it is applied to the minima; repeated shingles do not change a minimum."""
+        if word_loop.NATIVE is not None:
+            minima = word_loop.NATIVE.signature(text.lower(), self.cfg.ngram, self._a, self._b, self._powers)
+            return np.frombuffer(minima, dtype=np.uint64)
         shingles = self.shingles(text)
         if not len(shingles):
             return np.full(self.cfg.num_perm, 2**32 - 1, dtype=np.uint64)

@@ -3,8 +3,8 @@
 `FilterChain` owns the loop and the shared per-document features (lines, words, n-gram hashes), so each
 filter is a short function of one decision. The paper's filters are on by default: fewer than 3
 non-empty lines, and Gopher repetition (Rae et al. 2021, thresholds from the spec). The Gopher quality,
-FineWeb quality and C4-style rule sets are opt-in. The n-gram statistics are computed with numpy on
-hashed words, instead of Python loops over joined strings.
+FineWeb quality and C4-style rule sets are opt-in. The n-gram statistics are computed on hashed words, in C
+(`words.py`: the extension `_words.c`, or its numpy twin), instead of Python loops over joined strings.
 """
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from cpt.api.data import Filters, RepetitionFilter
+from cpt_pipeline.preprocess import words as word_loop
 from cpt_pipeline.preprocess.ngrams import PRIME, ngram_hashes
 
-_PARAGRAPHS = re.compile(r"\n{2,}")
 STOP_WORDS = frozenset({"the", "be", "to", "of", "and", "that", "have", "with"})
 BULLETS = ("•", "●", "○", "■", "□", "▪", "▫", "※", "·", "-", "*", "–")  # noqa: RUF001
 TERMINAL = (".", "!", "?", '"', "'", "”", "’", ":", ";", ")")  # noqa: RUF001
@@ -52,9 +52,7 @@ class Features:
 
     def _word_arrays(self) -> tuple[np.ndarray, np.ndarray]:
         if self._hashes is None:
-            words = self.words
-            self._hashes = np.fromiter(map(hash, words), dtype=np.int64, count=len(words)).view(np.uint64)
-            self._lengths = np.fromiter(map(len, words), dtype=np.int64, count=len(words))
+            self._hashes, self._lengths = word_loop.words(self.text)
             self._cum = np.concatenate(([0], np.cumsum(self._lengths)))
         return self._hashes, self._lengths  # type: ignore[return-value]
 
@@ -80,6 +78,8 @@ class Features:
 
     def duplicated_ngram_chars(self, n: int) -> int:
         """Characters of the words covered by any repeated occurrence of an n-gram."""
+        if word_loop.NATIVE is not None:
+            return word_loop.NATIVE.duplicated_ngram_chars(*self._word_arrays(), n)
         grams = self.ngram_hashes(n)
         if len(grams) < 2:
             return 0
@@ -91,14 +91,16 @@ class Features:
         repeated = np.ones(len(positions), dtype=bool)
         repeated[first] = False  # the first occurrence of each is not a repetition
         starts = positions[repeated]
-        size = len(self.words) + 1
+        size = len(grams) + n
         depth = np.cumsum(np.bincount(starts, minlength=size) - np.bincount(starts + n, minlength=size))
         _, lengths = self._word_arrays()
         return int(lengths[depth[:-1] > 0].sum())
 
     def top_ngram_chars(self, n: int) -> int:
         """Characters in all occurrences of the most frequent n-gram; of several equally frequent, the first to
-        occur (not the first in hash order: word hashes differ between processes)."""
+        occur (not the first in hash order)."""
+        if word_loop.NATIVE is not None:
+            return word_loop.NATIVE.top_ngram_chars(*self._word_arrays(), n)
         grams = self.ngram_hashes(n)
         if len(grams) == 0:
             return 0
@@ -123,6 +125,13 @@ def _runs(grams: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     ordered = np.sort(grams)
     starts = np.flatnonzero(np.concatenate(([True], ordered[1:] != ordered[:-1])))
     return ordered[starts], np.diff(np.append(starts, len(ordered)))
+
+
+def split_paragraphs(text: str) -> list[str]:
+    """The stripped text's pieces between runs of two or more newlines, empty ones left out: re.split(r"\n{2,}"),
+    in a tenth of the time. Splitting at each "\n\n" leaves of a run of k newlines k//2 - 1 empty pieces and, when
+    k is odd, one newline at the start of the next piece."""
+    return [p for p in (piece.removeprefix("\n") for piece in text.strip().split("\n\n")) if p]
 
 
 def _duplicates(items: list[str]) -> tuple[int, int]:
@@ -153,7 +162,7 @@ def gopher_repetition(cfg: RepetitionFilter) -> Callable[[Features], str | None]
 
     def check(doc: Features) -> str | None:
         total = len(doc.text) or 1
-        paragraphs = [p for p in _PARAGRAPHS.split(doc.text.strip()) if p]
+        paragraphs = split_paragraphs(doc.text)
         count, chars = _duplicates(paragraphs)
         if paragraphs and count / len(paragraphs) > para_frac:
             return "dup_paragraph_fraction"

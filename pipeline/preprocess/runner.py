@@ -38,6 +38,8 @@ import numpy as np
 from cpt.api import ContinuedPretrainSpec
 from cpt.api.data import Source
 from cpt_pipeline.preprocess import stats as keys
+from cpt_pipeline.preprocess import words as word_loop
+from cpt_pipeline.preprocess.copies import WrittenTexts, text_key
 from cpt_pipeline.preprocess.decontam import Decontaminator, eval_files, evaluated_files
 from cpt_pipeline.preprocess.dedup import MinHasher, exact_hash
 from cpt_pipeline.preprocess.filters import FilterChain
@@ -215,8 +217,10 @@ class _RankWriter:
         self.bands = bands
         self.band_keys: list[list[tuple[int, int]]] = []
 
-    def add(self, doc: Document, source: int, ids: list[int], eos: int, signature: np.ndarray | None) -> None:
-        array = np.fromiter(ids, dtype=self.dtype, count=len(ids))
+    def add(
+        self, doc: Document, source: int, ids: list[int] | np.ndarray, eos: int, signature: np.ndarray | None
+    ) -> None:
+        array = ids if isinstance(ids, np.ndarray) else np.fromiter(ids, dtype=self.dtype, count=len(ids))
         self.handle.write(array.tobytes())
         self.handle.write(np.array([eos], dtype=self.dtype).tobytes())
         self.tokens += len(ids) + 1
@@ -258,6 +262,8 @@ def prepare(spec: ContinuedPretrainSpec, storage: Storage, rank: int, world_size
     decontaminator, decontam_note = _decontaminator(spec)
     chain = FilterChain.from_spec(spec.data.filters)
     hasher = MinHasher(spec.data.dedup.minhash) if spec.data.dedup.minhash.enabled else None
+    if word_loop.NATIVE is None:
+        log.warning("preprocess rank %d: word loop in %s; the same results, slower", rank, word_loop.IMPLEMENTATION)
     partitions = spec.data.preprocessing.partitions
     sets = data_sets(spec)
     first = sets[0]
@@ -296,8 +302,9 @@ def prepare(spec: ContinuedPretrainSpec, storage: Storage, rank: int, world_size
             held_out = perplexity.domain_held_out if data_set.name == "domain" else 0.0
             held = HeldOutWriter(Path(scratch), perplexity.domain.max_documents) if held_out else None
             steps = _DocumentSteps(chain, decontaminator, tokenizer, hasher, dropped, held, held_out)
+            written = WrittenTexts() if spec.data.dedup.exact else None
             reader = _UnitReader(
-                steps, spec.data.preprocessing.tokenizer_batch_size, stats, writer, data_set.dir_name, rank
+                steps, spec.data.preprocessing.tokenizer_batch_size, stats, writer, data_set.dir_name, rank, written
             )
             for unit in units:
                 if unit.index % world_size != rank:
@@ -374,6 +381,7 @@ class _UnitReader:
     writer: _RankWriter
     set_name: str
     rank: int
+    written: WrittenTexts | None = None  # with exact dedup: a copy of a text written before is not tokenized
     last_event: float = field(default_factory=time.monotonic)
 
     def read(self, unit: WorkUnit, source: Source, source_index: int, cap: float, first: int = 0) -> int | None:
@@ -387,14 +395,42 @@ class _UnitReader:
             if steps.held is not None:
                 kept = _hold_out(kept, source.name, steps.held_fraction, steps.held, self.stats)
             self.last_event = _progress_event(self.last_event, self.set_name, self.rank, self.stats, writer.tokens)
-            for doc, ids in zip(kept, steps.tokenizer.encode_batch([d.text for d in kept]), strict=True):
+            text_keys = [text_key(d.text) for d in kept] if self.written is not None else [None] * len(kept)
+            for doc, key, ids in zip(kept, text_keys, self._encode(kept, text_keys), strict=True):
                 if writer.tokens - start >= cap:
                     return doc.position
                 signature = steps.hasher.signature(doc.text) if steps.hasher else None
+                if ids is None:
+                    ids = self._copy_ids(doc, key)
                 writer.add(doc, source_index, ids, steps.tokenizer.info.eos_id, signature)
+                if self.written is not None and key is not None:
+                    self.written.record(key, doc.unit, doc.position, len(ids))
             if writer.tokens - start >= cap:
                 return batch[-1].position + 1
         return None
+
+    def _encode(self, kept: list[Document], text_keys: list[int | None]) -> list[list[int] | None]:
+        """Each document's token ids; None for a copy of a text written at an earlier place (`copies.py`)."""
+        tokenizer = self.steps.tokenizer
+        if self.written is None:
+            return tokenizer.encode_batch([d.text for d in kept])
+        self.written.trim()
+        in_batch: set[int | None] = set()
+        copies = []
+        for doc, key in zip(kept, text_keys, strict=True):
+            earlier = key in in_batch or self.written.tokens_of_earlier_copy(key, doc.unit, doc.position) is not None
+            copies.append(earlier)
+            in_batch.add(key)
+        encoded = iter(tokenizer.encode_batch([d.text for d, copy in zip(kept, copies, strict=True) if not copy]))
+        return [None if copy else next(encoded) for copy in copies]
+
+    def _copy_ids(self, doc: Document, key: int | None) -> np.ndarray | list[int]:
+        """Zeros as long as the earlier copy's ids: the reduce drops this copy and never reads them."""
+        written = self.written
+        count = written.tokens_of_earlier_copy(key, doc.unit, doc.position) if written and key is not None else None
+        if count is None:  # the earlier copy was not written after all: tokenize this one
+            return self.steps.tokenizer.encode_batch([doc.text])[0]
+        return np.zeros(count, dtype=self.writer.dtype)
 
 
 def _finished(

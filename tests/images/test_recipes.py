@@ -58,3 +58,46 @@ def test_the_operator_image_installs_no_ml_stack() -> None:
     assert ".[operator]" in runs and "worker" not in runs and "torch" not in runs
     copied = [args for keyword, args in instructions(RECIPES["operator"]) if keyword == "COPY"]
     assert not [c for c in copied if c.startswith("pipeline ")], "the pipeline's code stays out of the operator"
+
+
+def _build_context(name: str, root: Path) -> Path:
+    """The files the recipe COPYs into its working directory, and the folders its RUN mkdir -p makes there."""
+    import shutil
+
+    ignore = shutil.ignore_patterns("__pycache__", "*.so", "*.pyc")
+    for keyword, args in instructions(RECIPES[name]):
+        if keyword == "COPY":
+            *sources, target = args.split()
+            for source in sources:
+                into = root / target / Path(source).name if target.endswith("/") else root / target
+                into.parent.mkdir(parents=True, exist_ok=True)
+                if (REPO / source).is_dir():
+                    shutil.copytree(REPO / source, into, ignore=ignore)
+                else:
+                    shutil.copy(REPO / source, into)
+        elif keyword == "RUN" and args.startswith("mkdir -p "):
+            for folder in args.removeprefix("mkdir -p ").split("&&")[0].split():
+                (root / folder).mkdir(parents=True, exist_ok=True)
+    return root
+
+
+@pytest.mark.parametrize("name", sorted(RECIPES))
+def test_the_package_builds_from_what_the_image_copies(name: str, tmp_path: Path) -> None:
+    """pip builds kubecpt's wheel from the recipe's files alone, as `pip install .` in docker build does; the worker's
+    wheel holds the compiled word loop, the operator's no pipeline code."""
+    import subprocess
+    import sys
+    import zipfile
+
+    context = _build_context(name, tmp_path / "src")
+    argv = [sys.executable, "-P", "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w"]
+    done = subprocess.run([*argv, str(tmp_path / "dist"), str(context)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    (wheel,) = (tmp_path / "dist").glob("kubecpt-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    compiled = [n for n in names if n.startswith("cpt_pipeline/preprocess/_words.")]
+    pipeline_code = [n for n in names if n.startswith("cpt_pipeline/") and not n.endswith("__init__.py")]
+    if name == "worker":
+        assert [n for n in compiled if n.endswith(".so")], names
+    else:
+        assert not pipeline_code, pipeline_code

@@ -3,11 +3,21 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from cpt.api.data import Filters, RepetitionFilter
-from cpt_pipeline.preprocess.filters import Features, FilterChain, c4_rules, fineweb_quality, gopher_quality
+from cpt_pipeline.preprocess.filters import (
+    Features,
+    FilterChain,
+    c4_rules,
+    fineweb_quality,
+    gopher_quality,
+    split_paragraphs,
+)
 from tests.pipeline.preprocess.helpers import document
 
 
@@ -133,3 +143,9 @@ def test_ngram_hashes_extended_word_by_word_equal_the_direct_ones() -> None:
     doc = Features(" ".join(f"w{i % 7}" for i in range(40)))
     direct = {n: ngram_hashes(doc._word_arrays()[0], n) for n in range(1, 11)}
     assert all(doc.ngram_hashes(n).tolist() == direct[n].tolist() for n in range(1, 11))
+
+
+@settings(max_examples=2000, deadline=None)
+@given(st.text(alphabet="ab \n\t\r\u2028", max_size=40))
+def test_paragraphs_are_those_of_the_regular_expression(text: str) -> None:
+    assert split_paragraphs(text) == [p for p in re.split(r"\n{2,}", text.strip()) if p]

@@ -15,7 +15,14 @@ import pytest
 from cpt.api import ContinuedPretrainSpec
 from cpt.api.data import MinHash
 from cpt_pipeline.preprocess.dedup import MinHasher, exact_hash, first_occurrences
-from cpt_pipeline.preprocess.partitions import band_keys, band_ranges, bucket_files, decide_partition, keep_masks
+from cpt_pipeline.preprocess.partitions import (
+    band_keys,
+    band_ranges,
+    bucket_files,
+    decide_partition,
+    keep_masks,
+    lsh_shape,
+)
 from cpt_pipeline.preprocess.runner import prepare, reduce
 from cpt_pipeline.storage import Storage
 from tests.pipeline.preprocess.helpers import document, make_spec, write_jsonl
@@ -254,3 +261,20 @@ def test_the_packer_holds_near_copies_not_every_exact_copys_band_keys() -> None:
         assert sum(int(k.sum()) for k in keep) < len(texts)  # the near copies are found
     extra = len(texts[:60]) * 25
     assert peaks[1] - peaks[0] < 64 * extra, (peaks, (peaks[1] - peaks[0]) / extra)
+
+
+@pytest.mark.parametrize("num_perm", [16, 100, 128, 256])
+def test_the_lsh_bands_are_those_datasketch_picks(num_perm: int) -> None:
+    """The workers choose bands without datasketch; its MinHashLSH (the single-process reference) chooses the same."""
+    from datasketch import MinHashLSH
+
+    for threshold in [i / 20 for i in range(1, 20)]:
+        try:
+            reference = MinHashLSH(threshold=threshold, num_perm=num_perm)
+        except ValueError:  # one band: refused there, and here
+            with pytest.raises(ValueError, match=r"spec.data.dedup.minhash: threshold .* one LSH band"):
+                band_ranges(MinHash(enabled=True, threshold=str(threshold), num_perm=num_perm))
+            assert lsh_shape(threshold, num_perm)[0] == 1
+            continue
+        ranges = band_ranges(MinHash(enabled=True, threshold=str(threshold), num_perm=num_perm))
+        assert ranges == list(reference.hashranges), (threshold, num_perm)
