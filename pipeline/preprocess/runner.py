@@ -66,6 +66,7 @@ from cpt_pipeline.preprocess.shards import FORMAT, ShardPacker, rows_per_shard
 from cpt_pipeline.preprocess.started import record_start, started_budget
 from cpt_pipeline.preprocess.stats import Stats
 from cpt_pipeline.preprocess.tokenize import TextTokenizer, TokenizerInfo, files_digest, resolve_tokenizer_dir
+from cpt_pipeline.preprocess.words import OLDER_WORD_HASH
 from cpt_pipeline.status_push import push_status
 from cpt_pipeline.storage import Storage
 
@@ -279,7 +280,7 @@ def prepare(spec: ContinuedPretrainSpec, storage: Storage, rank: int, world_size
             log.info("preprocess %s rank %d: the set is packed already, skipped", whole.name, rank)
             continue
         out = work_dir(storage, data_set.dir_name, rank)
-        done = _finished(storage, data_set, prepared, rank, world_size)
+        done = _finished(storage, data_set, prepared, rank, world_size, hasher is not None)
         if done is not None:
             log.info("preprocess %s rank %d: already done, skipped", data_set.dir_name, rank)
             total.merge(Stats.from_json(done["stats"]))
@@ -337,6 +338,7 @@ def prepare(spec: ContinuedPretrainSpec, storage: Storage, rank: int, world_size
                 "stats": stats.to_json(),
                 "tokenizer": tokenizer.info.to_json(),
                 "tokenizer_digest": files_digest(tokenizer.directory, tokenizer.info.uri, tokenizer.trust_remote_code),
+                "word_hash": word_loop.WORD_HASH,
                 "decontamination": decontam_note,
                 "cut_units": cut,  # by source: the units left at their cap, with documents unread
                 "next_positions": next_positions,
@@ -434,7 +436,7 @@ class _UnitReader:
 
 
 def _finished(
-    storage: Storage, data_set: DataSet, prepared: dict[str, Any], rank: int, world_size: int
+    storage: Storage, data_set: DataSet, prepared: dict[str, Any], rank: int, world_size: int, minhash: bool
 ) -> dict[str, Any] | None:
     """The worker's done.json of the segment, refused when made under another spec; None when it has not finished,
     or finished for another budget than the segment's: it started as the budget grew, before the segment's first
@@ -455,10 +457,26 @@ def _finished(
         )
         out.remove()
         return None
+    if _other_word_hash(done, minhash):
+        log.warning(
+            "preprocess %s rank %d: its MinHash signatures hash words as %s, this version as %s (the image changed "
+            "mid-run); preparing again",
+            data_set.dir_name,
+            rank,
+            done.get("word_hash", OLDER_WORD_HASH),
+            word_loop.WORD_HASH,
+        )
+        out.remove()
+        return None
     refuse_if_changed(
         done.get("identity"), _rank_identity(data_set, prepared, world_size), out.path("done.json"), storage
     )
     return done
+
+
+def _other_word_hash(done: dict[str, Any], minhash: bool) -> bool:
+    """With MinHash on, did the worker hash words otherwise than this version? Its signatures would not match."""
+    return minhash and done.get("word_hash", OLDER_WORD_HASH) != word_loop.WORD_HASH
 
 
 def _for_another_budget(done: dict[str, Any], budget: int) -> bool:
@@ -627,7 +645,7 @@ def reduce(
         _prepare_again(spec, storage, world_size, stale)
         partition = None  # index 0 decides every partition and packs
     raced = _raced_ranks(spec, storage, world_size)
-    why = "prepared for a budget that grew after their segment's first worker started"
+    why = "prepared for a budget that grew after their segment's first worker started, or by another version"
     if _left_to_index_0(partition, raced, why):
         return {}
     if raced:
@@ -695,15 +713,17 @@ def _left_to_index_0(partition: int | None, ranks: list[int], why: str) -> bool:
 
 
 def _raced_ranks(spec: ContinuedPretrainSpec, storage: Storage, world_size: int) -> list[int]:
-    """Workers that finished a set's pending segment for another budget than its first worker's: they started as
-    the budget grew, before that worker recorded its start, or an earlier incarnation made them (`_finished`)."""
+    """Workers that finished a set's pending segment for another budget than its first worker's (they started as
+    the budget grew, before that worker recorded its start, or an earlier incarnation made them), or with MinHash
+    signatures of another version's word hash (`_finished`)."""
     raced = set()
     for whole in data_sets(spec):
         folder = segment_dir(whole.name, len(segment_manifests(storage, whole.name)))
         budget = started_budget(storage, folder, whole.budget)
         for rank in range(world_size):
             out = work_dir(storage, folder, rank)
-            if out.exists("done.json") and _for_another_budget(out.read_json("done.json"), budget):
+            done = out.read_json("done.json") if out.exists("done.json") else None
+            if done and (_for_another_budget(done, budget) or _other_word_hash(done, spec.data.dedup.minhash.enabled)):
                 raced.add(rank)
     return sorted(raced)
 

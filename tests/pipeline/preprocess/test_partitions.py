@@ -278,3 +278,28 @@ def test_the_lsh_bands_are_those_datasketch_picks(num_perm: int) -> None:
             continue
         ranges = band_ranges(MinHash(enabled=True, threshold=str(threshold), num_perm=num_perm))
         assert ranges == list(reference.hashranges), (threshold, num_perm)
+
+
+def test_workers_whose_signatures_hash_words_as_another_version_did_are_prepared_again(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An image changed mid-run: MinHash signatures of two word hashes would never match. The worker (when it runs
+    again) and the reduce (index 0, for a worker that does not) prepare such outputs again."""
+    corpus(tmp_path)
+    reference = packed(run(tmp_path, "reference", partitions=2))
+    spec = partitioned_spec(tmp_path, "mixed", partitions=2)
+    storage = Storage.from_spec(spec.storage)
+    for rank in range(2):
+        prepare(spec, storage, rank, 2)
+    workers = [storage.sub("work", "preprocess", "domain", f"rank-{rank:05d}") for rank in range(2)]
+    for worker in workers:  # as an earlier version wrote them: no word_hash
+        done = worker.read_json("done.json")
+        del done["word_hash"]
+        worker.write_json(done, "done.json")
+    prepare(spec, storage, 1, 2)
+    assert "hash words as xxh3-64 of UTF-8 words" in caplog.text
+    assert "word_hash" in workers[1].read_json("done.json") and "word_hash" not in workers[0].read_json("done.json")
+    for index in (1, 0):
+        reduce(spec, storage, 2, shard_rows=5, partition=index)
+    assert "word_hash" in workers[0].read_json("done.json")  # index 0 prepared worker 0 again
+    assert packed(storage) == reference
