@@ -2,13 +2,16 @@
  * statistics, and MinHash signatures. words.py holds the numpy twin of every function here; the tests check
  * that both give the same values, bit for bit. All arithmetic is on uint64, modulo 2^64.
  *
- * Word hash: h = sum_j c_j * Q^j over the word's code points c_0 .. c_{k-1}, then mix(h + k * LEN_MIX) with the
- * SplitMix64 finalizer. The numpy twin computes the same sum from prefix sums.
+ * Word hash: each code point c at position j of a word becomes v_j = mix(j << 21 | c) (code points are below
+ * 2^21); h = sum_j v_j * Q^j; the hash is mix(h + k * LEN_MIX) for a word of k code points, with the SplitMix64
+ * finalizer `mix`. Mixing each code point with its position first keeps a polynomial modulo 2^64 from colliding
+ * on Thue-Morse words. The numpy twin computes the same sum from prefix sums.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <stdint.h>
 #include <string.h>
+#include <time.h>
 
 #define Q 0x9E3779B97F4A7C15ULL
 #define LEN_MIX 0xD6E8FEB86659FD93ULL
@@ -23,8 +26,21 @@ static uint64_t mix(uint64_t x) {
     return x;
 }
 
-/* Split text at Unicode spaces (Py_UNICODE_ISSPACE, what str.split() uses); fill hashes and lengths (code
- * points), each of capacity at least the number of words. Returns the number of words. */
+static Py_ssize_t count_words(PyObject *text) {
+    int kind = PyUnicode_KIND(text);
+    const void *data = PyUnicode_DATA(text);
+    Py_ssize_t size = PyUnicode_GET_LENGTH(text), count = 0;
+    int in_word = 0;
+    for (Py_ssize_t i = 0; i < size; i++) {
+        int space = Py_UNICODE_ISSPACE(PyUnicode_READ(kind, data, i));
+        count += !space && !in_word;
+        in_word = !space;
+    }
+    return count;
+}
+
+/* Split text at Unicode spaces (Py_UNICODE_ISSPACE, what str.split() uses); fill hashes and, unless NULL,
+ * lengths (code points), each of capacity count_words(text). Returns the number of words. */
 static Py_ssize_t split_hash(PyObject *text, uint64_t *hashes, int64_t *lengths) {
     int kind = PyUnicode_KIND(text);
     const void *data = PyUnicode_DATA(text);
@@ -37,13 +53,13 @@ static Py_ssize_t split_hash(PyObject *text, uint64_t *hashes, int64_t *lengths)
         while (i < size) {
             Py_UCS4 c = PyUnicode_READ(kind, data, i);
             if (Py_UNICODE_ISSPACE(c)) break;
-            sum += (uint64_t)c * power;
+            sum += mix((uint64_t)(i - start) << 21 | c) * power;
             power *= Q;
             i++;
         }
         uint64_t length = (uint64_t)(i - start);
         hashes[count] = mix(sum + length * LEN_MIX);
-        lengths[count] = (int64_t)length;
+        if (lengths) lengths[count] = (int64_t)length;
         count++;
     }
     return count;
@@ -53,7 +69,7 @@ static Py_ssize_t split_hash(PyObject *text, uint64_t *hashes, int64_t *lengths)
 static PyObject *words(PyObject *self, PyObject *args) {
     PyObject *text;
     if (!PyArg_ParseTuple(args, "U", &text)) return NULL;
-    Py_ssize_t cap = PyUnicode_GET_LENGTH(text) / 2 + 1;
+    Py_ssize_t cap = count_words(text) + 1;
     uint64_t *hashes = PyMem_Malloc(cap * sizeof(uint64_t));
     int64_t *lengths = PyMem_Malloc(cap * sizeof(int64_t));
     if (!hashes || !lengths) {
@@ -68,6 +84,10 @@ static PyObject *words(PyObject *self, PyObject *args) {
     PyMem_Free(lengths);
     return result;
 }
+
+/* Set per process when the module loads (address layout and time): where an n-gram lands in the table, never
+ * what the functions return, so crafted text cannot make the table quadratic. */
+static uint64_t slot_seed;
 
 /* A table of the distinct n-grams of a text (open addressing): how often each occurs and where first. */
 typedef struct {
@@ -95,7 +115,7 @@ static void grams_free(Grams *table) {
 
 /* Count one occurrence of gram at position; returns its count so far (1 for its first occurrence). */
 static int64_t grams_add(Grams *table, uint64_t gram, Py_ssize_t position) {
-    size_t slot = (size_t)(gram ^ (gram >> 29)) & table->mask;
+    size_t slot = (size_t)mix(gram ^ slot_seed) & table->mask; /* seeded: crafted grams cannot pile up */
     while (table->counts[slot] && table->keys[slot] != gram) slot = (slot + 1) & table->mask;
     if (!table->counts[slot]) {
         table->keys[slot] = gram;
@@ -198,9 +218,10 @@ static PyObject *duplicated_ngram_chars(PyObject *self, PyObject *args) {
     return PyLong_FromLongLong(chars);
 }
 
-/* minima[j] = min(minima[j], a[j] * shingle + b[j]): the hot loop of MinHash. On x86-64 it is also compiled for
- * AVX2 and AVX-512 (64-bit multiply and unsigned minimum in one instruction each), chosen at load time. */
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+/* minima[j] = min(minima[j], a[j] * shingle + b[j]): the hot loop of MinHash. With GCC 12 or newer on x86-64 it
+ * is also compiled for AVX2 and AVX-512 (64-bit multiply and unsigned minimum in one instruction each), chosen at
+ * load time. */
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 12 /* older: no dispatcher */
 __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 #endif
 static void permute_min(const uint64_t *a, const uint64_t *b, uint64_t *minima, Py_ssize_t perms, uint64_t shingle) {
@@ -218,21 +239,20 @@ static PyObject *signature(PyObject *self, PyObject *args) {
     Py_ssize_t ngram;
     Py_buffer ab, bb, pb;
     if (!PyArg_ParseTuple(args, "Uny*y*y*", &text, &ngram, &ab, &bb, &pb)) return NULL;
-    Py_ssize_t perms = ab.len / 8, cap = PyUnicode_GET_LENGTH(text) / 2 + 1;
+    Py_ssize_t perms = ab.len / 8, cap = count_words(text) + 1;
     const uint64_t *a = ab.buf, *b = bb.buf, *powers = pb.buf;
     uint64_t *hashes = PyMem_Malloc(cap * sizeof(uint64_t));
-    int64_t *lengths = PyMem_Malloc(cap * sizeof(int64_t));
     uint64_t *minima = PyMem_Malloc((perms ? perms : 1) * sizeof(uint64_t));
     PyObject *result = NULL;
-    if (bb.len != ab.len || ab.len % 8 || ngram < 1 || pb.len < ngram * 8) {
+    if (bb.len != ab.len || ab.len % 8 || ngram < 1 || ngram > pb.len / 8) {
         PyErr_SetString(PyExc_ValueError, "a and b must be equal arrays of uint64, powers at least ngram long");
         goto done;
     }
-    if (!hashes || !lengths || !minima) {
+    if (!hashes || !minima) {
         PyErr_NoMemory();
         goto done;
     }
-    Py_ssize_t count = split_hash(text, hashes, lengths);
+    Py_ssize_t count = split_hash(text, hashes, NULL);
     for (Py_ssize_t j = 0; j < perms; j++) minima[j] = UINT64_MAX;
     Py_ssize_t n = count < ngram ? count : ngram;
     for (Py_ssize_t i = 0; n && i + n <= count; i++) {
@@ -244,7 +264,6 @@ static PyObject *signature(PyObject *self, PyObject *args) {
     result = PyBytes_FromStringAndSize((const char *)minima, perms * (Py_ssize_t)sizeof(uint64_t));
 done:
     PyMem_Free(hashes);
-    PyMem_Free(lengths);
     PyMem_Free(minima);
     PyBuffer_Release(&ab);
     PyBuffer_Release(&bb);
@@ -262,4 +281,7 @@ static PyMethodDef methods[] = {
 
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_words", "The per-word loop of preprocessing.", -1, methods};
 
-PyMODINIT_FUNC PyInit__words(void) { return PyModule_Create(&module); }
+PyMODINIT_FUNC PyInit__words(void) {
+    slot_seed = mix((uint64_t)(uintptr_t)&slot_seed ^ (uint64_t)time(NULL) << 20 ^ (uint64_t)clock());
+    return PyModule_Create(&module);
+}

@@ -7,8 +7,8 @@ hashes, signature, and its token count, which the unit's cap and the counts use)
 tokenizing it. datatrove gets the same saving by deduplicating before it tokenizes.
 
 Copies are recognised by the xxh3-128 of the whole text (a collision, 2^-128 a pair, would put zeros in place of
-a kept document's ids). The table holds the last `limit` texts written (about 110 B each): a copy further back is
-tokenized, and the reduce drops it as before.
+a kept document's ids). The table holds the last limit/2 to `limit` texts written (about 110 B each): a copy further
+back is tokenized, and the reduce drops it as before.
 """
 
 from __future__ import annotations
@@ -23,27 +23,34 @@ def text_key(text: str) -> int:
 
 
 class WrittenTexts:
-    """The texts a worker has written in this segment: key -> (global place, token count), in one int."""
+    """The texts a worker has written in this segment: key -> (global place, token count), in one int. Two
+    generations of limit/2 texts each: when the newer is full, it becomes the older and the older is forgotten."""
 
     def __init__(self, limit: int = LIMIT) -> None:
-        self.limit = limit
-        self._written: dict[int, int] = {}
+        self.half = max(1, limit // 2)
+        self._newer: dict[int, int] = {}
+        self._older: dict[int, int] = {}
 
     def trim(self) -> None:
-        """Forget the oldest texts beyond the limit (between batches, so a batch's lookups stay valid)."""
-        while len(self._written) > self.limit:
-            del self._written[next(iter(self._written))]
+        """Forget the oldest texts once the newer generation is full (between batches, so a batch's lookups stay
+        valid); constant time per text."""
+        if len(self._newer) >= self.half:
+            self._older, self._newer = self._newer, {}
+
+    def _find(self, key: int) -> int | None:
+        found = self._newer.get(key)
+        return self._older.get(key) if found is None else found
 
     def tokens_of_earlier_copy(self, key: int, unit: int, position: int) -> int | None:
         """The token count of this text as written at an earlier place in the global order, if it was."""
-        found = self._written.get(key)
+        found = self._find(key)
         if found is None or found >> 32 >= (unit << 32 | position):
             return None
         return found & 0xFFFFFFFF
 
     def record(self, key: int, unit: int, position: int, tokens: int) -> None:
-        if key not in self._written and tokens < 1 << 32:
-            self._written[key] = (unit << 32 | position) << 32 | tokens
+        if self._find(key) is None and tokens < 1 << 32:
+            self._newer[key] = (unit << 32 | position) << 32 | tokens
 
     def __contains__(self, key: int) -> bool:
-        return key in self._written
+        return self._find(key) is not None

@@ -6,8 +6,10 @@ worker image has one) and the numpy twin here, used when the extension is missin
 numpy twin is also the oracle of the tests. A worker says which one it uses (`IMPLEMENTATION`), so a slow fallback
 is never silent.
 
-Word hash: h = sum_j c_j * Q^j over the word's code points (mod 2^64), then the SplitMix64 finalizer of
-h + length * LEN_MIX. Only equality of hashes matters to the filters; MinHash's permutations need them well mixed.
+Word hash: each code point c at position j of the word becomes v_j = mix(j << 21 | c) (SplitMix64's finalizer);
+h = sum_j v_j * Q^j (mod 2^64), and the hash is mix(h + length * LEN_MIX). Mixing each code point with its
+position keeps the polynomial from colliding on Thue-Morse words, as a plain polynomial modulo 2^64 does. Only
+equality of hashes matters to the filters; MinHash's permutations need them well mixed.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from typing import Any
 import numpy as np
 
 # Recorded by each worker: MinHash signatures are comparable only between workers that hash words alike.
-WORD_HASH = "code-point polynomial, SplitMix64 (2026-12)"
+WORD_HASH = "position-mixed code-point polynomial, SplitMix64 (2026-12)"
 OLDER_WORD_HASH = "xxh3-64 of UTF-8 words (before 2026-12)"
 _Q = 0x9E3779B97F4A7C15
 _LEN_MIX = np.uint64(0xD6E8FEB86659FD93)
@@ -44,18 +46,22 @@ IMPLEMENTATION = "native (C)" if NATIVE is not None else "numpy (the C extension
 
 
 class _Powers:
-    """Q^i and Q^-i (mod 2^64) for i < len, grown on demand."""
+    """Q^i and Q^-i (mod 2^64) for i < size; tables up to CACHED long are kept for the next documents."""
+
+    CACHED = 1 << 20
 
     def __init__(self) -> None:
         self.up = np.ones(1, dtype=np.uint64)
         self.down = np.ones(1, dtype=np.uint64)
 
-    def ensure(self, size: int) -> None:
-        if size <= len(self.up):
-            return
-        size = max(size, 2 * len(self.up))
-        self.up = _power_table(_Q, size)
-        self.down = _power_table(pow(_Q, -1, 1 << 64), size)
+    def tables(self, size: int) -> tuple[np.ndarray, np.ndarray]:
+        if size > self.CACHED:  # a rare huge document: not kept
+            return _power_table(_Q, size), _power_table(pow(_Q, -1, 1 << 64), size)
+        if size > len(self.up):
+            size = min(max(size, 2 * len(self.up)), self.CACHED)
+            self.up = _power_table(_Q, size)
+            self.down = _power_table(pow(_Q, -1, 1 << 64), size)
+        return self.up, self.down
 
 
 def _power_table(base: int, size: int) -> np.ndarray:
@@ -87,11 +93,15 @@ def numpy_words(text: str) -> tuple[np.ndarray, np.ndarray]:
     space[1:-1][small] = _ASCII_SPACE[points[small]]
     edges = np.flatnonzero(space[1:] != space[:-1])  # alternately a word's start and its end
     starts, ends = edges[0::2], edges[1::2]
-    _POWERS.ensure(len(points) + 1)
+    word_start = np.zeros(len(points), dtype=np.int64)
+    word_start[starts] = starts
+    position = np.arange(len(points), dtype=np.int64) - np.maximum.accumulate(word_start)  # within its word
+    values = _mix((position.astype(np.uint64) << np.uint64(21)) | points.astype(np.uint64))
+    up, down = _POWERS.tables(len(points) + 1)
     prefix = np.zeros(len(points) + 1, dtype=np.uint64)
-    np.cumsum(points.astype(np.uint64) * _POWERS.up[: len(points)], out=prefix[1:])
+    np.cumsum(values * up[: len(points)], out=prefix[1:])
     lengths = (ends - starts).astype(np.int64)
-    sums = (prefix[ends] - prefix[starts]) * _POWERS.down[starts]
+    sums = (prefix[ends] - prefix[starts]) * down[starts]
     return _mix(sums + lengths.astype(np.uint64) * _LEN_MIX), lengths
 
 

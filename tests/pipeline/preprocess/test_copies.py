@@ -17,7 +17,7 @@ from tests.pipeline.preprocess.test_pipeline import run, shards_of
 
 
 def test_only_a_copy_at_a_later_place_is_answered_and_the_table_keeps_the_newest_texts() -> None:
-    written = WrittenTexts(limit=2)
+    written = WrittenTexts(limit=4)
     written.record(text_key("a"), unit=1, position=5, tokens=7)
     assert written.tokens_of_earlier_copy(text_key("a"), 1, 6) == 7
     assert written.tokens_of_earlier_copy(text_key("a"), 2, 0) == 7
@@ -26,10 +26,22 @@ def test_only_a_copy_at_a_later_place_is_answered_and_the_table_keeps_the_newest
     assert written.tokens_of_earlier_copy(text_key("a "), 1, 6) is None  # not the same text
     written.record(text_key("a"), unit=3, position=0, tokens=9)  # the first place stays
     assert written.tokens_of_earlier_copy(text_key("a"), 4, 0) == 7
-    for text in ("b", "c"):
-        written.record(text_key(text), unit=2, position=0, tokens=1)
-    written.trim()
-    assert text_key("a") not in written and text_key("b") in written and text_key("c") in written
+    written.record(text_key("b"), unit=2, position=0, tokens=1)
+    written.trim()  # the newer generation (a, b) is full: it becomes the older
+    for text in ("c", "d"):
+        written.record(text_key(text), unit=2, position=1, tokens=1)
+    assert text_key("a") in written and text_key("c") in written
+    written.trim()  # (c, d) becomes the older, (a, b) is forgotten
+    assert text_key("a") not in written and text_key("b") not in written
+    assert text_key("c") in written and text_key("d") in written
+
+
+def test_the_table_never_holds_more_than_its_limit() -> None:
+    written = WrittenTexts(limit=1000)
+    for key in range(200_000):
+        written.record(key, unit=0, position=key, tokens=1)
+        written.trim()
+        assert len(written._newer) + len(written._older) <= 1000
 
 
 def _corpus(tmp_path: Path) -> list[str]:

@@ -104,3 +104,26 @@ def test_every_decision_on_the_shared_corpora_is_equal_in_c_and_numpy(
     assert differing == []
     reasons = {chain.reason(text) for text in texts}
     assert None in reasons and len(reasons) > 1, reasons  # the corpora exercise both outcomes
+
+
+def _thue_morse(length: int) -> str:
+    return "".join("ab"[bin(i).count("1") % 2] for i in range(length))
+
+
+def test_thue_morse_words_do_not_collide() -> None:
+    """A plain polynomial hash modulo 2^64 gives these two 1024-character words one hash, for any odd base."""
+    word = _thue_morse(1024)
+    other = word.translate(str.maketrans("ab", "ba"))
+    for hashes in (words.numpy_words(f"{word} {other}")[0], np.frombuffer(_native().words(f"{word} {other}")[0], "u8")):  # type: ignore[attr-defined]
+        assert hashes[0] != hashes[1]
+    doc = Features(" ".join([word, other] * 3))
+    assert doc.top_ngram_chars(1) == 3 * 1024  # three occurrences of one word, not six of "one"
+
+
+def test_the_c_functions_refuse_arguments_that_would_read_past_their_buffers() -> None:
+    native = _native()
+    hasher = MinHasher(MinHash(enabled=True))
+    with pytest.raises(ValueError, match="powers at least ngram long"):
+        native.signature("a b c", 2**61, hasher._a, hasher._b, hasher._powers)  # type: ignore[attr-defined]
+    with pytest.raises(ValueError, match="equally long"):
+        native.top_ngram_chars(b"\0" * 16, b"\0" * 8, 1)  # type: ignore[attr-defined]
