@@ -280,7 +280,7 @@ def prepare(spec: ContinuedPretrainSpec, storage: Storage, rank: int, world_size
             log.info("preprocess %s rank %d: the set is packed already, skipped", whole.name, rank)
             continue
         out = work_dir(storage, data_set.dir_name, rank)
-        done = _finished(storage, data_set, prepared, rank, world_size, hasher is not None)
+        done = _finished(storage, data_set, prepared, rank, world_size)
         if done is not None:
             log.info("preprocess %s rank %d: already done, skipped", data_set.dir_name, rank)
             total.merge(Stats.from_json(done["stats"]))
@@ -436,7 +436,7 @@ class _UnitReader:
 
 
 def _finished(
-    storage: Storage, data_set: DataSet, prepared: dict[str, Any], rank: int, world_size: int, minhash: bool
+    storage: Storage, data_set: DataSet, prepared: dict[str, Any], rank: int, world_size: int
 ) -> dict[str, Any] | None:
     """The worker's done.json of the segment, refused when made under another spec; None when it has not finished,
     or finished for another budget than the segment's: it started as the budget grew, before the segment's first
@@ -457,26 +457,10 @@ def _finished(
         )
         out.remove()
         return None
-    if _other_word_hash(done, minhash):
-        log.warning(
-            "preprocess %s rank %d: its MinHash signatures hash words as %s, this version as %s (the image changed "
-            "mid-run); preparing again",
-            data_set.dir_name,
-            rank,
-            done.get("word_hash", OLDER_WORD_HASH),
-            word_loop.WORD_HASH,
-        )
-        out.remove()
-        return None
     refuse_if_changed(
         done.get("identity"), _rank_identity(data_set, prepared, world_size), out.path("done.json"), storage
     )
     return done
-
-
-def _other_word_hash(done: dict[str, Any], minhash: bool) -> bool:
-    """With MinHash on, did the worker hash words otherwise than this version? Its signatures would not match."""
-    return minhash and done.get("word_hash", OLDER_WORD_HASH) != word_loop.WORD_HASH
 
 
 def _for_another_budget(done: dict[str, Any], budget: int) -> bool:
@@ -644,8 +628,15 @@ def reduce(
     if stale:
         _prepare_again(spec, storage, world_size, stale)
         partition = None  # index 0 decides every partition and packs
+    mixed = _mixed_word_hash_ranks(spec, storage, world_size)
+    why = "hashed words for MinHash as another version did, unlike the other workers of their segment"
+    if _left_to_index_0(partition, mixed, why):
+        return {}
+    if mixed:
+        _prepare_with_this_word_hash(spec, storage, world_size, mixed)
+        partition = None
     raced = _raced_ranks(spec, storage, world_size)
-    why = "prepared for a budget that grew after their segment's first worker started, or by another version"
+    why = "prepared for a budget that grew after their segment's first worker started"
     if _left_to_index_0(partition, raced, why):
         return {}
     if raced:
@@ -713,19 +704,49 @@ def _left_to_index_0(partition: int | None, ranks: list[int], why: str) -> bool:
 
 
 def _raced_ranks(spec: ContinuedPretrainSpec, storage: Storage, world_size: int) -> list[int]:
-    """Workers that finished a set's pending segment for another budget than its first worker's (they started as
-    the budget grew, before that worker recorded its start, or an earlier incarnation made them), or with MinHash
-    signatures of another version's word hash (`_finished`)."""
+    """Workers that finished a set's pending segment for another budget than its first worker's: they started as
+    the budget grew, before that worker recorded its start, or an earlier incarnation made them (`_finished`)."""
     raced = set()
     for whole in data_sets(spec):
         folder = segment_dir(whole.name, len(segment_manifests(storage, whole.name)))
         budget = started_budget(storage, folder, whole.budget)
         for rank in range(world_size):
             out = work_dir(storage, folder, rank)
-            done = out.read_json("done.json") if out.exists("done.json") else None
-            if done and (_for_another_budget(done, budget) or _other_word_hash(done, spec.data.dedup.minhash.enabled)):
+            if out.exists("done.json") and _for_another_budget(out.read_json("done.json"), budget):
                 raced.add(rank)
     return sorted(raced)
+
+
+def _mixed_word_hash_ranks(spec: ContinuedPretrainSpec, storage: Storage, world_size: int) -> list[int]:
+    """With MinHash on: where the workers of a set's pending segment hashed words differently (an image changed
+    mid-run), those that did not hash them as this version does. Signatures of two word hashes never match; a
+    segment whose workers agree, whatever their version, is decided as it is."""
+    if not spec.data.dedup.minhash.enabled:
+        return []
+    ranks: set[int] = set()
+    for whole in data_sets(spec):
+        folder = segment_dir(whole.name, len(segment_manifests(storage, whole.name)))
+        hashes = {}
+        for rank in range(world_size):
+            out = work_dir(storage, folder, rank)
+            if out.exists("done.json"):
+                hashes[rank] = out.read_json("done.json").get("word_hash", OLDER_WORD_HASH)
+        if len(set(hashes.values())) > 1:
+            ranks |= {rank for rank, used in hashes.items() if used != word_loop.WORD_HASH}
+    return sorted(ranks)
+
+
+def _prepare_with_this_word_hash(
+    spec: ContinuedPretrainSpec, storage: Storage, world_size: int, ranks: list[int]
+) -> None:
+    """Delete these workers' outputs of every set's pending segment and prepare them again, here (dedup index 0)."""
+    for rank in ranks:
+        log.warning(
+            "dedup: preparing worker %d of %d again (its MinHash word hash is another version's)", rank, world_size
+        )
+        for whole in data_sets(spec):
+            work_dir(storage, segment_dir(whole.name, len(segment_manifests(storage, whole.name))), rank).remove()
+        prepare(spec, storage, rank, world_size)
 
 
 def _prepare_again(spec: ContinuedPretrainSpec, storage: Storage, world_size: int, ranks: list[int]) -> None:

@@ -22,7 +22,7 @@ import numpy as np
 
 # Recorded by each worker: MinHash signatures are comparable only between workers that hash words alike.
 WORD_HASH = "position-mixed code-point polynomial, SplitMix64 (2026-12)"
-OLDER_WORD_HASH = "xxh3-64 of UTF-8 words (before 2026-12)"
+OLDER_WORD_HASH = "not recorded (an older version)"
 _Q = 0x9E3779B97F4A7C15
 _LEN_MIX = np.uint64(0xD6E8FEB86659FD93)
 # str.split()'s spaces besides those in ASCII (Py_UNICODE_ISSPACE): mapped to " " before the vectorised split

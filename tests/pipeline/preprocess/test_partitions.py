@@ -280,26 +280,44 @@ def test_the_lsh_bands_are_those_datasketch_picks(num_perm: int) -> None:
         assert ranges == list(reference.hashranges), (threshold, num_perm)
 
 
-def test_workers_whose_signatures_hash_words_as_another_version_did_are_prepared_again(
+def _strip_word_hash(storage: Storage, ranks: list[int]) -> list[Storage]:
+    """Make these workers' done.json look as an earlier version wrote them: no word_hash."""
+    workers = [storage.sub("work", "preprocess", "domain", f"rank-{rank:05d}") for rank in range(2)]
+    for rank in ranks:
+        done = workers[rank].read_json("done.json")
+        del done["word_hash"]
+        workers[rank].write_json(done, "done.json")
+    return workers
+
+
+def test_workers_that_hashed_words_unlike_the_others_are_prepared_again_by_the_reduce(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """An image changed mid-run: MinHash signatures of two word hashes would never match. The worker (when it runs
-    again) and the reduce (index 0, for a worker that does not) prepare such outputs again."""
+    """An image changed mid-run: MinHash signatures of two word hashes never match. Dedup index 0 prepares again the
+    workers whose word hash is not this version's; the other indexes leave it to index 0."""
     corpus(tmp_path)
     reference = packed(run(tmp_path, "reference", partitions=2))
     spec = partitioned_spec(tmp_path, "mixed", partitions=2)
     storage = Storage.from_spec(spec.storage)
     for rank in range(2):
         prepare(spec, storage, rank, 2)
-    workers = [storage.sub("work", "preprocess", "domain", f"rank-{rank:05d}") for rank in range(2)]
-    for worker in workers:  # as an earlier version wrote them: no word_hash
-        done = worker.read_json("done.json")
-        del done["word_hash"]
-        worker.write_json(done, "done.json")
-    prepare(spec, storage, 1, 2)
-    assert "hash words as xxh3-64 of UTF-8 words" in caplog.text
-    assert "word_hash" in workers[1].read_json("done.json") and "word_hash" not in workers[0].read_json("done.json")
-    for index in (1, 0):
-        reduce(spec, storage, 2, shard_rows=5, partition=index)
+    workers = _strip_word_hash(storage, [0])
+    prepare(spec, storage, 0, 2)  # a worker keeps its own output: it cannot tell whether the others agree
+    assert "word_hash" not in workers[0].read_json("done.json")
+    assert reduce(spec, storage, 2, shard_rows=5, partition=1) == {}
+    assert "workers [0] hashed words for MinHash as another version did" in caplog.text
+    reduce(spec, storage, 2, shard_rows=5, partition=0)
     assert "word_hash" in workers[0].read_json("done.json")  # index 0 prepared worker 0 again
     assert packed(storage) == reference
+
+
+def test_workers_that_agree_on_an_older_word_hash_are_decided_as_they_are(tmp_path: Path) -> None:
+    corpus(tmp_path)
+    spec = partitioned_spec(tmp_path, "older", partitions=1)
+    storage = Storage.from_spec(spec.storage)
+    for rank in range(2):
+        prepare(spec, storage, rank, 2)
+    workers = _strip_word_hash(storage, [0, 1])
+    reduce(spec, storage, 2, shard_rows=5)
+    assert storage.exists("data", "domain", "manifest.json")
+    assert not any("word_hash" in w.read_json("done.json") for w in workers)  # nothing prepared again

@@ -127,3 +127,10 @@ def test_the_c_functions_refuse_arguments_that_would_read_past_their_buffers() -
         native.signature("a b c", 2**61, hasher._a, hasher._b, hasher._powers)  # type: ignore[attr-defined]
     with pytest.raises(ValueError, match="equally long"):
         native.top_ngram_chars(b"\0" * 16, b"\0" * 8, 1)  # type: ignore[attr-defined]
+
+
+def test_the_word_hash_is_the_one_its_name_says() -> None:
+    """Workers record words.WORD_HASH, and the reduce prepares again those whose hash differs: a change to the hash
+    that keeps the name would let two versions' signatures meet. Change the hash, change WORD_HASH, then these."""
+    assert words.WORD_HASH == "position-mixed code-point polynomial, SplitMix64 (2026-12)"
+    assert words.numpy_words("cat é")[0].tolist() == [4136770493763297491, 4312018044216140067]
