@@ -142,80 +142,80 @@ static int parse_words(PyObject *args, Py_buffer *hashes, Py_buffer *lengths, Py
     return 0;
 }
 
-/* top_ngram_chars(hashes, lengths, n): characters in all occurrences of the most frequent n-gram; of several
- * equally frequent, the one that occurs first (filters.Features.top_ngram_chars). */
-static PyObject *top_ngram_chars(PyObject *self, PyObject *args) {
-    Py_buffer hb, lb;
-    Py_ssize_t n;
-    if (parse_words(args, &hb, &lb, &n) < 0) return NULL;
-    const uint64_t *hashes = hb.buf;
-    const int64_t *lengths = lb.buf;
-    Py_ssize_t count = hb.len / 8 - n + 1;
-    long long chars = 0;
+/* Most frequent n-gram: characters in all its occurrences; of several equally frequent, the one that occurs first
+ * (filters.Features.top_ngram_chars). Returns -1 when out of memory. */
+static int top_chars(const uint64_t *hashes, const int64_t *lengths, Py_ssize_t words, Py_ssize_t n, long long *chars) {
+    Py_ssize_t count = words - n + 1;
+    if (count <= 0) return 0;
     Grams table = {0};
-    if (count > 0) {
-        if (grams_init(&table, count) < 0) {
-            grams_free(&table);
-            PyBuffer_Release(&hb);
-            PyBuffer_Release(&lb);
-            return PyErr_NoMemory();
-        }
-        for (Py_ssize_t i = 0; i < count; i++) grams_add(&table, gram_at(hashes, i, n), i);
-        int64_t best = 0, top = 0;
-        for (size_t slot = 0; slot <= table.mask; slot++) {
-            int64_t seen = table.counts[slot];
-            if (seen > best || (seen == best && seen && table.first[slot] < top)) {
-                best = seen;
-                top = table.first[slot];
-            }
-        }
-        if (best == 1) top = 0;
-        for (Py_ssize_t k = 0; k < n; k++) chars += lengths[top + k];
-        chars *= best;
+    if (grams_init(&table, count) < 0) {
+        grams_free(&table);
+        return -1;
     }
+    for (Py_ssize_t i = 0; i < count; i++) grams_add(&table, gram_at(hashes, i, n), i);
+    int64_t best = 0, top = 0;
+    for (size_t slot = 0; slot <= table.mask; slot++) {
+        int64_t seen = table.counts[slot];
+        if (seen > best || (seen == best && seen && table.first[slot] < top)) {
+            best = seen;
+            top = table.first[slot];
+        }
+    }
+    if (best == 1) top = 0;
+    for (Py_ssize_t k = 0; k < n; k++) *chars += lengths[top + k];
+    *chars *= best;
     grams_free(&table);
-    PyBuffer_Release(&hb);
-    PyBuffer_Release(&lb);
-    return PyLong_FromLongLong(chars);
+    return 0;
 }
 
-/* duplicated_ngram_chars(hashes, lengths, n): characters of the words covered by any repeated occurrence (every
- * occurrence but the first) of an n-gram (filters.Features.duplicated_ngram_chars). */
-static PyObject *duplicated_ngram_chars(PyObject *self, PyObject *args) {
-    Py_buffer hb, lb;
-    Py_ssize_t n;
-    if (parse_words(args, &hb, &lb, &n) < 0) return NULL;
-    const uint64_t *hashes = hb.buf;
-    const int64_t *lengths = lb.buf;
-    Py_ssize_t words = hb.len / 8, count = words - n + 1;
-    long long chars = 0;
+/* Characters of the words covered by any repeated occurrence (every occurrence but the first) of an n-gram
+ * (filters.Features.duplicated_ngram_chars). Returns -1 when out of memory. */
+static int duplicated_chars(const uint64_t *hashes, const int64_t *lengths, Py_ssize_t words, Py_ssize_t n,
+                            long long *chars) {
+    Py_ssize_t count = words - n + 1;
+    if (count < 2) return 0;
     Grams table = {0};
-    int64_t *depth = NULL;
-    if (count >= 2) {
-        depth = PyMem_Calloc(words + 1, sizeof(int64_t));
-        if (!depth || grams_init(&table, count) < 0) {
-            grams_free(&table);
-            PyMem_Free(depth);
-            PyBuffer_Release(&hb);
-            PyBuffer_Release(&lb);
-            return PyErr_NoMemory();
-        }
-        for (Py_ssize_t i = 0; i < count; i++) {
-            if (grams_add(&table, gram_at(hashes, i, n), i) == 1) continue;
-            depth[i]++; /* a repeated occurrence covers words i .. i+n-1 */
-            depth[i + n]--;
-        }
-        int64_t covered = 0;
-        for (Py_ssize_t w = 0; w < words; w++) {
-            covered += depth[w];
-            if (covered > 0) chars += lengths[w];
-        }
+    int64_t *depth = PyMem_Calloc(words + 1, sizeof(int64_t));
+    if (!depth || grams_init(&table, count) < 0) {
+        grams_free(&table);
+        PyMem_Free(depth);
+        return -1;
+    }
+    for (Py_ssize_t i = 0; i < count; i++) {
+        if (grams_add(&table, gram_at(hashes, i, n), i) == 1) continue;
+        depth[i]++; /* a repeated occurrence covers words i .. i+n-1 */
+        depth[i + n]--;
+    }
+    int64_t covered = 0;
+    for (Py_ssize_t w = 0; w < words; w++) {
+        covered += depth[w];
+        if (covered > 0) *chars += lengths[w];
     }
     grams_free(&table);
     PyMem_Free(depth);
+    return 0;
+}
+
+typedef int (*NgramStatistic)(const uint64_t *, const int64_t *, Py_ssize_t, Py_ssize_t, long long *);
+
+/* (hashes, lengths, n) from Python, the statistic computed, the buffers released. */
+static PyObject *ngram_statistic(PyObject *args, NgramStatistic statistic) {
+    Py_buffer hb, lb;
+    Py_ssize_t n;
+    if (parse_words(args, &hb, &lb, &n) < 0) return NULL;
+    long long chars = 0;
+    int failed = statistic(hb.buf, lb.buf, hb.len / 8, n, &chars);
     PyBuffer_Release(&hb);
     PyBuffer_Release(&lb);
-    return PyLong_FromLongLong(chars);
+    return failed ? PyErr_NoMemory() : PyLong_FromLongLong(chars);
+}
+
+/* top_ngram_chars(hashes, lengths, n) */
+static PyObject *top_ngram_chars(PyObject *self, PyObject *args) { return ngram_statistic(args, top_chars); }
+
+/* duplicated_ngram_chars(hashes, lengths, n) */
+static PyObject *duplicated_ngram_chars(PyObject *self, PyObject *args) {
+    return ngram_statistic(args, duplicated_chars);
 }
 
 /* minima[j] = min(minima[j], a[j] * shingle + b[j]): the hot loop of MinHash. With GCC 12 or newer on x86-64 it

@@ -53,7 +53,6 @@ class Features:
     def _word_arrays(self) -> tuple[np.ndarray, np.ndarray]:
         if self._hashes is None:
             self._hashes, self._lengths = word_loop.words(self.text)
-            self._cum = np.concatenate(([0], np.cumsum(self._lengths)))
         return self._hashes, self._lengths  # type: ignore[return-value]
 
     def ngram_hashes(self, n: int) -> np.ndarray:
@@ -73,8 +72,10 @@ class Features:
 
     def ngram_chars(self, start: int, n: int) -> int:
         """Characters (without spaces) of the n-gram at word position start."""
-        self._word_arrays()
-        return int(self._cum[start + n] - self._cum[start])  # type: ignore[index]
+        if self._cum is None:  # the numpy path's only: the C statistics sum lengths themselves
+            _, lengths = self._word_arrays()
+            self._cum = np.concatenate(([0], np.cumsum(lengths)))
+        return int(self._cum[start + n] - self._cum[start])
 
     def duplicated_ngram_chars(self, n: int) -> int:
         """Characters of the words covered by any repeated occurrence of an n-gram."""

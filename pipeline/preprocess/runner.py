@@ -66,7 +66,6 @@ from cpt_pipeline.preprocess.shards import FORMAT, ShardPacker, rows_per_shard
 from cpt_pipeline.preprocess.started import record_start, started_budget
 from cpt_pipeline.preprocess.stats import Stats
 from cpt_pipeline.preprocess.tokenize import TextTokenizer, TokenizerInfo, files_digest, resolve_tokenizer_dir
-from cpt_pipeline.preprocess.words import OLDER_WORD_HASH
 from cpt_pipeline.status_push import push_status
 from cpt_pipeline.storage import Storage
 
@@ -626,14 +625,16 @@ def reduce(
     if _left_to_index_0(partition, stale, why):
         return {}
     if stale:
-        _prepare_again(spec, storage, world_size, stale)
+        unpacked = [s.name for s in data_sets(spec) if not storage.exists("data", s.name, "manifest.json")]
+        _prepare_again(spec, storage, world_size, stale, unpacked, "its outputs have no dedup buckets")
         partition = None  # index 0 decides every partition and packs
     mixed = _mixed_word_hash_ranks(spec, storage, world_size)
     why = "hashed words for MinHash as another version did, unlike the other workers of their segment"
     if _left_to_index_0(partition, mixed, why):
         return {}
     if mixed:
-        _prepare_with_this_word_hash(spec, storage, world_size, mixed)
+        pending = [_pending_dir(storage, whole.name) for whole in data_sets(spec)]
+        _prepare_again(spec, storage, world_size, mixed, pending, "its MinHash word hash is another version's")
         partition = None
     raced = _raced_ranks(spec, storage, world_size)
     why = "prepared for a budget that grew after their segment's first worker started"
@@ -708,7 +709,7 @@ def _raced_ranks(spec: ContinuedPretrainSpec, storage: Storage, world_size: int)
     the budget grew, before that worker recorded its start, or an earlier incarnation made them (`_finished`)."""
     raced = set()
     for whole in data_sets(spec):
-        folder = segment_dir(whole.name, len(segment_manifests(storage, whole.name)))
+        folder = _pending_dir(storage, whole.name)
         budget = started_budget(storage, folder, whole.budget)
         for rank in range(world_size):
             out = work_dir(storage, folder, rank)
@@ -725,37 +726,30 @@ def _mixed_word_hash_ranks(spec: ContinuedPretrainSpec, storage: Storage, world_
         return []
     ranks: set[int] = set()
     for whole in data_sets(spec):
-        folder = segment_dir(whole.name, len(segment_manifests(storage, whole.name)))
+        folder = _pending_dir(storage, whole.name)
         hashes = {}
         for rank in range(world_size):
             out = work_dir(storage, folder, rank)
             if out.exists("done.json"):
-                hashes[rank] = out.read_json("done.json").get("word_hash", OLDER_WORD_HASH)
+                hashes[rank] = out.read_json("done.json").get("word_hash", word_loop.OLDER_WORD_HASH)
         if len(set(hashes.values())) > 1:
             ranks |= {rank for rank, used in hashes.items() if used != word_loop.WORD_HASH}
     return sorted(ranks)
 
 
-def _prepare_with_this_word_hash(
-    spec: ContinuedPretrainSpec, storage: Storage, world_size: int, ranks: list[int]
+def _pending_dir(storage: Storage, set_name: str) -> str:
+    """The folder of the set's pending segment: the first not packed."""
+    return segment_dir(set_name, len(segment_manifests(storage, set_name)))
+
+
+def _prepare_again(
+    spec: ContinuedPretrainSpec, storage: Storage, world_size: int, ranks: list[int], folders: list[str], why: str
 ) -> None:
-    """Delete these workers' outputs of every set's pending segment and prepare them again, here (dedup index 0)."""
+    """Delete these workers' outputs in `folders` and prepare them again, here (dedup index 0)."""
     for rank in ranks:
-        log.warning(
-            "dedup: preparing worker %d of %d again (its MinHash word hash is another version's)", rank, world_size
-        )
-        for whole in data_sets(spec):
-            work_dir(storage, segment_dir(whole.name, len(segment_manifests(storage, whole.name))), rank).remove()
-        prepare(spec, storage, rank, world_size)
-
-
-def _prepare_again(spec: ContinuedPretrainSpec, storage: Storage, world_size: int, ranks: list[int]) -> None:
-    """Delete these workers' outputs of every unpacked set and prepare them again, here (dedup index 0)."""
-    for rank in ranks:
-        log.warning("dedup: preparing worker %d of %d again (its outputs have no dedup buckets)", rank, world_size)
-        for data_set in data_sets(spec):
-            if not storage.exists("data", data_set.name, "manifest.json"):
-                work_dir(storage, data_set.name, rank).remove()
+        log.warning("dedup: preparing worker %d of %d again (%s)", rank, world_size, why)
+        for folder in folders:
+            work_dir(storage, folder, rank).remove()
         prepare(spec, storage, rank, world_size)
 
 

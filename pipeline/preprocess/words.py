@@ -56,18 +56,18 @@ class _Powers:
 
     def tables(self, size: int) -> tuple[np.ndarray, np.ndarray]:
         if size > self.CACHED:  # a rare huge document: not kept
-            return _power_table(_Q, size), _power_table(pow(_Q, -1, 1 << 64), size)
+            return _power_tables(size)
         if size > len(self.up):
-            size = min(max(size, 2 * len(self.up)), self.CACHED)
-            self.up = _power_table(_Q, size)
-            self.down = _power_table(pow(_Q, -1, 1 << 64), size)
+            self.up, self.down = _power_tables(min(max(size, 2 * len(self.up)), self.CACHED))
         return self.up, self.down
 
 
-def _power_table(base: int, size: int) -> np.ndarray:
-    table = np.full(size, base, dtype=np.uint64)
-    table[0] = 1
-    return np.cumprod(table, dtype=np.uint64)  # wraps modulo 2^64
+def _power_tables(size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Q^i and Q^-i for i < size (numpy's products wrap modulo 2^64)."""
+    tables = np.full((2, size), [[_Q], [pow(_Q, -1, 1 << 64)]], dtype=np.uint64)
+    tables[:, 0] = 1
+    up, down = np.cumprod(tables, axis=1, dtype=np.uint64)
+    return up, down
 
 
 _POWERS = _Powers()
