@@ -16,6 +16,7 @@
 #define Q 0x9E3779B97F4A7C15ULL
 #define LEN_MIX 0xD6E8FEB86659FD93ULL
 #define PRIME 1099511628211ULL /* extends an n-gram hash by one word, as ngrams.PRIME */
+#define WORD_HASH "position-mixed code-point polynomial, SplitMix64 (2026-12)" /* as words.WORD_HASH */
 
 static uint64_t mix(uint64_t x) {
     x ^= x >> 30;
@@ -283,5 +284,11 @@ static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_words", "The per-wo
 
 PyMODINIT_FUNC PyInit__words(void) {
     slot_seed = mix((uint64_t)(uintptr_t)&slot_seed ^ (uint64_t)time(NULL) << 20 ^ (uint64_t)clock());
-    return PyModule_Create(&module);
+    PyObject *created = PyModule_Create(&module);
+    /* words.py uses this module only when the names agree: a stale build of an older hash is never used */
+    if (created && PyModule_AddStringConstant(created, "WORD_HASH", WORD_HASH) < 0) {
+        Py_DECREF(created);
+        return NULL;
+    }
+    return created;
 }

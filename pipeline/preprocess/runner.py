@@ -626,15 +626,14 @@ def reduce(
         return {}
     if stale:
         unpacked = [s.name for s in data_sets(spec) if not storage.exists("data", s.name, "manifest.json")]
-        _prepare_again(spec, storage, world_size, stale, unpacked, "its outputs have no dedup buckets")
+        _prepare_again(spec, storage, world_size, dict.fromkeys(stale, unpacked), "its outputs have no dedup buckets")
         partition = None  # index 0 decides every partition and packs
-    mixed = _mixed_word_hash_ranks(spec, storage, world_size)
+    mixed = _mixed_word_hash_folders(spec, storage, world_size)
     why = "hashed words for MinHash as another version did, unlike the other workers of their segment"
-    if _left_to_index_0(partition, mixed, why):
+    if _left_to_index_0(partition, sorted(mixed), why):
         return {}
     if mixed:
-        pending = [_pending_dir(storage, whole.name) for whole in data_sets(spec)]
-        _prepare_again(spec, storage, world_size, mixed, pending, "its MinHash word hash is another version's")
+        _prepare_again(spec, storage, world_size, mixed, "its MinHash word hash is another version's")
         partition = None
     raced = _raced_ranks(spec, storage, world_size)
     why = "prepared for a budget that grew after their segment's first worker started"
@@ -718,13 +717,14 @@ def _raced_ranks(spec: ContinuedPretrainSpec, storage: Storage, world_size: int)
     return sorted(raced)
 
 
-def _mixed_word_hash_ranks(spec: ContinuedPretrainSpec, storage: Storage, world_size: int) -> list[int]:
+def _mixed_word_hash_folders(spec: ContinuedPretrainSpec, storage: Storage, world_size: int) -> dict[int, list[str]]:
     """With MinHash on: where the workers of a set's pending segment hashed words differently (an image changed
-    mid-run), those that did not hash them as this version does. Signatures of two word hashes never match; a
-    segment whose workers agree, whatever their version, is decided as it is."""
+    mid-run), those that did not hash them as this version does, each with the pending folders where it did not.
+    Signatures of two word hashes never match; a segment whose workers agree, whatever their version, is decided
+    as it is, and is not touched when the same worker is prepared again for another set."""
     if not spec.data.dedup.minhash.enabled:
-        return []
-    ranks: set[int] = set()
+        return {}
+    folders: dict[int, list[str]] = {}
     for whole in data_sets(spec):
         folder = _pending_dir(storage, whole.name)
         hashes = {}
@@ -733,8 +733,9 @@ def _mixed_word_hash_ranks(spec: ContinuedPretrainSpec, storage: Storage, world_
             if out.exists("done.json"):
                 hashes[rank] = out.read_json("done.json").get("word_hash", word_loop.OLDER_WORD_HASH)
         if len(set(hashes.values())) > 1:
-            ranks |= {rank for rank, used in hashes.items() if used != word_loop.WORD_HASH}
-    return sorted(ranks)
+            for rank in (rank for rank, used in hashes.items() if used != word_loop.WORD_HASH):
+                folders.setdefault(rank, []).append(folder)
+    return dict(sorted(folders.items()))
 
 
 def _pending_dir(storage: Storage, set_name: str) -> str:
@@ -743,12 +744,13 @@ def _pending_dir(storage: Storage, set_name: str) -> str:
 
 
 def _prepare_again(
-    spec: ContinuedPretrainSpec, storage: Storage, world_size: int, ranks: list[int], folders: list[str], why: str
+    spec: ContinuedPretrainSpec, storage: Storage, world_size: int, folders: dict[int, list[str]], why: str
 ) -> None:
-    """Delete these workers' outputs in `folders` and prepare them again, here (dedup index 0)."""
-    for rank in ranks:
+    """Delete each worker's outputs in its `folders` and prepare it again, here (dedup index 0): prepare redoes
+    only the sets whose output is gone."""
+    for rank, deleted in folders.items():
         log.warning("dedup: preparing worker %d of %d again (%s)", rank, world_size, why)
-        for folder in folders:
+        for folder in deleted:
             work_dir(storage, folder, rank).remove()
         prepare(spec, storage, rank, world_size)
 

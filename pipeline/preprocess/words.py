@@ -31,18 +31,21 @@ _ASCII_SPACE = np.zeros(128, dtype=bool)
 _ASCII_SPACE[[9, 10, 11, 12, 13, 32]] = True
 
 
-def _native() -> Any:
+def _native() -> tuple[Any, str]:
+    """The C extension and what it is; None when it is off, not built, or built from another word hash (a stale
+    in-place build of an editable install: `pip install -e .` rebuilds it)."""
     if os.environ.get("CPT_NATIVE_WORDS", "1") == "0":
-        return None
+        return None, "numpy (CPT_NATIVE_WORDS=0)"
     try:
         from cpt_pipeline.preprocess import _words
     except ImportError:
-        return None
-    return _words
+        return None, "numpy (the C extension is not built)"
+    if getattr(_words, "WORD_HASH", None) != WORD_HASH:
+        return None, f"numpy (the C extension was built for another word hash: {getattr(_words, 'WORD_HASH', None)})"
+    return _words, "native (C)"
 
 
-NATIVE = _native()
-IMPLEMENTATION = "native (C)" if NATIVE is not None else "numpy (the C extension is not built)"
+NATIVE, IMPLEMENTATION = _native()
 
 
 class _Powers:

@@ -321,3 +321,34 @@ def test_workers_that_agree_on_an_older_word_hash_are_decided_as_they_are(tmp_pa
     reduce(spec, storage, 2, shard_rows=5)
     assert storage.exists("data", "domain", "manifest.json")
     assert not any("word_hash" in w.read_json("done.json") for w in workers)  # nothing prepared again
+
+
+def test_preparing_a_worker_again_for_one_set_leaves_its_other_sets_alone(tmp_path: Path, shared_data: Path) -> None:
+    """Replay's workers disagree on the word hash, domain's agree (on an older one): worker 0 is prepared again for
+    replay only. Re-making its domain output too would make domain's workers disagree, unchecked."""
+    corpus(tmp_path)
+    spec = make_spec(
+        tmp_path / "sets",
+        [{"name": "d", "uri": str(tmp_path / "in")}],
+        dedup={"minhash": {"enabled": True, "threshold": "0.7"}},
+        replay={
+            "source": {"name": "stories", "uri": str(shared_data / "corpora" / "stories260k_samples.jsonl")},
+            "fraction": "0.25",
+        },
+        preprocessing={"limitToBudget": False, "workers": 2, "dedupPartitions": 1},
+    )
+    storage = Storage.from_spec(spec.storage)
+    for rank in range(2):
+        prepare(spec, storage, rank, 2)
+    work = {
+        name: [storage.sub("work", "preprocess", name, f"rank-{r:05d}") for r in range(2)]
+        for name in ("domain", "replay")
+    }
+    for worker in (*work["domain"], work["replay"][0]):  # as an earlier version wrote them
+        done = worker.read_json("done.json")
+        del done["word_hash"]
+        worker.write_json(done, "done.json")
+    reduce(spec, storage, 2, shard_rows=5)
+    assert "word_hash" in work["replay"][0].read_json("done.json")  # prepared again
+    assert not any("word_hash" in w.read_json("done.json") for w in work["domain"])  # left as they agreed
+    assert storage.exists("data", "replay", "manifest.json") and storage.exists("data", "domain", "manifest.json")

@@ -134,3 +134,6 @@ def test_the_word_hash_is_the_one_its_name_says() -> None:
     that keeps the name would let two versions' signatures meet. Change the hash, change WORD_HASH, then these."""
     assert words.WORD_HASH == "position-mixed code-point polynomial, SplitMix64 (2026-12)"
     assert words.numpy_words("cat é")[0].tolist() == [4136770493763297491, 4312018044216140067]
+    native = _native()
+    assert native.WORD_HASH == words.WORD_HASH  # type: ignore[attr-defined]
+    assert np.frombuffer(native.words("cat é")[0], "u8").tolist() == [4136770493763297491, 4312018044216140067]  # type: ignore[attr-defined]
